@@ -1,0 +1,3 @@
+from eipfailover.cli import main
+
+raise SystemExit(main())

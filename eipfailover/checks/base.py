@@ -1,0 +1,62 @@
+"""The contract of a health check.
+
+A check probes one target and returns a :class:`CheckResult`; it never raises. Subclasses implement
+:meth:`Check.probe`, which returns ``(status, detail)`` or raises; :meth:`Check.run` adds the deadline and the
+latency, and turns a timeout into ``timeout`` and any exception into ``error``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from eipfailover.model import Binding, CheckResult, CheckStatus
+from eipfailover.providers.base import Provider
+
+
+@dataclass(frozen=True, slots=True)
+class CheckContext:
+    """What a check may use besides its own config: the target's binding, the group's provider and the daemon's
+    shared HTTP session."""
+
+    binding: Binding
+    provider: Provider
+    http: aiohttp.ClientSession
+
+
+class Check(ABC):
+    def __init__(self, name: str, timeout: float) -> None:
+        self.name = name
+        self.timeout = timeout
+
+    @classmethod
+    @abstractmethod
+    def from_config(cls, config: Any, name: str, timeout: float, ctx: CheckContext) -> Check:
+        """Build the check from its config model."""
+
+    @abstractmethod
+    async def probe(self) -> tuple[CheckStatus, str]:
+        """Probe once: ``(OK, "")`` if healthy, ``(FAIL, why)`` if not. May raise; must honour cancellation."""
+
+    async def run(self) -> CheckResult:
+        """Probe within ``timeout``; never raises (except for cancellation of the caller)."""
+        start = time.monotonic()
+        try:
+            async with asyncio.timeout(self.timeout):
+                status, detail = await self.probe()
+        except TimeoutError:
+            status, detail = CheckStatus.TIMEOUT, f"no answer within {self.timeout:g}s"
+        except Exception as exc:  # a check reports, it never raises
+            status, detail = CheckStatus.ERROR, describe_exception(exc)
+        return CheckResult(status, time.monotonic() - start, detail[:300])
+
+
+def describe_exception(exc: BaseException) -> str:
+    """A one-line description of an exception for check details and logs."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

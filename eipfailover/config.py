@@ -1,0 +1,395 @@
+"""The YAML configuration: pydantic v2 models and :func:`load_config`.
+
+Every model is frozen and forbids unknown keys. :func:`load_config` reports every problem at once, each with its key
+path (``groups[0].targets[1].checks[0].port: ...``). Durations accept ``250ms``, ``1s``, ``2m``, ``1h`` or a number
+of seconds.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from eipfailover.errors import ConfigError
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_T = TypeVar("_T")
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+
+
+def parse_duration(value: object) -> object:
+    """Turn ``250ms``/``1s``/``2m``/``1h``/a number into seconds; leave anything else to pydantic's float check."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 500ms, 2s, 1m or a number of seconds")
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if match is None:
+            raise ValueError(f"invalid duration {value!r}: use a number with ms, s, m or h (e.g. 500ms, 2s)")
+        return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    return value
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
+"""A strictly positive duration, in seconds."""
+NonNegDuration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
+Name = Annotated[str, Field(pattern=_NAME)]
+
+
+class _Problems(ValueError):
+    """Several problems found by one validator, each with a key path relative to the validated model."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(f"{path}: {msg}" for path, msg in problems))
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LogConfig(_Model):
+    format: Literal["auto", "json", "console"] = "auto"
+    """``auto``: console when stdout is a terminal, JSON lines otherwise (as under systemd)."""
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class ApiConfig(_Model):
+    listen: str = "127.0.0.1:9797"
+    token_file: Path | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"expected HOST:PORT (e.g. 127.0.0.1:9797), got {value!r}")
+        return value
+
+
+class AwsProviderConfig(_Model):
+    type: Literal["aws"]
+    region: str = Field(min_length=1)
+    endpoint_url: str | None = None
+    """For VPC endpoints and tests (e.g. a moto server)."""
+    profile: str | None = None
+    connect_timeout: Duration = 2.0
+    read_timeout: Duration = 5.0
+    max_attempts: int = Field(3, ge=1, le=10)
+    """botocore's total attempts per call, in its ``standard`` retry mode."""
+    max_concurrency: int = Field(4, ge=1, le=64)
+    """Cloud calls in flight at once for this provider."""
+
+
+ProviderConfig = AwsProviderConfig
+
+
+class BindingConfig(_Model):
+    """Where the EIPs go for a target. AWS: ``instance_id``, or ``network_interface_id`` and optionally
+    ``private_ip``."""
+
+    instance_id: str | None = Field(None, min_length=1)
+    network_interface_id: str | None = Field(None, min_length=1)
+    private_ip: str | None = None
+
+    @field_validator("private_ip")
+    @classmethod
+    def _ip(cls, value: str | None) -> str | None:
+        if value is not None:
+            ipaddress.ip_address(value)
+        return value
+
+
+class _CheckBase(_Model):
+    name: Name | None = None
+    """Label for logs and metrics; defaults to the check's type."""
+    timeout: Duration | None = None
+    """Overrides the group's ``policy.timeout`` for this check; must stay below ``policy.interval``."""
+
+
+class TcpCheckConfig(_CheckBase):
+    type: Literal["tcp"]
+    host: str = Field(min_length=1)
+    port: int = Field(ge=1, le=65535)
+
+
+class HttpCheckConfig(_CheckBase):
+    type: Literal["http"]
+    url: str
+    method: Literal["GET", "HEAD", "POST"] = "GET"
+    headers: dict[str, str] = Field(default_factory=dict)
+    expect_status: list[Annotated[int, Field(ge=100, le=599)]] = Field(default=[200], min_length=1)
+    body_contains: str | None = None
+    body_regex: str | None = None
+    verify_tls: bool = True
+    ca_file: Path | None = None
+    max_body_bytes: int = Field(65536, ge=1, le=10 * 1024 * 1024)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
+        return value
+
+    @field_validator("body_regex")
+    @classmethod
+    def _regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"invalid regular expression: {exc}") from None
+        return value
+
+
+class ExecCheckConfig(_CheckBase):
+    type: Literal["exec"]
+    argv: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1)
+    """The program and its arguments; run without a shell. Exit 0 means healthy."""
+
+
+class InstanceCheckConfig(_CheckBase):
+    type: Literal["instance"]
+    """The provider's view: the target's instance (or the ENI's instance) exists and is running."""
+
+
+CheckConfig = Annotated[
+    TcpCheckConfig | HttpCheckConfig | ExecCheckConfig | InstanceCheckConfig, Field(discriminator="type")
+]
+_TAGS = frozenset({"tcp", "http", "exec", "instance", "aws"})
+
+
+def check_name(check: CheckConfig) -> str:
+    """The check's label: its ``name`` or else its ``type``."""
+    return check.name or check.type
+
+
+class TargetConfig(_Model):
+    name: Name
+    binding: BindingConfig
+    checks: list[CheckConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_check_names(self) -> TargetConfig:
+        problems = [
+            (f"checks[{i}].name", f"duplicate check name {name!r}: give each check of a target its own name")
+            for i, name in _duplicates(check_name(c) for c in self.checks)
+        ]
+        if problems:
+            raise _Problems(problems)
+        return self
+
+
+class MaxFailovers(_Model):
+    count: int = Field(3, ge=1)
+    window: Duration = 3600.0
+
+
+class PolicyConfig(_Model):
+    interval: Duration = 2.0
+    timeout: Duration = 1.0
+    rise: int = Field(3, ge=1, le=100)
+    fall: int = Field(3, ge=1, le=100)
+    failback: Literal["manual", "auto"] = "manual"
+    failback_delay: NonNegDuration = 60.0
+    cooldown: NonNegDuration = 60.0
+    max_failovers: MaxFailovers = MaxFailovers()
+    failover_deadline: Duration = 60.0
+    """How long one failover may take, retries and verification included."""
+
+    @model_validator(mode="after")
+    def _timeout_below_interval(self) -> PolicyConfig:
+        if self.timeout >= self.interval:
+            raise _Problems([("timeout", f"must be below interval ({self.timeout:g}s >= {self.interval:g}s)")])
+        return self
+
+    @property
+    def detection_seconds(self) -> float:
+        """Worst-case time from a target's death to its confirmed DOWN state."""
+        return (self.fall - 1) * self.interval + self.timeout
+
+
+class HooksConfig(_Model):
+    on_failover: list[Annotated[str, Field(min_length=1)]] | None = Field(None, min_length=1)
+    """argv run (no shell) after every failover; ``{group} {from} {to} {result} {reason} {trigger}
+    {failover_id}`` are substituted."""
+    timeout: Duration = 30.0
+
+
+class GroupConfig(_Model):
+    name: Name
+    provider: str
+    eips: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1)
+    targets: list[TargetConfig] = Field(min_length=2)
+    policy: PolicyConfig = PolicyConfig()
+    hooks: HooksConfig = HooksConfig()
+
+    @field_validator("provider")
+    @classmethod
+    def _known_provider(cls, value: str, info: ValidationInfo) -> str:
+        provider_types: Mapping[str, str] = (info.context or {}).get("provider_types", {})
+        if value not in provider_types:
+            known = ", ".join(sorted(provider_types)) or "none defined"
+            raise ValueError(f"unknown provider {value!r} (known: {known})")
+        return value
+
+    @field_validator("eips")
+    @classmethod
+    def _unique_eips(cls, value: list[str]) -> list[str]:
+        problems = [(f"[{i}]", f"{eip!r} is listed twice") for i, eip in _duplicates(value)]
+        if problems:
+            raise _Problems(problems)
+        return value
+
+    @field_validator("targets", mode="before")
+    @classmethod
+    def _unique_targets(cls, value: object) -> object:
+        if isinstance(value, list):
+            names = [t.get("name") if isinstance(t, dict) else None for t in value]
+            problems = [
+                (f"[{i}].name", f"duplicate target name {name!r}")
+                for i, name in _duplicates(names)
+                if isinstance(name, str)
+            ]
+            if problems:
+                raise _Problems(problems)
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self, info: ValidationInfo) -> GroupConfig:
+        problems: list[tuple[str, str]] = []
+        for ti, target in enumerate(self.targets):
+            for ci, check in enumerate(target.checks):
+                if check.timeout is not None and check.timeout >= self.policy.interval:
+                    problems.append((f"targets[{ti}].checks[{ci}].timeout", "must be below policy.interval"))
+        provider_types: Mapping[str, str] = (info.context or {}).get("provider_types", {})
+        for ti, target in enumerate(self.targets):
+            problems += [
+                (f"targets[{ti}].binding{sub}", msg)
+                for sub, msg in _binding_problems(provider_types[self.provider], target.binding)
+            ]
+        if problems:
+            raise _Problems(problems)
+        return self
+
+
+def _binding_problems(provider_type: str, binding: BindingConfig) -> list[tuple[str, str]]:
+    if provider_type == "aws":
+        if (binding.instance_id is None) == (binding.network_interface_id is None):
+            return [("", "an aws binding needs exactly one of instance_id or network_interface_id")]
+        if binding.private_ip is not None and binding.network_interface_id is None:
+            return [(".private_ip", "private_ip goes with network_interface_id only")]
+    return []
+
+
+class Config(_Model):
+    log: LogConfig = LogConfig()
+    api: ApiConfig = ApiConfig()
+    providers: dict[Name, ProviderConfig] = Field(min_length=1)
+    groups: list[GroupConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_groups(self) -> Config:
+        problems = [
+            (f"groups[{i}].name", f"duplicate group name {name!r}")
+            for i, name in _duplicates(g.name for g in self.groups)
+        ]
+        if problems:
+            raise _Problems(problems)
+        return self
+
+
+def _duplicates(names: Iterable[_T]) -> list[tuple[int, _T]]:
+    seen: set[_T] = set()
+    dups = []
+    for i, name in enumerate(names):
+        if name in seen:
+            dups.append((i, name))
+        seen.add(name)
+    return dups
+
+
+def _format_loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for i, part in enumerate(loc):
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in _TAGS and i > 0 and (isinstance(loc[i - 1], int) or loc[i - 2 : i - 1] == ("providers",)):
+            continue  # the discriminated union's tag, which pydantic inserts into the location
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _join(base: str, sub: str) -> str:
+    if not sub:
+        return base or "(top level)"
+    if not base:
+        return sub
+    return base + (sub if sub.startswith(("[", ".")) else "." + sub)
+
+
+def _problem_lines(exc: ValidationError) -> list[str]:
+    lines = []
+    for err in exc.errors():
+        base = _format_loc(tuple(err["loc"]))
+        cause = (err.get("ctx") or {}).get("error")
+        if isinstance(cause, _Problems):
+            lines += [f"{_join(base, path)}: {msg}" for path, msg in cause.problems]
+        elif err["type"] == "extra_forbidden":
+            lines.append(f"{base}: unknown key")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"{_join(base, '')}: {msg}")
+    return lines
+
+
+def parse_config(data: Any, source: str = "<config>") -> Config:
+    """Validate already-parsed YAML data; raise :class:`ConfigError` listing every problem."""
+    if not isinstance(data, dict):
+        raise ConfigError(source, ["(top level): expected a mapping of keys (log, api, providers, groups)"])
+    raw_providers = data.get("providers")
+    provider_types = (
+        {name: p.get("type") for name, p in raw_providers.items() if isinstance(p, dict)}
+        if isinstance(raw_providers, dict)
+        else {}
+    )
+    try:
+        return Config.model_validate(data, context={"provider_types": provider_types})
+    except ValidationError as exc:
+        raise ConfigError(source, _problem_lines(exc)) from None
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a YAML config file; raise :class:`ConfigError` with every problem and its key path."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(source, [f"cannot read the file: {exc.strerror or exc}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(source, [f"not UTF-8 text: {exc.reason} at byte {exc.start}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(source, [f"invalid YAML: {where}{problem}"]) from None
+    return parse_config(data, source)

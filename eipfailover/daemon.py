@@ -1,0 +1,122 @@
+"""The composition root: build everything from the config, run the engine, handle signals, shut down cleanly.
+
+Lifecycle: startup (providers, checks, observers), main loop (the engine until SIGTERM/SIGINT), shutdown (stop
+starting work, let a running failover finish within ``STOP_TIMEOUT``, drain hooks, close clients). Signal handlers
+only set events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import ssl
+from collections.abc import Mapping
+
+import aiohttp
+import structlog
+
+from eipfailover import checks, providers, registry
+from eipfailover.checks.base import Check, CheckContext
+from eipfailover.config import Config, GroupConfig, check_name
+from eipfailover.engine import Engine, GroupRunner, Observer, Observers, binding_of
+from eipfailover.errors import EipFailoverError
+from eipfailover.hooks import HookObserver
+from eipfailover.log import LogObserver
+from eipfailover.providers.base import Provider
+
+log = structlog.get_logger("eipfailover.daemon")
+
+STOP_TIMEOUT = 20.0
+"""How long shutdown waits for a running failover to finish its current work."""
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+
+
+class StartupError(EipFailoverError):
+    """Something named in a valid config cannot be built (a missing SDK, an unreadable CA file, a bad profile)."""
+
+
+def build_providers(config: Config) -> dict[str, Provider]:
+    built: dict[str, Provider] = {}
+    for name, cfg in config.providers.items():
+        cls = registry.load(providers.REGISTRY, cfg.type, Provider)
+        built[name] = cls.from_config(name, cfg)
+    return built
+
+
+def build_checks(group: GroupConfig, provider: Provider, http: aiohttp.ClientSession) -> dict[str, list[Check]]:
+    built: dict[str, list[Check]] = {}
+    for target in group.targets:
+        ctx = CheckContext(binding=binding_of(target.binding), provider=provider, http=http)
+        built[target.name] = []
+        for i, cfg in enumerate(target.checks):
+            cls = registry.load(checks.REGISTRY, cfg.type, Check)
+            try:
+                check = cls.from_config(cfg, check_name(cfg), cfg.timeout or group.policy.timeout, ctx)
+            except (OSError, ssl.SSLError, ValueError) as exc:
+                raise StartupError(f"groups.{group.name}.targets.{target.name}.checks[{i}]: {exc}") from None
+            built[target.name].append(check)
+    return built
+
+
+class Daemon:
+    def __init__(self, config: Config, extra_observers: tuple[Observer, ...] = ()) -> None:
+        self.config = config
+        self.extra_observers = extra_observers
+
+    async def run(self) -> int:
+        """Run until SIGTERM or SIGINT; return the process exit code."""
+        http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True, limit=0))
+        built: Mapping[str, Provider] = {}
+        try:
+            try:
+                built = build_providers(self.config)
+                hooks = HookObserver({g.name: g.hooks for g in self.config.groups})
+                observers = Observers([LogObserver(), hooks, *self.extra_observers])
+                engine = Engine(
+                    GroupRunner(g, built[g.provider], build_checks(g, built[g.provider], http), observers)
+                    for g in self.config.groups
+                )
+            except EipFailoverError as exc:
+                log.error("startup_failed", error=str(exc))
+                return EXIT_CONFIG
+            return await self._serve(engine, hooks)
+        finally:
+            await http.close()
+            for provider in built.values():
+                await provider.close()
+
+    async def _serve(self, engine: Engine, hooks: HookObserver) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, engine.request_stop)
+        try:
+            log.info("daemon_starting", groups=[g.name for g in self.config.groups],
+                     detection_seconds={g.name: g.policy.detection_seconds for g in self.config.groups})
+            running = asyncio.create_task(engine.run(), name="engine")
+            ready = asyncio.create_task(engine.ready.wait())
+            await asyncio.wait({running, ready}, return_when=asyncio.FIRST_COMPLETED)
+            if ready.done():
+                log.info("daemon_ready", groups=len(engine.runners))
+            stopping = asyncio.create_task(engine.stop.wait())
+            await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            ready.cancel()
+            stopping.cancel()
+            code = EXIT_OK
+            if not running.done():
+                log.info("daemon_stopping")
+                try:
+                    async with asyncio.timeout(STOP_TIMEOUT):
+                        await running
+                except TimeoutError:
+                    log.error("stop_timeout", seconds=STOP_TIMEOUT)
+                    running.cancel()
+                    code = EXIT_FAILURE
+            elif running.exception() is not None:
+                log.error("engine_failed", error=repr(running.exception()))
+                code = EXIT_FAILURE
+            await hooks.drain(5.0)
+            log.info("daemon_stopped", exit_code=code)
+            return code
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)

@@ -1,0 +1,78 @@
+"""Hooks: programs run after each failover, serialized per group in event order, with a timeout, a fixed argv and
+no shell. Placeholders ``{group} {from} {to} {result} {reason} {trigger} {failover_id}`` are replaced in each
+argument."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Mapping, Sequence
+
+import structlog
+
+from eipfailover.config import HooksConfig
+from eipfailover.engine import FailoverRecord, NullObserver
+from eipfailover.process import describe_status, run_program
+
+log = structlog.get_logger("eipfailover.hooks")
+
+
+def render_argv(argv: Sequence[str], record: FailoverRecord) -> list[str]:
+    values = {
+        "group": record.group, "from": record.from_target or "", "to": record.to_target,
+        "result": record.result, "reason": record.reason, "trigger": record.trigger.value,
+        "failover_id": record.id,
+    }
+    out = []
+    for arg in argv:
+        for key, value in values.items():
+            arg = arg.replace("{" + key + "}", value)
+        out.append(arg)
+    return out
+
+
+class HookObserver(NullObserver):
+    """An engine observer that queues ``on_failover`` hooks per group and runs them one after another."""
+
+    def __init__(self, hooks: Mapping[str, HooksConfig]) -> None:
+        self.hooks = {group: h for group, h in hooks.items() if h.on_failover}
+        self.queues: dict[str, asyncio.Queue[FailoverRecord]] = {}
+        self.workers: dict[str, asyncio.Task[None]] = {}
+
+    def on_failover_finished(self, record: FailoverRecord) -> None:
+        if record.group not in self.hooks:
+            return
+        if record.group not in self.queues:
+            self.queues[record.group] = asyncio.Queue()
+            self.workers[record.group] = asyncio.create_task(self._work(record.group))
+        self.queues[record.group].put_nowait(record)
+
+    async def _work(self, group: str) -> None:
+        hooks, queue = self.hooks[group], self.queues[group]
+        while True:
+            record = await queue.get()
+            assert hooks.on_failover is not None
+            argv = render_argv(hooks.on_failover, record)
+            try:
+                async with asyncio.timeout(hooks.timeout):
+                    code, last_line = await run_program(argv)
+            except TimeoutError:
+                log.error("hook_failed", group=group, failover_id=record.id, argv=argv,
+                          error=f"killed after {hooks.timeout:g}s")
+            except OSError as exc:
+                log.error("hook_failed", group=group, failover_id=record.id, argv=argv,
+                          error=f"cannot run: {exc.strerror or exc}")
+            else:
+                event = log.info if code == 0 else log.error
+                event("hook_finished" if code == 0 else "hook_failed", group=group, failover_id=record.id,
+                      argv=argv, status=describe_status(code), output=last_line)
+            queue.task_done()
+
+    async def drain(self, seconds: float) -> None:
+        """Let queued hooks finish, for at most ``seconds``, then stop the workers."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await asyncio.gather(*(q.join() for q in self.queues.values()))
+        for worker in self.workers.values():
+            worker.cancel()
+        await asyncio.gather(*self.workers.values(), return_exceptions=True)

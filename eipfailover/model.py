@@ -1,0 +1,174 @@
+"""Value types of the domain. No I/O here.
+
+The ``StrEnum`` values are lowercase and used verbatim in JSON, logs, metric labels and hook argv.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class CheckStatus(StrEnum):
+    OK = "ok"
+    FAIL = "fail"
+    TIMEOUT = "timeout"
+    ERROR = "error"
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    """The outcome of one probe: never an exception."""
+
+    status: CheckStatus
+    latency: float
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status is CheckStatus.OK
+
+
+class TargetState(StrEnum):
+    UNKNOWN = "unknown"
+    UP = "up"
+    DOWN = "down"
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """A target's confirmed state after rise/fall hysteresis, with its consecutive counters.
+
+    ``since`` is the monotonic time of the last state change (or of the first result).
+    """
+
+    state: TargetState = TargetState.UNKNOWN
+    successes: int = 0
+    failures: int = 0
+    since: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """Where an EIP is (or goes): the provider-neutral fields a cloud reports. ``None`` means "not specified"."""
+
+    instance_id: str | None = None
+    network_interface_id: str | None = None
+    private_ip: str | None = None
+
+    def matches(self, actual: Binding) -> bool:
+        """True if ``actual`` (the cloud's report) satisfies every field this binding specifies.
+
+        An instance binding is judged on the instance; an ENI binding on the ENI and, when given, the private IP.
+        """
+        if self.network_interface_id is not None:
+            return actual.network_interface_id == self.network_interface_id and (
+                self.private_ip is None or actual.private_ip == self.private_ip
+            )
+        return self.instance_id is not None and actual.instance_id == self.instance_id
+
+    def __str__(self) -> str:
+        if self.network_interface_id is not None:
+            return self.network_interface_id + (f"/{self.private_ip}" if self.private_ip else "")
+        return self.instance_id or "-"
+
+
+@dataclass(frozen=True, slots=True)
+class EipState:
+    """The cloud's view of one EIP: ``bound_to`` is ``None`` when it is not associated."""
+
+    allocation_id: str
+    public_ip: str
+    bound_to: Binding | None
+
+
+class Placement(StrEnum):
+    """Where a group's EIPs are, as a whole, relative to its targets."""
+
+    ON_TARGET = "on_target"  # every EIP on one and the same target
+    DETACHED = "detached"  # at least one EIP is not associated
+    FOREIGN = "foreign"  # at least one EIP is on something that is not a target of the group
+    SPLIT = "split"  # the EIPs are on different targets of the group
+    UNKNOWN = "unknown"  # the cloud could not be read
+
+
+def locate(eips: Mapping[str, EipState], targets: Mapping[str, Binding]) -> tuple[Placement, str | None]:
+    """Place a group's EIPs: the placement and, for ``ON_TARGET``, the target that holds them all."""
+    holders: set[str | None] = set()
+    for state in eips.values():
+        if state.bound_to is None:
+            return Placement.DETACHED, None
+        holder = next((name for name, b in targets.items() if b.matches(state.bound_to)), None)
+        if holder is None:
+            return Placement.FOREIGN, None
+        holders.add(holder)
+    if len(holders) == 1:
+        return Placement.ON_TARGET, holders.pop()
+    return Placement.SPLIT, None
+
+
+class Action(StrEnum):
+    NONE = "none"
+    FAILOVER = "failover"
+    FAILBACK = "failback"
+    ADOPT = "adopt"
+
+
+class Trigger(StrEnum):
+    AUTO = "auto"
+    MANUAL = "manual"
+    FAILBACK = "failback"
+
+
+class Reason(StrEnum):
+    """Why the policy decided what it did: logged and asserted in tests."""
+
+    ACTIVE_HEALTHY = "active_healthy"
+    ACTIVE_UNKNOWN = "active_unknown"
+    ACTIVE_DOWN = "active_down"
+    NO_HEALTHY_STANDBY = "no_healthy_standby"
+    NO_HEALTHY_TARGET = "no_healthy_target"
+    ADOPT = "adopt"
+    COOLDOWN = "cooldown"
+    RATE_LIMITED = "rate_limited"
+    MAINTENANCE = "maintenance"
+    CLOUD_UNKNOWN = "cloud_unknown"
+    IN_PROGRESS = "failover_in_progress"
+    FAILBACK = "failback"
+    FAILBACK_PENDING = "failback_pending"
+    MANUAL = "manual"
+    MANUAL_TARGET_UNHEALTHY = "manual_target_unhealthy"
+    MANUAL_ALREADY_ACTIVE = "manual_already_active"
+
+
+@dataclass(frozen=True, slots=True)
+class ManualRequest:
+    """An operator's request for a move; ``to`` ``None`` means the most preferred healthy standby."""
+
+    to: str | None = None
+    force: bool = False
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything the policy needs about a group at one instant. Times are monotonic seconds."""
+
+    targets: tuple[str, ...]  # in preference order; the first is the primary
+    health: Mapping[str, Health]
+    placement: Placement
+    active: str | None
+    maintenance: bool = False
+    in_progress: bool = False
+    last_move_at: float | None = None
+    recent_moves: tuple[float, ...] = ()  # times of automatic moves, for the rate limit
+    manual: ManualRequest | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    action: Action
+    reason: Reason
+    target: str | None = None
+    trigger: Trigger | None = field(default=None)

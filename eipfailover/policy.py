@@ -1,0 +1,94 @@
+"""The failover decision: ``decide(snapshot, now, policy) -> Decision``. Pure; every outcome carries a reason.
+
+Rules, in order:
+1. A failover in progress blocks everything else.
+2. An operator's request is served first: it ignores cooldown, rate limit and maintenance, never its target's
+   health unless forced.
+3. Without the cloud's view (describe failed) nothing moves.
+4. In maintenance nothing moves automatically.
+5. EIPs detached, on a foreign resource or split across targets are adopted by the most preferred healthy target.
+6. A confirmed-DOWN active target fails over to the most preferred healthy standby.
+7. With ``failback: auto``, a more preferred target that has been UP for ``failback_delay`` takes the EIPs back.
+Automatic moves (5-7) wait out the cooldown after the last move and the ``max_failovers`` window.
+"""
+
+from __future__ import annotations
+
+from eipfailover.config import PolicyConfig
+from eipfailover.model import Action, Decision, Placement, Reason, Snapshot, TargetState, Trigger
+
+
+def _healthy(s: Snapshot, exclude: str | None = None) -> list[str]:
+    return [t for t in s.targets if t != exclude and s.health[t].state is TargetState.UP]
+
+
+def _hold(s: Snapshot, now: float, policy: PolicyConfig) -> Reason | None:
+    if s.last_move_at is not None and now - s.last_move_at < policy.cooldown:
+        return Reason.COOLDOWN
+    recent = [t for t in s.recent_moves if now - t < policy.max_failovers.window]
+    if len(recent) >= policy.max_failovers.count:
+        return Reason.RATE_LIMITED
+    return None
+
+
+def _automatic(action: Action, reason: Reason, target: str, trigger: Trigger, s: Snapshot, now: float,
+               policy: PolicyConfig) -> Decision:
+    held = _hold(s, now, policy)
+    if held is not None:
+        return Decision(Action.NONE, held, target)
+    return Decision(action, reason, target, trigger)
+
+
+def _manual(s: Snapshot) -> Decision:
+    assert s.manual is not None
+    request = s.manual
+    if request.to is not None:
+        target: str | None = request.to
+    else:
+        candidates = _healthy(s, exclude=s.active) or (
+            [t for t in s.targets if t != s.active] if request.force else []
+        )
+        target = candidates[0] if candidates else None
+    if target is None:
+        return Decision(Action.NONE, Reason.MANUAL_TARGET_UNHEALTHY)
+    if target == s.active and s.placement is Placement.ON_TARGET:
+        return Decision(Action.NONE, Reason.MANUAL_ALREADY_ACTIVE, target)
+    if s.health[target].state is not TargetState.UP and not request.force:
+        return Decision(Action.NONE, Reason.MANUAL_TARGET_UNHEALTHY, target)
+    return Decision(Action.FAILOVER, Reason.MANUAL, target, Trigger.MANUAL)
+
+
+def decide(s: Snapshot, now: float, policy: PolicyConfig) -> Decision:
+    """What to do with one group now (monotonic seconds), and why."""
+    if s.in_progress:
+        return Decision(Action.NONE, Reason.IN_PROGRESS)
+    if s.manual is not None:
+        return _manual(s)
+    if s.placement is Placement.UNKNOWN:
+        return Decision(Action.NONE, Reason.CLOUD_UNKNOWN)
+    if s.maintenance:
+        return Decision(Action.NONE, Reason.MAINTENANCE)
+
+    if s.placement is not Placement.ON_TARGET or s.active is None:
+        healthy = _healthy(s)
+        if not healthy:
+            return Decision(Action.NONE, Reason.NO_HEALTHY_TARGET)
+        return _automatic(Action.ADOPT, Reason.ADOPT, healthy[0], Trigger.AUTO, s, now, policy)
+
+    active_state = s.health[s.active].state
+    if active_state is TargetState.DOWN:
+        standbys = _healthy(s, exclude=s.active)
+        if not standbys:
+            return Decision(Action.NONE, Reason.NO_HEALTHY_STANDBY)
+        return _automatic(Action.FAILOVER, Reason.ACTIVE_DOWN, standbys[0], Trigger.AUTO, s, now, policy)
+
+    if policy.failback == "auto":
+        preferred = s.targets[: s.targets.index(s.active)]
+        better = next((t for t in preferred if s.health[t].state is TargetState.UP), None)
+        if better is not None:
+            if now - s.health[better].since < policy.failback_delay:
+                return Decision(Action.NONE, Reason.FAILBACK_PENDING, better)
+            return _automatic(Action.FAILBACK, Reason.FAILBACK, better, Trigger.FAILBACK, s, now, policy)
+
+    reason = Reason.ACTIVE_HEALTHY if active_state is TargetState.UP else Reason.ACTIVE_UNKNOWN
+    return Decision(Action.NONE, reason, s.active)

@@ -1,0 +1,189 @@
+"""AWS EC2 driver (boto3).
+
+boto3 is synchronous: calls run in a thread pool of ``max_concurrency`` workers, which bounds the requests in
+flight. botocore retries briefly (``standard`` mode, ``max_attempts`` in all) within explicit connect and read
+timeouts; longer retries belong to the failover module. ``AssociateAddress`` is always sent with
+``AllowReassociation=True``, which makes a move one atomic call: the EIP is never detached on the way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import boto3
+from botocore.config import Config as BotoConfig
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    NoCredentialsError,
+    NoRegionError,
+    ParamValidationError,
+    PartialCredentialsError,
+    ProfileNotFound,
+)
+
+from eipfailover.config import AwsProviderConfig
+from eipfailover.errors import ProviderError
+from eipfailover.model import Binding, EipState
+from eipfailover.providers.base import InstanceState, Provider
+
+_RETRYABLE_CODES = frozenset({
+    "RequestLimitExceeded", "Throttling", "ThrottlingException", "InternalError", "InternalFailure",
+    "ServiceUnavailable", "Unavailable", "RequestTimeout", "RequestExpired", "IncorrectState",
+    "ConcurrentTagAccess", "AuthFailure",
+})
+"""``AuthFailure`` included: credentials that fail at boot (clock skew, an IAM role not yet attached) often recover."""
+_HEALTHY_STATUS = frozenset({"ok", "initializing", "not-applicable", "insufficient-data"})
+
+
+class AwsProvider(Provider):
+    def __init__(self, name: str, config: AwsProviderConfig) -> None:
+        super().__init__(name)
+        self.region = config.region
+        try:
+            session = boto3.session.Session(profile_name=config.profile, region_name=config.region)
+            self.client = session.client(
+                "ec2",
+                endpoint_url=config.endpoint_url,
+                config=BotoConfig(
+                    retries={"mode": "standard", "total_max_attempts": config.max_attempts},
+                    connect_timeout=config.connect_timeout,
+                    read_timeout=config.read_timeout,
+                    max_pool_connections=config.max_concurrency,
+                ),
+            )
+        except (ProfileNotFound, NoRegionError, ValueError) as exc:
+            raise ProviderError(f"aws provider {name!r}: {exc}", retryable=False) from None
+        self.executor = ThreadPoolExecutor(max_workers=config.max_concurrency, thread_name_prefix=f"aws-{name}")
+
+    @classmethod
+    def from_config(cls, name: str, config: AwsProviderConfig) -> AwsProvider:
+        return cls(name, config)
+
+    async def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        await asyncio.to_thread(self.client.close)
+
+    async def _ec2(self, operation: str, **params: Any) -> dict[str, Any]:
+        method = functools.partial(getattr(self.client, _snake(operation)), **params)
+
+        async def call() -> dict[str, Any]:
+            try:
+                result: dict[str, Any] = await asyncio.get_running_loop().run_in_executor(self.executor, method)
+            except (ClientError, BotoCoreError) as exc:
+                raise self._error(operation, exc) from None
+            return result
+
+        return await self.request(operation, call)
+
+    def _error(self, operation: str, exc: ClientError | BotoCoreError) -> ProviderError:
+        if isinstance(exc, ClientError):
+            err = exc.response.get("Error", {})
+            code = str(err.get("Code", "Unknown"))
+            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+            retryable = code in _RETRYABLE_CODES or status >= 500
+            return ProviderError(
+                f"EC2 {operation} in {self.region}: {code}: {err.get('Message', '')}",
+                retryable=retryable, code=code, operation=operation,
+            )
+        if isinstance(exc, NoCredentialsError | PartialCredentialsError):
+            return ProviderError(
+                f"EC2 {operation}: no usable AWS credentials ({exc}); set a profile, the environment or an "
+                "instance role", retryable=True, code="NoCredentials", operation=operation,
+            )
+        retryable = not isinstance(exc, ParamValidationError)
+        return ProviderError(f"EC2 {operation} in {self.region}: {exc}", retryable=retryable, operation=operation)
+
+    async def describe(self, eips: Sequence[str]) -> dict[str, EipState]:
+        reply = await self._ec2("DescribeAddresses", AllocationIds=list(eips))
+        found = {a["AllocationId"]: _eip_state(a) for a in reply.get("Addresses", [])}
+        missing = [e for e in eips if e not in found]
+        if missing:
+            raise ProviderError(
+                f"EC2 DescribeAddresses in {self.region}: no EIP {', '.join(missing)}", retryable=False,
+                code="InvalidAllocationID.NotFound", operation="DescribeAddresses",
+            )
+        return found
+
+    async def move(self, eips: Sequence[str], to: Binding) -> None:
+        if to.network_interface_id is not None:
+            where: dict[str, str] = {"NetworkInterfaceId": to.network_interface_id}
+            if to.private_ip is not None:
+                where["PrivateIpAddress"] = to.private_ip
+        elif to.instance_id is not None:
+            where = {"InstanceId": to.instance_id}
+        else:
+            raise ProviderError(f"binding {to} names no instance or ENI", retryable=False)
+        results = await asyncio.gather(
+            *(self._ec2("AssociateAddress", AllocationId=eip, AllowReassociation=True, **where) for eip in eips),
+            return_exceptions=True,
+        )
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:  # the permanent error is the one to report; the others may clear on a retry
+            raise min(errors, key=lambda e: isinstance(e, ProviderError) and e.retryable)
+
+    async def instance_state(self, binding: Binding) -> InstanceState:
+        if binding.network_interface_id is not None:
+            return await self._eni_state(binding.network_interface_id, binding.private_ip)
+        assert binding.instance_id is not None
+        return await self._instance_state(binding.instance_id)
+
+    async def _instance_state(self, instance_id: str) -> InstanceState:
+        try:
+            reply = await self._ec2(
+                "DescribeInstanceStatus", InstanceIds=[instance_id], IncludeAllInstances=True
+            )
+        except ProviderError as exc:
+            if exc.code == "InvalidInstanceID.NotFound":
+                return InstanceState(False, f"instance {instance_id} does not exist")
+            raise
+        statuses = reply.get("InstanceStatuses", [])
+        if not statuses:
+            return InstanceState(False, f"instance {instance_id} does not exist")
+        status = statuses[0]
+        state = status.get("InstanceState", {}).get("Name", "unknown")
+        if state != "running":
+            return InstanceState(False, f"instance {instance_id} is {state}")
+        for kind in ("InstanceStatus", "SystemStatus"):
+            value = status.get(kind, {}).get("Status", "ok")
+            if value not in _HEALTHY_STATUS:
+                return InstanceState(False, f"instance {instance_id} {kind} is {value}")
+        return InstanceState(True, f"instance {instance_id} is running")
+
+    async def _eni_state(self, eni: str, private_ip: str | None) -> InstanceState:
+        try:
+            reply = await self._ec2("DescribeNetworkInterfaces", NetworkInterfaceIds=[eni])
+        except ProviderError as exc:
+            if exc.code == "InvalidNetworkInterfaceID.NotFound":
+                return InstanceState(False, f"ENI {eni} does not exist")
+            raise
+        interfaces = reply.get("NetworkInterfaces", [])
+        if not interfaces:
+            return InstanceState(False, f"ENI {eni} does not exist")
+        nic = interfaces[0]
+        ips = {p.get("PrivateIpAddress") for p in nic.get("PrivateIpAddresses", [])}
+        if private_ip is not None and private_ip not in ips:
+            return InstanceState(False, f"private IP {private_ip} is not assigned to ENI {eni}")
+        instance_id = nic.get("Attachment", {}).get("InstanceId")
+        if not instance_id:
+            return InstanceState(False, f"ENI {eni} is not attached to an instance (status {nic.get('Status')})")
+        return await self._instance_state(instance_id)
+
+
+def _eip_state(address: dict[str, Any]) -> EipState:
+    instance = address.get("InstanceId") or None
+    eni = address.get("NetworkInterfaceId") or None
+    bound = (
+        Binding(instance_id=instance, network_interface_id=eni, private_ip=address.get("PrivateIpAddress") or None)
+        if instance or eni
+        else None
+    )
+    return EipState(allocation_id=address["AllocationId"], public_ip=address.get("PublicIp", ""), bound_to=bound)
+
+
+def _snake(operation: str) -> str:
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in operation).lstrip("_")

@@ -1,0 +1,68 @@
+"""The contract of a provider driver.
+
+A driver reads the cloud's truth about EIPs (:meth:`Provider.describe`), moves EIPs (:meth:`Provider.move`) and
+reports an instance's state (:meth:`Provider.instance_state`). Every failure is a :class:`ProviderError` whose
+``retryable`` tells the caller whether trying again may help; drivers do not retry beyond their SDK's own short
+retries, the failover module owns retries and deadlines. Every cloud request is reported to ``on_request``.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from eipfailover.errors import ProviderError
+from eipfailover.model import Binding, EipState
+
+T = TypeVar("T")
+RequestObserver = Callable[[str, str, str, float], None]
+"""Called as ``(provider, operation, result, seconds)`` after every cloud request; ``result`` is ``ok``,
+``retryable`` or ``error`` (a bounded set, fit for a metric label)."""
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceState:
+    running: bool
+    detail: str
+
+
+class Provider(ABC):
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.on_request: RequestObserver | None = None
+
+    @classmethod
+    @abstractmethod
+    def from_config(cls, name: str, config: Any) -> Provider:
+        """Build the driver from its config model; raise :class:`ProviderError` if that is impossible."""
+
+    @abstractmethod
+    async def describe(self, eips: Sequence[str]) -> dict[str, EipState]:
+        """The cloud's current view of each EIP, keyed by allocation ID."""
+
+    @abstractmethod
+    async def move(self, eips: Sequence[str], to: Binding) -> None:
+        """Ask the cloud to put every EIP on ``to``; it may return before the cloud has finished."""
+
+    @abstractmethod
+    async def instance_state(self, binding: Binding) -> InstanceState:
+        """Whether the resource behind ``binding`` exists and runs."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook: most drivers hold nothing to release
+        """Release clients and threads."""
+
+    async def request(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
+        """Run one cloud request, timing it and reporting it to ``on_request``."""
+        start = time.monotonic()
+        result = "ok"
+        try:
+            return await call()
+        except ProviderError as exc:
+            result = "retryable" if exc.retryable else "error"
+            raise
+        finally:
+            if self.on_request is not None:
+                self.on_request(self.name, operation, result, time.monotonic() - start)
