@@ -37,8 +37,11 @@ class LocalInstance:
         self.runner: web.AppRunner | None = None
 
     async def start(self) -> None:
+        async def healthz(_: web.Request) -> web.Response:
+            return web.json_response({"instance": self.name, "ok": True})
+
         app = web.Application()
-        app.router.add_get("/healthz", lambda _: web.json_response({"instance": self.name, "ok": True}))
+        app.router.add_get("/healthz", healthz)
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", self.port, reuse_address=True)
@@ -72,7 +75,8 @@ class DaemonProcess:
         self._reader = asyncio.create_task(self._read())
 
     async def _read(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
+        assert self.proc is not None
+        assert self.proc.stdout is not None
         async for raw in self.proc.stdout:
             try:
                 event = json.loads(raw)
@@ -96,14 +100,20 @@ class DaemonProcess:
     def count(self, name: str) -> int:
         return sum(1 for _, e in self.events if e.get("event") == name)
 
-    async def stop(self) -> int:
+    async def wait(self, timeout: float = 30) -> int:
+        """Wait for the daemon to exit by itself; return its exit status."""
         assert self.proc is not None
-        if self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-        code = await asyncio.wait_for(self.proc.wait(), 30)
+        code = await asyncio.wait_for(self.proc.wait(), timeout)
         if self._reader is not None:
             await self._reader
         return code
+
+    async def stop(self) -> int:
+        """SIGTERM, then wait for the exit status."""
+        assert self.proc is not None
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return await self.wait()
 
 
 def _fmt(event: dict[str, Any]) -> str | None:

@@ -181,10 +181,14 @@ class GroupRunner:
         self.wake()
 
     # --- the loop ---
-    async def run(self, stop: asyncio.Event) -> None:
+    async def run(self, stop: asyncio.Event, phase: float = 0.0) -> None:
+        """Tick every interval until ``stop``; the first tick comes after ``phase`` seconds."""
         loop = asyncio.get_running_loop()
         interval = self.config.policy.interval
-        next_at = loop.time()
+        next_at = loop.time() + phase
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(phase):
+                await self._wake.wait()
         while not stop.is_set():
             self._wake.clear()
             try:
@@ -348,7 +352,12 @@ class Engine:
     async def run(self) -> None:
         """Run every group until :meth:`request_stop`; then let running failovers finish (the caller bounds
         that wait)."""
-        tasks = [asyncio.create_task(r.run(self.stop), name=f"group-{r.name}") for r in self.runners.values()]
+        # groups start spread over their interval, so that their checks do not all fire at the same instant
+        count = len(self.runners)
+        tasks = [
+            asyncio.create_task(r.run(self.stop, phase=r.config.policy.interval * i / count), name=f"group-{r.name}")
+            for i, r in enumerate(self.runners.values())
+        ]
         watcher = asyncio.create_task(self._watch_ready())
         try:
             await asyncio.gather(*tasks)

@@ -1,0 +1,133 @@
+"""Shared fixtures: a moto EC2 server over HTTP on loopback, EC2 fixtures in it, local health servers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+import pytest
+import requests
+from aiohttp import web
+
+REGION = "us-east-1"
+
+# Nothing may leave the machine: no proxy, no metadata service, fake credentials only.
+for var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
+    os.environ.pop(var, None)
+os.environ.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                   "AWS_DEFAULT_REGION": REGION, "AWS_EC2_METADATA_DISABLED": "true",
+                   "NO_PROXY": "127.0.0.1,localhost"})
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """One ThreadedMotoServer per session on 127.0.0.1 (its first request costs ~1.5 s); reset per test."""
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def moto(moto_endpoint: str) -> str:
+    requests.post(f"{moto_endpoint}/moto-api/reset", timeout=10).raise_for_status()
+    return moto_endpoint
+
+
+@dataclass
+class Ec2World:
+    """Two running instances, each with its primary ENI, and one EIP on the first instance."""
+
+    endpoint: str
+    client: Any
+    instance_a: str
+    instance_b: str
+    eni_a: str
+    eni_b: str
+    ip_a: str
+    ip_b: str
+    eip: str
+    public_ip: str
+
+    def holder(self, eip: str | None = None) -> dict[str, Any]:
+        return dict(self.client.describe_addresses(AllocationIds=[eip or self.eip])["Addresses"][0])
+
+    def new_eip(self, on_instance: str | None = None) -> str:
+        alloc = str(self.client.allocate_address(Domain="vpc")["AllocationId"])
+        if on_instance:
+            self.client.associate_address(AllocationId=alloc, InstanceId=on_instance, AllowReassociation=True)
+        return alloc
+
+
+def ec2_client(endpoint: str) -> Any:
+    return boto3.client("ec2", endpoint_url=endpoint, region_name=REGION,
+                        aws_access_key_id="testing", aws_secret_access_key="testing")
+
+
+@pytest.fixture
+def ec2(moto: str) -> Ec2World:
+    client = ec2_client(moto)
+    reply = client.run_instances(ImageId="ami-12345678", MinCount=2, MaxCount=2, InstanceType="t3.micro")
+    a, b = reply["Instances"]
+    eip = client.allocate_address(Domain="vpc")
+    client.associate_address(AllocationId=eip["AllocationId"], InstanceId=a["InstanceId"], AllowReassociation=True)
+    return Ec2World(
+        endpoint=moto, client=client, instance_a=a["InstanceId"], instance_b=b["InstanceId"],
+        eni_a=a["NetworkInterfaces"][0]["NetworkInterfaceId"], eni_b=b["NetworkInterfaces"][0]["NetworkInterfaceId"],
+        ip_a=a["PrivateIpAddress"], ip_b=b["PrivateIpAddress"], eip=eip["AllocationId"], public_ip=eip["PublicIp"],
+    )
+
+
+class HealthServer:
+    """A real HTTP server on 127.0.0.1 whose answer can be changed, stopped and restarted on the same port."""
+
+    def __init__(self) -> None:
+        self.status = 200
+        self.body = "ok"
+        self.hang = False
+        self.port = 0
+        self.hits = 0
+        self._runner: web.AppRunner | None = None
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        self.hits += 1
+        if self.hang:
+            await self._forever.wait()  # accept, then never answer
+        return web.Response(status=self.status, text=self.body)
+
+    async def start(self) -> None:
+        self._forever = asyncio.Event()
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True).start()
+        self.port = self._runner.addresses[0][1]
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/healthz"
+
+
+@pytest.fixture
+async def health_servers() -> AsyncIterator[list[HealthServer]]:
+    servers = [HealthServer(), HealthServer()]
+    for server in servers:
+        await server.start()
+    yield servers
+    for server in servers:
+        await server.stop()

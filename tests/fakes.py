@@ -1,0 +1,85 @@
+"""Fakes that implement the real base classes (never patches of the objects under test)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from eipfailover.checks.base import Check
+from eipfailover.errors import ProviderError
+from eipfailover.model import Binding, CheckStatus, EipState
+from eipfailover.providers.base import InstanceState, Provider
+
+
+class FakeProvider(Provider):
+    """An in-memory cloud. ``faults[operation]`` is a list of errors raised by the next calls; ``lag`` is how many
+    describes still show the old association after a move (an eventually consistent cloud)."""
+
+    def __init__(self, placement: dict[str, Binding | None], *, lag: int = 0) -> None:
+        super().__init__("fake")
+        self.placement = dict(placement)
+        self.faults: dict[str, list[ProviderError]] = {}
+        self.lag = lag
+        self.calls: list[tuple[str, tuple[str, ...], Binding | None]] = []
+        self.running: dict[str, bool] = {}
+        self._pending: dict[str, tuple[Binding, int]] = {}
+        self.move_delay = 0.0
+
+    @classmethod
+    def from_config(cls, name: str, config: object) -> FakeProvider:
+        raise NotImplementedError
+
+    def _fault(self, operation: str) -> None:
+        queue = self.faults.get(operation)
+        if queue:
+            raise queue.pop(0)
+
+    async def describe(self, eips: Sequence[str]) -> dict[str, EipState]:
+        self.calls.append(("describe", tuple(eips), None))
+        self._fault("describe")
+        for eip, (binding, left) in list(self._pending.items()):
+            if left <= 0:
+                self.placement[eip] = binding
+                del self._pending[eip]
+            else:
+                self._pending[eip] = (binding, left - 1)
+        missing = [e for e in eips if e not in self.placement]
+        if missing:
+            raise ProviderError(f"no EIP {missing}", retryable=False, code="NotFound")
+        return {e: EipState(e, f"192.0.2.{i}", self.placement[e]) for i, e in enumerate(eips)}
+
+    async def move(self, eips: Sequence[str], to: Binding) -> None:
+        self.calls.append(("move", tuple(eips), to))
+        if self.move_delay:
+            await asyncio.sleep(self.move_delay)
+        self._fault("move")
+        for eip in eips:
+            if self.lag:
+                self._pending[eip] = (to, self.lag)
+            else:
+                self.placement[eip] = to
+
+    async def instance_state(self, binding: Binding) -> InstanceState:
+        self._fault("instance_state")
+        running = self.running.get(str(binding), True)
+        return InstanceState(running, f"{binding} is {'running' if running else 'stopped'}")
+
+    def moves(self) -> list[tuple[tuple[str, ...], Binding | None]]:
+        return [(eips, to) for op, eips, to in self.calls if op == "move"]
+
+
+class ScriptedCheck(Check):
+    """A check whose next results are set by the test (the default result holds when the script is empty)."""
+
+    def __init__(self, name: str = "scripted", status: CheckStatus = CheckStatus.OK) -> None:
+        super().__init__(name, 1.0)
+        self.status = status
+        self.script: list[CheckStatus] = []
+
+    @classmethod
+    def from_config(cls, config: object, name: str, timeout: float, ctx: object) -> ScriptedCheck:
+        raise NotImplementedError
+
+    async def probe(self) -> tuple[CheckStatus, str]:
+        status = self.script.pop(0) if self.script else self.status
+        return status, "" if status is CheckStatus.OK else f"scripted {status}"

@@ -1,0 +1,124 @@
+"""The failover action: retries within the deadline, verification by describe, partial moves."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from eipfailover import failover
+from eipfailover.errors import ProviderError
+from eipfailover.model import Binding
+
+from .fakes import FakeProvider
+
+A, B = Binding(instance_id="i-a"), Binding(instance_id="i-b")
+FAST = failover.Backoff(base=0.01, cap=0.05)
+
+
+def throttle() -> ProviderError:
+    return ProviderError("throttled", retryable=True, code="RequestLimitExceeded")
+
+
+async def test_move_and_verify() -> None:
+    cloud = FakeProvider({"e1": A, "e2": A})
+    outcome = await failover.execute(cloud, ["e1", "e2"], B, deadline=5, backoff=FAST)
+    assert (outcome.ok, outcome.attempts) == (True, 1)
+    assert cloud.placement == {"e1": B, "e2": B}
+
+
+async def test_verification_waits_for_an_eventually_consistent_cloud() -> None:
+    cloud = FakeProvider({"e1": A}, lag=3)
+    outcome = await failover.execute(cloud, ["e1"], B, deadline=5, verify_interval=0.01)
+    assert outcome.ok
+    assert [op for op, *_ in cloud.calls].count("describe") == 4  # 3 stale answers, then the truth
+
+
+async def test_not_verified_within_the_deadline() -> None:
+    cloud = FakeProvider({"e1": A}, lag=10_000)
+    start = time.monotonic()
+    outcome = await failover.execute(cloud, ["e1"], B, deadline=0.3, verify_interval=0.05)
+    assert not outcome.ok
+    assert outcome.error == "not verified within 0.3s (last seen: e1 on i-a)"
+    assert time.monotonic() - start < 0.5
+
+
+async def test_retryable_errors_are_retried() -> None:
+    cloud = FakeProvider({"e1": A})
+    cloud.faults["move"] = [throttle(), throttle()]
+    outcome = await failover.execute(cloud, ["e1"], B, deadline=5, backoff=FAST)
+    assert (outcome.ok, outcome.attempts) == (True, 3)
+
+
+async def test_permanent_error_stops_at_once() -> None:
+    cloud = FakeProvider({"e1": A})
+    cloud.faults["move"] = [ProviderError("denied", retryable=False, code="UnauthorizedOperation")]
+    outcome = await failover.execute(cloud, ["e1"], B, deadline=5, backoff=FAST)
+    assert (outcome.ok, outcome.attempts, outcome.error) == (False, 1, "move failed: denied")
+    assert cloud.placement == {"e1": A}
+
+
+async def test_retries_end_at_the_deadline() -> None:
+    cloud = FakeProvider({"e1": A})
+    cloud.faults["move"] = [throttle() for _ in range(1000)]
+    start = time.monotonic()
+    outcome = await failover.execute(cloud, ["e1"], B, deadline=0.5, backoff=failover.Backoff(base=0.05, cap=0.1))
+    assert not outcome.ok
+    assert outcome.error == "move failed: throttled"
+    assert time.monotonic() - start < 0.6
+    assert outcome.attempts > 3
+
+
+async def test_a_hanging_move_is_cut_at_the_deadline() -> None:
+    cloud = FakeProvider({"e1": A})
+    cloud.move_delay = 10
+    start = time.monotonic()
+    outcome = await failover.execute(cloud, ["e1"], B, deadline=0.2)
+    assert (outcome.ok, outcome.error) == (False, "move did not complete within the 0.2s deadline")
+    assert time.monotonic() - start < 0.4
+
+
+async def test_only_eips_not_in_place_are_moved() -> None:
+    cloud = FakeProvider({"e1": B, "e2": A})
+    states = await cloud.describe(["e1", "e2"])
+    outcome = await failover.execute(cloud, ["e1", "e2"], B, deadline=5, states=states)
+    assert outcome.ok
+    assert cloud.moves() == [(("e2",), B)]
+
+
+async def test_a_partial_move_is_completed_on_retry() -> None:
+    """The first attempt moves e1 and then fails: the retry moves only e2 (re-read from the cloud)."""
+
+    class HalfMoving(FakeProvider):
+        async def move(self, eips: Sequence[str], to: Binding) -> None:
+            if len(eips) == 2:
+                self.placement[eips[0]] = to
+                self.calls.append(("move", tuple(eips), to))
+                raise throttle()
+            await super().move(eips, to)
+
+    cloud = HalfMoving({"e1": A, "e2": A})
+    outcome = await failover.execute(cloud, ["e1", "e2"], B, deadline=5, backoff=FAST)
+    assert outcome.ok
+    assert cloud.moves() == [(("e1", "e2"), B), (("e2",), B)]
+
+
+async def test_eni_private_ip_must_match_exactly() -> None:
+    """A cloud that puts the EIP on the ENI's primary IP instead of the requested one is not a success."""
+    wanted = Binding(network_interface_id="eni-b", private_ip="10.0.0.20")
+
+    class PrimaryIpOnly(FakeProvider):
+        async def move(self, eips: Sequence[str], to: Binding) -> None:
+            await super().move(eips, Binding(network_interface_id=to.network_interface_id, private_ip="10.0.0.10"))
+
+    cloud = PrimaryIpOnly({"e1": A})
+    outcome = await failover.execute(cloud, ["e1"], wanted, deadline=0.2, verify_interval=0.05)
+    assert not outcome.ok
+    assert outcome.error.endswith("(last seen: e1 on eni-b/10.0.0.10)")
+
+
+def test_backoff_is_jittered_and_capped() -> None:
+    backoff = failover.Backoff(base=0.25, cap=2.0)
+    delays = [backoff.delay(n) for n in range(8)]
+    assert 0.125 <= delays[0] <= 0.25
+    assert all(1.0 <= d <= 2.0 for d in delays[4:])
+    assert len({backoff.delay(3) for _ in range(20)}) > 1

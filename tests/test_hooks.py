@@ -1,0 +1,77 @@
+"""Hooks run one at a time per group, in event order, with a fixed argv, no shell and a timeout."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from eipfailover.config import HooksConfig
+from eipfailover.engine import FailoverRecord
+from eipfailover.hooks import HookObserver, render_argv
+from eipfailover.model import Trigger
+
+
+def record(n: int, group: str = "web") -> FailoverRecord:
+    return FailoverRecord(id=f"f{n}", group=group, trigger=Trigger.AUTO, reason="active_down", from_target="a",
+                          to_target="b", eips=("e1",), started_at=time.time(), result="success")
+
+
+def test_render_argv_substitutes_without_a_shell() -> None:
+    argv = render_argv(["notify", "{group}:{from}->{to}", "{result}", "$(rm -rf /)", "{unknown}"], record(1))
+    assert argv == ["notify", "web:a->b", "success", "$(rm -rf /)", "{unknown}"]
+
+
+async def test_hooks_are_serialized_in_event_order(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    # each hook sleeps a little, then appends: a parallel or reordered run would interleave or reorder the lines
+    script = ("import sys, time; time.sleep(0.05 * (3 - int(sys.argv[1][1:]))); "
+              f"open({str(log)!r}, 'a').write(sys.argv[1] + ' ' + sys.argv[2] + '\\n')")
+    hooks = HookObserver({"web": HooksConfig(on_failover=[sys.executable, "-c", script, "{failover_id}", "{to}"])})
+    for n in range(3):
+        hooks.on_failover_finished(record(n))
+    await hooks.drain(10)
+    assert log.read_text().splitlines() == ["f0 b", "f1 b", "f2 b"]
+
+
+async def test_a_hanging_hook_is_killed_and_the_next_one_runs(tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    script = ("import sys, time\n"
+              f"if sys.argv[1] == 'f0': time.sleep(60)\n"
+              f"open({str(marker)!r}, 'w').write(sys.argv[1])\n")
+    hooks = HookObserver({"web": HooksConfig(on_failover=[sys.executable, "-c", script, "{failover_id}"],
+                                             timeout=0.3)})
+    with capture_logs() as logs:
+        start = time.monotonic()
+        hooks.on_failover_finished(record(0))
+        hooks.on_failover_finished(record(1))
+        await hooks.drain(10)
+    assert time.monotonic() - start < 3
+    assert marker.read_text() == "f1"
+    assert [(e["event"], e["failover_id"]) for e in logs] == [("hook_failed", "f0"), ("hook_finished", "f1")]
+    assert logs[0]["error"] == "killed after 0.3s"
+
+
+@pytest.mark.parametrize(("argv", "error"), [
+    (["/nonexistent/hook"], "cannot run: No such file or directory"),
+    ([sys.executable, "-c", "print('bad'); raise SystemExit(4)"], None),
+])
+async def test_failing_hooks_are_logged(argv: list[str], error: str | None) -> None:
+    hooks = HookObserver({"web": HooksConfig(on_failover=argv)})
+    with capture_logs() as logs:
+        hooks.on_failover_finished(record(1))
+        await hooks.drain(10)
+    assert logs[0]["event"] == "hook_failed"
+    if error:
+        assert logs[0]["error"] == error
+    else:
+        assert (logs[0]["status"], logs[0]["output"]) == ("exit status 4", "bad")
+
+
+async def test_groups_without_hooks_are_ignored() -> None:
+    hooks = HookObserver({"web": HooksConfig()})
+    hooks.on_failover_finished(record(1))
+    assert hooks.queues == {}
