@@ -117,7 +117,7 @@ async def test_http_refused(session: aiohttp.ClientSession) -> None:
     port = free_port()
     result = await http_check(session, f"http://127.0.0.1:{port}/").run()
     assert result.status is CheckStatus.FAIL
-    assert result.detail.startswith(f"cannot connect to 127.0.0.1:{port}")
+    assert result.detail == f"connection refused by 127.0.0.1:{port}"
 
 
 async def test_http_hanging_server_honours_timeout(session: aiohttp.ClientSession,

@@ -40,7 +40,10 @@ class HttpCheck(Check):
         except aiohttp.ClientConnectorCertificateError as exc:
             return CheckStatus.FAIL, f"TLS certificate rejected: {exc.certificate_error}"
         except aiohttp.ClientConnectorError as exc:
-            return CheckStatus.FAIL, f"cannot connect to {exc.host}:{exc.port}: {exc.os_error.strerror or exc}"
+            where = f"{exc.host}:{exc.port}"
+            if isinstance(exc.os_error, ConnectionRefusedError):
+                return CheckStatus.FAIL, f"connection refused by {where}"
+            return CheckStatus.FAIL, f"cannot connect to {where}: {exc.os_error.strerror or exc.os_error}"
         except aiohttp.ClientError as exc:
             return CheckStatus.FAIL, f"{type(exc).__name__}: {exc}"
         if cfg.body_contains is not None and cfg.body_contains not in body:
