@@ -132,16 +132,20 @@ class AwsProvider(Provider):
         assert binding.instance_id is not None
         return await self._instance_state(binding.instance_id)
 
-    async def _instance_state(self, instance_id: str) -> InstanceState:
+    async def _lookup(self, operation: str, not_found: str, key: str, **params: Any) -> list[dict[str, Any]]:
+        """The items of a describe call; an empty list when the cloud says the resource does not exist."""
         try:
-            reply = await self._ec2(
-                "DescribeInstanceStatus", InstanceIds=[instance_id], IncludeAllInstances=True
-            )
+            reply = await self._ec2(operation, **params)
         except ProviderError as exc:
-            if exc.code == "InvalidInstanceID.NotFound":
-                return InstanceState(False, f"instance {instance_id} does not exist")
+            if exc.code == not_found:
+                return []
             raise
-        statuses = reply.get("InstanceStatuses", [])
+        items: list[dict[str, Any]] = reply.get(key, [])
+        return items
+
+    async def _instance_state(self, instance_id: str) -> InstanceState:
+        statuses = await self._lookup("DescribeInstanceStatus", "InvalidInstanceID.NotFound", "InstanceStatuses",
+                                      InstanceIds=[instance_id], IncludeAllInstances=True)
         if not statuses:
             return InstanceState(False, f"instance {instance_id} does not exist")
         status = statuses[0]
@@ -155,13 +159,8 @@ class AwsProvider(Provider):
         return InstanceState(True, f"instance {instance_id} is running")
 
     async def _eni_state(self, eni: str, private_ip: str | None) -> InstanceState:
-        try:
-            reply = await self._ec2("DescribeNetworkInterfaces", NetworkInterfaceIds=[eni])
-        except ProviderError as exc:
-            if exc.code == "InvalidNetworkInterfaceID.NotFound":
-                return InstanceState(False, f"ENI {eni} does not exist")
-            raise
-        interfaces = reply.get("NetworkInterfaces", [])
+        interfaces = await self._lookup("DescribeNetworkInterfaces", "InvalidNetworkInterfaceID.NotFound",
+                                        "NetworkInterfaces", NetworkInterfaceIds=[eni])
         if not interfaces:
             return InstanceState(False, f"ENI {eni} does not exist")
         nic = interfaces[0]
