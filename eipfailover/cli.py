@@ -1,18 +1,27 @@
-"""Command line: ``run``, ``check-config``, ``demo``, ``version``. Exit codes: 0 ok, 1 runtime failure, 2 bad
-config or usage."""
+"""Command line: ``run``, ``check-config``, ``status``, ``failover``, ``maintenance``, ``demo``, ``version``.
+
+Exit codes: 0 ok, 1 runtime failure (including a failed or refused failover), 2 bad config or usage.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from eipfailover import __version__
 from eipfailover.errors import ConfigError
 
+if TYPE_CHECKING:
+    from eipfailover.client import ApiClient
+
 DEFAULT_CONFIG = os.environ.get("EIPFAILOVER_CONFIG", "/etc/eipfailover/eipfailover.yaml")
+DEFAULT_API = "http://127.0.0.1:9797"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -23,9 +32,69 @@ def _parser() -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=text, description=text)
         cmd.add_argument("-c", "--config", default=DEFAULT_CONFIG,
                          help=f"config file (default: $EIPFAILOVER_CONFIG or {DEFAULT_CONFIG})")
+
+    client = argparse.ArgumentParser(add_help=False)
+    client.add_argument("-c", "--config", help=f"take --api and --token-file from this config (default: "
+                                               f"{DEFAULT_CONFIG} if it exists)")
+    client.add_argument("--api", help=f"the daemon's API URL (default: from the config, else {DEFAULT_API})")
+    client.add_argument("--token-file", type=Path, help="file holding the API token (default: api.token_file)")
+    status = sub.add_parser("status", parents=[client], help="show every group, its targets and EIPs")
+    status.add_argument("--json", action="store_true", help="print the API's JSON")
+    failover = sub.add_parser("failover", parents=[client], help="move a group's EIPs now and wait for the result")
+    failover.add_argument("group")
+    failover.add_argument("--to", help="target name (default: the most preferred healthy standby)")
+    failover.add_argument("--force", action="store_true", help="move even if the target is not healthy")
+    failover.add_argument("--reason", default="", help="recorded in the history")
+    failover.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for the result")
+    maintenance = sub.add_parser("maintenance", parents=[client],
+                                 help="pause (on) or resume (off) automatic failover of a group")
+    maintenance.add_argument("group")
+    maintenance.add_argument("state", choices=["on", "off"])
+
     sub.add_parser("demo", help="fail an EIP over on a local moto EC2 server, no cloud account needed")
     sub.add_parser("version", help="print the version")
     return parser
+
+
+def _client(args: argparse.Namespace) -> ApiClient:
+    from eipfailover.client import ApiClient, api_url
+    from eipfailover.config import load_config
+
+    url, token_file = DEFAULT_API, None
+    path = args.config or (DEFAULT_CONFIG if Path(DEFAULT_CONFIG).is_file() else None)
+    if path is not None:
+        config = load_config(path)
+        url, token_file = api_url(config.api.listen), config.api.token_file
+    return ApiClient(args.api or url, args.token_file or token_file)
+
+
+def _client_command(args: argparse.Namespace) -> int:
+    from eipfailover.client import ApiCallError, describe_failover, format_status
+
+    try:
+        client = _client(args)
+        if args.command == "status":
+            groups = client.call("GET", "/v1/groups")["groups"]
+            print(json.dumps(groups, indent=2) if args.json else format_status(groups))
+            return 0
+        if args.command == "maintenance":
+            state = client.call("POST", f"/v1/groups/{args.group}/maintenance", {"enabled": args.state == "on"})
+            print(f"{state['group']}: maintenance {'on' if state['maintenance'] else 'off'}")
+            return 0
+        body: dict[str, object] = {"force": args.force, "reason": args.reason}
+        if args.to:
+            body["to"] = args.to
+        accepted = client.call("POST", f"/v1/groups/{args.group}/failover", body)
+        print(f"failover {accepted['failover_id']} of {accepted['group']} to {accepted['to']} accepted; waiting")
+        record = client.wait_for_failover(args.group, accepted["failover_id"], args.timeout)
+        print(describe_failover(record))
+        return 0 if record["result"] == "success" else 1
+    except ConfigError as exc:
+        print(f"eipfailover: invalid config {exc}", file=sys.stderr)
+        return 2
+    except ApiCallError as exc:
+        print(f"eipfailover: {exc}", file=sys.stderr)
+        return 2 if exc.status in (400, 404) else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -37,6 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from eipfailover.demo import main as demo_main
 
         return demo_main()
+    if args.command in ("status", "failover", "maintenance"):
+        return _client_command(args)
 
     from eipfailover.config import load_config
 
@@ -48,8 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check-config":
         for group in config.groups:
             p = group.policy
-            print(f"group {group.name}: {len(group.targets)} targets, {len(group.eips)} EIP(s), detection within "
-                  f"{p.detection_seconds:g}s ((fall-1)*interval + timeout), failback {p.failback}")
+            print(f"group {group.name}: {len(group.targets)} targets, {len(group.eips)} EIP(s), "
+                  f"detection within {p.detection_seconds:g}s ((fall-1)*interval + timeout), failback {p.failback}")
         print(f"{args.config}: OK")
         return 0
 

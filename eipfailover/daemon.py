@@ -1,27 +1,32 @@
-"""The composition root: build everything from the config, run the engine, handle signals, shut down cleanly.
+"""The composition root: build everything from the config, run the engine and the API, handle signals, shut down.
 
-Lifecycle: startup (providers, checks, observers), main loop (the engine until SIGTERM/SIGINT), shutdown (stop
-starting work, let a running failover finish within ``STOP_TIMEOUT``, drain hooks, close clients). Signal handlers
-only set events.
+Lifecycle: startup (providers, checks, observers, API), main loop (the engine until SIGTERM/SIGINT), shutdown
+(stop starting work, let a running failover finish within ``STOP_TIMEOUT``, drain hooks, close the API and the
+clients). Signal handlers only set events.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import ssl
 from collections.abc import Mapping
 
 import aiohttp
 import structlog
+from aiohttp import web
 
 from eipfailover import checks, providers, registry
+from eipfailover.api import Api, read_token
 from eipfailover.checks.base import Check, CheckContext
 from eipfailover.config import Config, GroupConfig, check_name
-from eipfailover.engine import Engine, GroupRunner, Observer, Observers, binding_of
+from eipfailover.engine import Engine, GroupRunner, Observers, binding_of
 from eipfailover.errors import EipFailoverError
+from eipfailover.history import History
 from eipfailover.hooks import HookObserver
 from eipfailover.log import LogObserver
+from eipfailover.metrics import Metrics
 from eipfailover.providers.base import Provider
 
 log = structlog.get_logger("eipfailover.daemon")
@@ -58,41 +63,71 @@ def build_checks(group: GroupConfig, provider: Provider, http: aiohttp.ClientSes
     return built
 
 
-class Daemon:
-    def __init__(self, config: Config, extra_observers: tuple[Observer, ...] = ()) -> None:
-        self.config = config
-        self.extra_observers = extra_observers
+def split_listen(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
 
-    async def run(self) -> int:
-        """Run until SIGTERM or SIGINT; return the process exit code."""
+
+class Daemon:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.engine: Engine | None = None
+        self.api_port: int | None = None
+        self.serving = asyncio.Event()
+        """Set once the API listens and the engine runs (for in-process tests)."""
+
+    async def run(self, *, install_signals: bool = True) -> int:
+        """Run until SIGTERM or SIGINT (or :meth:`Engine.request_stop`); return the process exit code."""
         http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True, limit=0))
         built: Mapping[str, Provider] = {}
+        site_runner: web.AppRunner | None = None
         try:
             try:
                 built = build_providers(self.config)
+                metrics = Metrics(self.config, {name: type(p).operations for name, p in built.items()})
+                for provider in built.values():
+                    provider.on_request = metrics.on_request
+                history = History()
                 hooks = HookObserver({g.name: g.hooks for g in self.config.groups})
-                observers = Observers([LogObserver(), hooks, *self.extra_observers])
+                observers = Observers([LogObserver(), metrics, history, hooks])
                 engine = Engine(
                     GroupRunner(g, built[g.provider], build_checks(g, built[g.provider], http), observers)
                     for g in self.config.groups
                 )
-            except EipFailoverError as exc:
+                token = read_token(self.config.api.token_file, os.environ.get("CREDENTIALS_DIRECTORY"))
+            except (EipFailoverError, ValueError) as exc:
                 log.error("startup_failed", error=str(exc))
                 return EXIT_CONFIG
-            return await self._serve(engine, hooks)
+            api = Api(engine, history, metrics.registry, token)
+            site_runner = web.AppRunner(api.app, access_log=None, handle_signals=False)
+            await site_runner.setup()
+            host, port = split_listen(self.config.api.listen)
+            try:
+                await web.TCPSite(site_runner, host, port).start()
+            except OSError as exc:
+                log.error("startup_failed", error=f"api.listen {self.config.api.listen}: {exc.strerror or exc}")
+                return EXIT_FAILURE
+            self.api_port = site_runner.addresses[0][1]
+            log.info("api_listening", address=f"{host}:{self.api_port}", changes_enabled=token is not None)
+            self.engine = engine
+            return await self._serve(engine, hooks, install_signals)
         finally:
+            if site_runner is not None:
+                await site_runner.cleanup()
             await http.close()
             for provider in built.values():
                 await provider.close()
 
-    async def _serve(self, engine: Engine, hooks: HookObserver) -> int:
+    async def _serve(self, engine: Engine, hooks: HookObserver, install_signals: bool) -> int:
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        signals = (signal.SIGTERM, signal.SIGINT) if install_signals else ()
+        for sig in signals:
             loop.add_signal_handler(sig, engine.request_stop)
         try:
             log.info("daemon_starting", groups=[g.name for g in self.config.groups],
                      detection_seconds={g.name: g.policy.detection_seconds for g in self.config.groups})
             running = asyncio.create_task(engine.run(), name="engine")
+            self.serving.set()
             ready = asyncio.create_task(engine.ready.wait())
             await asyncio.wait({running, ready}, return_when=asyncio.FIRST_COMPLETED)
             if ready.done():
@@ -118,5 +153,5 @@ class Daemon:
             log.info("daemon_stopped", exit_code=code)
             return code
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in signals:
                 loop.remove_signal_handler(sig)

@@ -58,7 +58,7 @@ class FailoverRecord:
     eips: tuple[str, ...]
     started_at: float
     requested_by: str | None = None
-    result: str = "running"  # running | success | failure
+    result: str = "running"  # running | success | failure | skipped (a manual request refused)
     error: str = ""
     finished_at: float | None = None
     attempts: int = 0
@@ -86,6 +86,8 @@ class Observer(Protocol):
 
     def on_failover_finished(self, record: FailoverRecord) -> None: ...
 
+    def on_maintenance(self, group: str, enabled: bool) -> None: ...
+
 
 class NullObserver:
     """An observer that ignores everything: subclass it and override the events of interest."""
@@ -110,6 +112,9 @@ class NullObserver:
         pass
 
     def on_failover_finished(self, record: FailoverRecord) -> None:
+        pass
+
+    def on_maintenance(self, group: str, enabled: bool) -> None:
         pass
 
 
@@ -153,7 +158,7 @@ class GroupRunner:
         self.eip_states: Mapping[str, EipState] = {}
         self.cloud_error: ProviderError | None = None
         self.maintenance = False
-        self.manual: tuple[ManualRequest, str | None] | None = None
+        self.manual: ManualRequest | None = None
         self.last_move_at: float | None = None
         self.recent_moves: list[float] = []
         self.decision: Decision | None = None
@@ -161,6 +166,7 @@ class GroupRunner:
         self.last_failover: FailoverRecord | None = None
         self.ticks = 0
         self.last_tick_at: float | None = None
+        self.started_at: float | None = None
         self.reconciled = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -170,14 +176,15 @@ class GroupRunner:
         return self.config.name
 
     # --- intents, recorded here and carried out by the loop ---
-    def request_failover(self, request: ManualRequest, requested_by: str | None = None) -> None:
+    def request_failover(self, request: ManualRequest) -> None:
         """Record an operator's request; the next tick (started at once) decides and acts on it."""
-        self.manual = (request, requested_by)
+        self.manual = request
         self.wake()
 
     def set_maintenance(self, enabled: bool) -> None:
-        self.maintenance = enabled
-        log.info("maintenance_changed", group=self.name, enabled=enabled)
+        if enabled != self.maintenance:
+            self.maintenance = enabled
+            self.observers.emit("on_maintenance", self.name, enabled)
         self.wake()
 
     # --- the loop ---
@@ -185,6 +192,7 @@ class GroupRunner:
         """Tick every interval until ``stop``; the first tick comes after ``phase`` seconds."""
         loop = asyncio.get_running_loop()
         interval = self.config.policy.interval
+        self.started_at = time.monotonic()
         next_at = loop.time() + phase
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(phase):
@@ -274,37 +282,41 @@ class GroupRunner:
             in_progress=self._task is not None and not self._task.done(),
             last_move_at=self.last_move_at,
             recent_moves=tuple(self.recent_moves),
-            manual=self.manual[0] if self.manual else None,
+            manual=self.manual,
         )
 
     def _decide(self, now: float) -> None:
         snapshot = self.snapshot()
         decision = policy.decide(snapshot, now, self.config.policy)
-        requested_by = None
-        if snapshot.manual is not None and not snapshot.in_progress:
-            requested_by = self.manual[1] if self.manual else None
+        request = snapshot.manual if not snapshot.in_progress else None
+        if request is not None:
             self.manual = None  # served, whether carried out or refused
-            if decision.action is Action.NONE:
-                log.warning("manual_failover_refused", group=self.name, target=decision.target,
-                            reason=decision.reason)
         if decision != self.decision:
             self.observers.emit("on_decision", self.name, decision)
             self.decision = decision
         if decision.action is not Action.NONE:
-            self._start_failover(decision, now, requested_by)
+            self._start_failover(decision, now, request)
+        elif request is not None:
+            refused = self._record(decision.target or request.to or "", Trigger.MANUAL, request)
+            self.observers.emit("on_failover_finished", replace(
+                refused, result="skipped", error=f"refused: {decision.reason.value}", finished_at=time.time()))
 
-    def _start_failover(self, decision: Decision, now: float, requested_by: str | None) -> None:
+    def _record(self, to: str, trigger: Trigger, request: ManualRequest | None, reason: str = "") -> FailoverRecord:
+        return FailoverRecord(
+            id=request.id if request is not None and request.id else uuid.uuid4().hex[:12], group=self.name,
+            trigger=trigger, reason=request.reason if request is not None and request.reason else reason,
+            from_target=self.active, to_target=to, eips=tuple(self.config.eips), started_at=time.time(),
+            requested_by=request.requested_by if request is not None else None,
+        )
+
+    def _start_failover(self, decision: Decision, now: float, request: ManualRequest | None) -> None:
         assert decision.target is not None
         assert decision.trigger is not None
         self.last_move_at = now
         if decision.trigger is not Trigger.MANUAL:
             window = self.config.policy.max_failovers.window
             self.recent_moves = [t for t in self.recent_moves if now - t < window] + [now]
-        record = FailoverRecord(
-            id=uuid.uuid4().hex[:12], group=self.name, trigger=decision.trigger, reason=decision.reason.value,
-            from_target=self.active, to_target=decision.target, eips=tuple(self.config.eips),
-            started_at=time.time(), requested_by=requested_by,
-        )
+        record = self._record(decision.target, decision.trigger, request, decision.reason.value)
         self.current = record
         self.observers.emit("on_failover_started", record)
         self._task = asyncio.create_task(self._failover(record), name=f"failover-{self.name}-{record.id}")

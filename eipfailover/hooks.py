@@ -40,7 +40,7 @@ class HookObserver(NullObserver):
         self.workers: dict[str, asyncio.Task[None]] = {}
 
     def on_failover_finished(self, record: FailoverRecord) -> None:
-        if record.group not in self.hooks:
+        if record.group not in self.hooks or record.result == "skipped":
             return
         if record.group not in self.queues:
             self.queues[record.group] = asyncio.Queue()

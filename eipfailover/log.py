@@ -10,7 +10,7 @@ from typing import Any, TextIO
 
 import structlog
 
-from eipfailover.engine import FailoverRecord
+from eipfailover.engine import FailoverRecord, NullObserver
 from eipfailover.errors import ProviderError
 from eipfailover.model import CheckResult, Decision, EipState, Health, Placement, TargetState
 
@@ -59,7 +59,7 @@ def _binding_text(state: EipState) -> str:
     return str(state.bound_to) if state.bound_to is not None else "unattached"
 
 
-class LogObserver:
+class LogObserver(NullObserver):
     """Logs one event per transition, with fixed keys: group, target, eips, failover_id, reason,
     duration_seconds."""
 
@@ -97,6 +97,9 @@ class LogObserver:
                     reason=record.reason, target=record.to_target, from_target=record.from_target,
                     eips=list(record.eips), requested_by=record.requested_by)
 
+    def on_maintenance(self, group: str, enabled: bool) -> None:
+        log.warning("maintenance_changed", group=group, enabled=enabled)
+
     def on_failover_finished(self, record: FailoverRecord) -> None:
         fields = {"group": record.group, "failover_id": record.id, "trigger": record.trigger.value,
                   "reason": record.reason, "target": record.to_target, "from_target": record.from_target,
@@ -104,5 +107,7 @@ class LogObserver:
                   "duration_seconds": round(record.duration or 0.0, 3)}
         if record.result == "success":
             log.info("failover_verified", **fields)
+        elif record.result == "skipped":
+            log.warning("failover_skipped", error=record.error, requested_by=record.requested_by, **fields)
         else:
             log.error("failover_failed", error=record.error, **fields)

@@ -144,11 +144,14 @@ class Reason(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class ManualRequest:
-    """An operator's request for a move; ``to`` ``None`` means the most preferred healthy standby."""
+    """An operator's request for a move; ``to`` ``None`` means the most preferred healthy standby. ``id`` becomes
+    the failover's id, so that the requester can follow it."""
 
     to: str | None = None
     force: bool = False
     reason: str = ""
+    id: str = ""
+    requested_by: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ Automatic moves (5-7) wait out the cooldown after the last move and the ``max_fa
 from __future__ import annotations
 
 from eipfailover.config import PolicyConfig
-from eipfailover.model import Action, Decision, Placement, Reason, Snapshot, TargetState, Trigger
+from eipfailover.model import Action, Decision, ManualRequest, Placement, Reason, Snapshot, TargetState, Trigger
 
 
 def _healthy(s: Snapshot, exclude: str | None = None) -> list[str]:
@@ -39,9 +39,9 @@ def _automatic(action: Action, reason: Reason, target: str, trigger: Trigger, s:
     return Decision(action, reason, target, trigger)
 
 
-def _manual(s: Snapshot) -> Decision:
-    assert s.manual is not None
-    request = s.manual
+def manual(s: Snapshot, request: ManualRequest) -> Decision:
+    """The decision on an operator's request: it ignores cooldown, rate limit and maintenance, never its target's
+    health unless forced."""
     if request.to is not None:
         target: str | None = request.to
     else:
@@ -63,7 +63,7 @@ def decide(s: Snapshot, now: float, policy: PolicyConfig) -> Decision:
     if s.in_progress:
         return Decision(Action.NONE, Reason.IN_PROGRESS)
     if s.manual is not None:
-        return _manual(s)
+        return manual(s, s.manual)
     if s.placement is Placement.UNKNOWN:
         return Decision(Action.NONE, Reason.CLOUD_UNKNOWN)
     if s.maintenance:

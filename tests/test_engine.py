@@ -148,15 +148,17 @@ async def test_manual_failover_and_refusal() -> None:
     w = World({"e1": A}, targets=3)
     w.set(c=FAIL)
     await w.ticks(2)
-    w.runner.request_failover(ManualRequest(to="c"), requested_by="ops")
+    w.runner.request_failover(ManualRequest(to="c", id="m1", requested_by="ops"))
     await w.ticks(1)
     assert w.cloud.moves() == []  # c is unhealthy and the request is not forced
     assert w.runner.manual is None  # the refused request is not kept around
-    w.runner.request_failover(ManualRequest(to="b", reason="patching a"), requested_by="ops")
+    assert w.recorder.of("finished") == [("finished", "skipped", "c", "refused: manual_target_unhealthy")]
+    w.runner.request_failover(ManualRequest(to="b", reason="patching a", id="m2", requested_by="ops"))
     await w.ticks(1)
     assert w.cloud.moves() == [(("e1",), B)]
-    assert w.runner.last_failover is not None
-    assert (w.runner.last_failover.trigger, w.runner.last_failover.requested_by) == (Trigger.MANUAL, "ops")
+    last = w.runner.last_failover
+    assert last is not None
+    assert (last.id, last.trigger, last.requested_by, last.reason) == ("m2", Trigger.MANUAL, "ops", "patching a")
 
 
 async def test_maintenance_pauses_automatic_failover() -> None:

@@ -41,6 +41,8 @@ _HEALTHY_STATUS = frozenset({"ok", "initializing", "not-applicable", "insufficie
 
 
 class AwsProvider(Provider):
+    operations = ("DescribeAddresses", "AssociateAddress", "DescribeInstanceStatus", "DescribeNetworkInterfaces")
+
     def __init__(self, name: str, config: AwsProviderConfig) -> None:
         super().__init__(name)
         self.region = config.region

@@ -12,7 +12,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from eipfailover.errors import ProviderError
 from eipfailover.model import Binding, EipState
@@ -30,6 +30,9 @@ class InstanceState:
 
 
 class Provider(ABC):
+    operations: ClassVar[tuple[str, ...]] = ()
+    """Every cloud API operation the driver may call (for metrics' label sets and least-privilege policies)."""
+
     def __init__(self, name: str) -> None:
         self.name = name
         self.on_request: RequestObserver | None = None

@@ -1,0 +1,271 @@
+"""The HTTP API (aiohttp): status, history, metrics, and the token-protected manual failover and maintenance switch.
+
+The API records intents; the engine carries them out. It never calls a provider. Every error is JSON
+``{"error": code, "message": text}``. Routes and their documents are in ``openapi.yaml`` beside this module.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import time
+import uuid
+from dataclasses import replace
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.aiohttp import make_aiohttp_handler
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
+
+from eipfailover import policy
+from eipfailover.engine import Engine, FailoverRecord, GroupRunner
+from eipfailover.history import History
+from eipfailover.model import Action, ManualRequest, Reason
+
+MAX_BODY = 64 * 1024
+_M = TypeVar("_M", bound=BaseModel)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+class FailoverBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    to: str | None = None
+    force: StrictBool = False
+    reason: str = Field("", max_length=500)
+
+
+class MaintenanceBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    enabled: StrictBool
+
+
+def read_token(token_file: Path | None, credentials_directory: str | None) -> str | None:
+    """The API token: from ``token_file`` if configured (an unreadable or empty file is an error), else from
+    systemd's ``$CREDENTIALS_DIRECTORY/api-token`` if present, else none (changes are then refused)."""
+    candidates = [token_file] if token_file is not None else []
+    if token_file is None and credentials_directory:
+        credential = Path(credentials_directory) / "api-token"
+        if credential.exists():
+            candidates.append(credential)
+    for path in candidates:
+        try:
+            token = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"api token file {path}: {getattr(exc, 'strerror', None) or exc}") from None
+        if not token:
+            raise ValueError(f"api token file {path} is empty")
+        return token
+    return None
+
+
+def record_json(record: FailoverRecord | None) -> dict[str, Any] | None:
+    if record is None:
+        return None
+    return {
+        "id": record.id, "group": record.group, "trigger": record.trigger.value, "reason": record.reason,
+        "from": record.from_target, "to": record.to_target, "eips": list(record.eips), "result": record.result,
+        "error": record.error or None, "requested_by": record.requested_by, "attempts": record.attempts,
+        "started_at": record.started_at, "finished_at": record.finished_at, "duration_seconds": record.duration,
+    }
+
+
+def group_json(runner: GroupRunner, now: float) -> dict[str, Any]:
+    p = runner.config.policy
+    decision = runner.decision
+    return {
+        "name": runner.name,
+        "provider": runner.config.provider,
+        "active_target": runner.active,
+        "placement": runner.placement.value,
+        "eips": [
+            {"allocation_id": eip, "public_ip": state.public_ip,
+             "bound_to": None if state.bound_to is None else str(state.bound_to)}
+            for eip, state in runner.eip_states.items()
+        ],
+        "maintenance": runner.maintenance,
+        "reconciled": runner.reconciled.is_set(),
+        "cloud_error": None if runner.cloud_error is None else str(runner.cloud_error),
+        "decision": None if decision is None else {
+            "action": decision.action.value, "reason": decision.reason.value, "target": decision.target},
+        "failover_in_progress": record_json(runner.current),
+        "last_failover": record_json(runner.last_failover),
+        "last_tick_age_seconds": None if runner.last_tick_at is None else round(now - runner.last_tick_at, 3),
+        "policy": {"interval": p.interval, "timeout": p.timeout, "rise": p.rise, "fall": p.fall,
+                   "failback": p.failback, "cooldown": p.cooldown, "detection_seconds": p.detection_seconds},
+        "targets": [
+            {
+                "name": t.name,
+                "binding": str(t.binding),
+                "state": t.health.state.value,
+                "consecutive_successes": t.health.successes,
+                "consecutive_failures": t.health.failures,
+                "checks": [
+                    {"name": name, "result": r.status.value, "latency_seconds": round(r.latency, 6),
+                     "detail": r.detail}
+                    for name, r in t.last_results.items()
+                ],
+            }
+            for t in runner.targets.values()
+        ],
+    }
+
+
+def _error(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": code, "message": message}, status=status)
+
+
+@web.middleware
+async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    except ApiError as exc:
+        return _error(exc.status, exc.code, exc.message)
+    except web.HTTPException as exc:  # aiohttp's own: unknown route, wrong method
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
+        return _error(exc.status, code, f"{exc.reason}: {request.method} {request.path}")
+
+
+_REFUSALS = {
+    Reason.IN_PROGRESS: "a failover of this group is already running",
+    Reason.MANUAL_ALREADY_ACTIVE: "the EIPs are already on that target",
+    Reason.MANUAL_TARGET_UNHEALTHY: "the target is not confirmed healthy; use force to move anyway",
+}
+
+
+class Api:
+    """The aiohttp application over an engine, its history and its metrics registry."""
+
+    def __init__(self, engine: Engine, history: History, registry: CollectorRegistry, token: str | None) -> None:
+        self.engine = engine
+        self.history = history
+        self.token = token
+        self.app = web.Application(middlewares=[_json_errors], client_max_size=MAX_BODY)
+        self.app.add_routes([
+            web.get("/healthz", self.healthz),
+            web.get("/readyz", self.readyz),
+            web.get("/metrics", make_aiohttp_handler(registry)),
+            web.get("/v1/groups", self.groups),
+            web.get("/v1/groups/{name}", self.group),
+            web.get("/v1/history", self.history_list),
+            web.get("/v1/openapi.yaml", self.openapi),
+            web.post("/v1/groups/{name}/failover", self.failover),
+            web.post("/v1/groups/{name}/maintenance", self.maintenance),
+        ])
+
+    # --- helpers ---
+    def _runner(self, request: web.Request) -> GroupRunner:
+        name = request.match_info["name"]
+        runner = self.engine.runners.get(name)
+        if runner is None:
+            raise ApiError(404, "unknown_group", f"no group named {name!r}")
+        return runner
+
+    def _authorize(self, request: web.Request) -> None:
+        if self.token is None:
+            raise ApiError(403, "changes_disabled",
+                           "no API token is configured (api.token_file or $CREDENTIALS_DIRECTORY/api-token), "
+                           "so the API accepts no changes")
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.token.encode()):
+            raise ApiError(401, "unauthorized", "missing or wrong bearer token")
+
+    async def _body(self, request: web.Request, model: type[_M]) -> _M:
+        if request.content_length is not None and request.content_length > MAX_BODY:
+            raise ApiError(400, "body_too_large", f"the body is over {MAX_BODY} bytes")
+        raw = await request.content.read(MAX_BODY + 1)
+        if len(raw) > MAX_BODY:
+            raise ApiError(400, "body_too_large", f"the body is over {MAX_BODY} bytes")
+        try:
+            data = json.loads(raw) if raw.strip() else {}
+        except ValueError as exc:
+            raise ApiError(400, "invalid_json", f"the body is not JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise ApiError(400, "invalid_request", "the body must be a JSON object")
+        try:
+            return model.model_validate(data)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'body'}: "
+                f"{'unknown field' if e['type'] == 'extra_forbidden' else e['msg']}"
+                for e in exc.errors()
+            )
+            raise ApiError(400, "invalid_request", problems) from None
+
+    # --- probes ---
+    async def healthz(self, request: web.Request) -> web.Response:
+        """200 while every group's loop completes ticks; 503 if one's last tick is older than 3 intervals."""
+        now = time.monotonic()
+        stale = [
+            r.name for r in self.engine.runners.values()
+            if now - (r.last_tick_at or r.started_at or now) > 3 * r.config.policy.interval
+        ]
+        if stale:
+            return _error(503, "engine_stalled", f"no completed check round for 3 intervals: {', '.join(stale)}")
+        return web.json_response({"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        waiting = [r.name for r in self.engine.runners.values() if not r.reconciled.is_set()]
+        if waiting:
+            return _error(503, "not_ready", f"first reconcile pending for: {', '.join(waiting)}")
+        return web.json_response({"status": "ready"})
+
+    # --- reads ---
+    async def groups(self, request: web.Request) -> web.Response:
+        now = time.monotonic()
+        return web.json_response({"groups": [group_json(r, now) for r in self.engine.runners.values()]})
+
+    async def group(self, request: web.Request) -> web.Response:
+        return web.json_response(group_json(self._runner(request), time.monotonic()))
+
+    async def history_list(self, request: web.Request) -> web.Response:
+        group = request.query.get("group")
+        if group is not None and group not in self.engine.runners:
+            raise ApiError(404, "unknown_group", f"no group named {group!r}")
+        try:
+            limit = int(request.query.get("limit", "100"))
+        except ValueError:
+            limit = -1
+        if not 1 <= limit <= 1000:
+            raise ApiError(400, "invalid_request", "limit must be an integer from 1 to 1000")
+        return web.json_response({"failovers": [record_json(r) for r in self.history.query(group, limit)]})
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        text = resources.files("eipfailover").joinpath("openapi.yaml").read_text(encoding="utf-8")
+        return web.Response(text=text, content_type="application/yaml")
+
+    # --- changes ---
+    async def failover(self, request: web.Request) -> web.Response:
+        self._authorize(request)
+        runner = self._runner(request)
+        body = await self._body(request, FailoverBody)
+        if body.to is not None and body.to not in runner.targets:
+            raise ApiError(404, "unknown_target", f"group {runner.name!r} has no target named {body.to!r}")
+        if runner.manual is not None:
+            raise ApiError(409, "failover_pending", "a manual failover of this group is already waiting")
+        requested_by = request.headers.get("X-Requested-By") or f"api@{request.remote}"
+        req = ManualRequest(to=body.to, force=body.force, reason=body.reason, id=uuid.uuid4().hex[:12],
+                            requested_by=requested_by[:200])
+        decision = policy.decide(replace(runner.snapshot(), manual=req), time.monotonic(), runner.config.policy)
+        if decision.action is Action.NONE:
+            code = decision.reason.value
+            raise ApiError(409, code, _REFUSALS.get(decision.reason, code))
+        runner.request_failover(req)
+        return web.json_response(
+            {"failover_id": req.id, "group": runner.name, "to": decision.target, "status": "accepted"}, status=202
+        )
+
+    async def maintenance(self, request: web.Request) -> web.Response:
+        self._authorize(request)
+        runner = self._runner(request)
+        body = await self._body(request, MaintenanceBody)
+        runner.set_maintenance(body.enabled)
+        return web.json_response({"group": runner.name, "maintenance": runner.maintenance})
