@@ -72,6 +72,7 @@ class Daemon:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.engine: Engine | None = None
+        self.api: Api | None = None
         self.api_port: int | None = None
         self.serving = asyncio.Event()
         """Set once the API listens and the engine runs (for in-process tests)."""
@@ -98,7 +99,7 @@ class Daemon:
             except (EipFailoverError, ValueError) as exc:
                 log.error("startup_failed", error=str(exc))
                 return EXIT_CONFIG
-            api = Api(engine, history, metrics.registry, token)
+            api = self.api = Api(engine, history, metrics.registry, token)
             site_runner = web.AppRunner(api.app, access_log=None, handle_signals=False)
             await site_runner.setup()
             host, port = split_listen(self.config.api.listen)

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import boto3
 import yaml
 from aiohttp import web
@@ -137,6 +138,24 @@ def _fmt(event: dict[str, Any]) -> str | None:
     return None
 
 
+SHOWN_METRICS = ("eipfailover_active_target", "eipfailover_target_up", "eipfailover_eip_attached",
+                 "eipfailover_failover_duration_seconds_count", "eipfailover_failover_duration_seconds_sum")
+
+
+async def _show_status_and_metrics(api: str) -> None:
+    """What an operator sees now: ``eipfailover status`` and an excerpt of the Prometheus scrape."""
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "eipfailover", "status", "--api", api,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out, _ = await proc.communicate()
+    print(f"\n$ eipfailover status --api {api}\n{out.decode().rstrip()}")
+    async with aiohttp.ClientSession() as session, session.get(f"{api}/metrics") as response:
+        text = await response.text()
+    lines = [line for line in text.splitlines()
+             if line.startswith(SHOWN_METRICS) or (line.startswith("eipfailover_failovers_total") and
+                                                    not line.endswith(" 0.0"))]
+    print(f"\n$ curl -s {api}/metrics   (excerpt)\n" + "\n".join(lines))
+
+
 async def _demo(workdir: Path) -> int:
     from moto.server import ThreadedMotoServer
 
@@ -162,6 +181,7 @@ async def _demo(workdir: Path) -> int:
     await web_b.start()
     config = {
         "log": {"format": "json", "level": "info"},
+        "api": {"listen": "127.0.0.1:0"},
         "providers": {"moto": {"type": "aws", "region": "us-east-1", "endpoint_url": endpoint}},
         "groups": [{
             "name": "web", "provider": "moto", "eips": [eip["AllocationId"]], "policy": POLICY,
@@ -206,6 +226,8 @@ async def _demo(workdir: Path) -> int:
         print(f"\n*** timeline from web-a's stop: detected DOWN after {detected - stopped_at:.2f}s, failover started "
               f"after {started - stopped_at:.2f}s, moved and verified after {verified - stopped_at:.2f}s")
         print(f"*** moto says the EIP is on {now_on}")
+        api = next(e["address"] for _, e in daemon.events if e.get("event") == "api_listening")
+        await _show_status_and_metrics(f"http://{api}")
 
         print("\n*** starting web-a again (failback: manual, so the EIP must stay on web-b)")
         restarted = time.monotonic()

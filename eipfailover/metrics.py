@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
 from eipfailover import __version__
 from eipfailover.config import Config, check_name
@@ -28,6 +28,7 @@ _HELD = frozenset({Reason.COOLDOWN, Reason.RATE_LIMITED, Reason.NO_HEALTHY_STAND
 
 class Metrics(NullObserver):
     def __init__(self, config: Config, provider_operations: Mapping[str, tuple[str, ...]]) -> None:
+        disable_created_metrics()  # no *_created series: they double the series count and no alert uses them
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         p = "eipfailover_"

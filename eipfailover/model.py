@@ -69,9 +69,13 @@ class Binding:
         return self.instance_id is not None and actual.instance_id == self.instance_id
 
     def __str__(self) -> str:
+        """``i-1``, ``eni-1/10.0.0.5``, or ``i-1 (eni-1/10.0.0.5)`` when the cloud reports both."""
+        eni = None
         if self.network_interface_id is not None:
-            return self.network_interface_id + (f"/{self.private_ip}" if self.private_ip else "")
-        return self.instance_id or "-"
+            eni = self.network_interface_id + (f"/{self.private_ip}" if self.private_ip else "")
+        if self.instance_id is not None:
+            return self.instance_id + (f" ({eni})" if eni else "")
+        return eni or "-"
 
 
 @dataclass(frozen=True, slots=True)
