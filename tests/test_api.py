@@ -374,9 +374,10 @@ async def test_cli_clients(running: Running, tmp_path: Path) -> None:
 
     code, out, _ = await cli("maintenance", "web", "on")
     assert (code, out.strip()) == (0, "web: maintenance on")
-    assert running.runner.maintenance is True
+    assert (await running.get("/v1/groups/web"))[1]["maintenance"] is True
     code, out, _ = await cli("maintenance", "web", "off")
-    assert running.runner.maintenance is False
+    assert (code, out.strip()) == (0, "web: maintenance off")
+    assert (await running.get("/v1/groups/web"))[1]["maintenance"] is False
 
     code, out, err = await cli("failover", "web", "--to", "web-b", "--reason", "drill")
     assert code == 0, err
