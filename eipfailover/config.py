@@ -96,16 +96,39 @@ class AwsProviderConfig(_Model):
     """Cloud calls in flight at once for this provider."""
 
 
-ProviderConfig = AwsProviderConfig
+class AlibabaProviderConfig(_Model):
+    type: Literal["alibaba"]
+    region: str = Field(min_length=1)
+    endpoint: str | None = None
+    """The VPC API endpoint (``host[:port]``), for private endpoints and tests; default: the region's."""
+    ecs_endpoint: str | None = None
+    """The ECS API endpoint, used by ``instance`` checks; default: the region's."""
+    protocol: Literal["https", "http"] = "https"
+    access_key_file: Path | None = None
+    """JSON ``{"access_key_id": ..., "access_key_secret": ...}``; default: ``$CREDENTIALS_DIRECTORY/alibaba-access-key``
+    if present, else the SDK's default chain (environment, profile, ECS RAM role)."""
+    connect_timeout: Duration = 2.0
+    read_timeout: Duration = 5.0
+    max_concurrency: int = Field(4, ge=1, le=64)
+    poll_interval: Duration = 0.5
+    """How often an association in transition is re-read."""
+
+
+ProviderConfig = Annotated[AwsProviderConfig | AlibabaProviderConfig, Field(discriminator="type")]
+
+AlibabaInstanceType = Literal["EcsInstance", "NetworkInterface", "HaVip", "Nat", "SlbInstance"]
 
 
 class BindingConfig(_Model):
     """Where the EIPs go for a target. AWS: ``instance_id``, or ``network_interface_id`` and optionally
-    ``private_ip``."""
+    ``private_ip``. Alibaba: ``instance_id`` with ``instance_type`` (default ``EcsInstance``); a
+    ``NetworkInterface`` needs ``private_ip`` and may set ``mode``."""
 
     instance_id: str | None = Field(None, min_length=1)
     network_interface_id: str | None = Field(None, min_length=1)
     private_ip: str | None = None
+    instance_type: AlibabaInstanceType | None = None
+    mode: Literal["NAT", "BINDED", "MULTI_BINDED"] | None = None
 
     @field_validator("private_ip")
     @classmethod
@@ -169,10 +192,18 @@ class InstanceCheckConfig(_CheckBase):
     """The provider's view: the target's instance (or the ENI's instance) exists and is running."""
 
 
+class HaVipCheckConfig(_CheckBase):
+    type: Literal["havip"]
+    """Alibaba: the HaVip is ``InUse`` and has a master instance."""
+    havip_id: str | None = Field(None, min_length=1)
+    """Default: the target's binding, when it is a HaVip."""
+
+
 CheckConfig = Annotated[
-    TcpCheckConfig | HttpCheckConfig | ExecCheckConfig | InstanceCheckConfig, Field(discriminator="type")
+    TcpCheckConfig | HttpCheckConfig | ExecCheckConfig | InstanceCheckConfig | HaVipCheckConfig,
+    Field(discriminator="type"),
 ]
-_TAGS = frozenset({"tcp", "http", "exec", "instance", "aws"})
+_TAGS = frozenset({"tcp", "http", "exec", "instance", "havip", "aws", "alibaba"})
 
 
 def check_name(check: CheckConfig) -> str:
@@ -278,23 +309,43 @@ class GroupConfig(_Model):
             for ci, check in enumerate(target.checks):
                 if check.timeout is not None and check.timeout >= self.policy.interval:
                     problems.append((f"targets[{ti}].checks[{ci}].timeout", "must be below policy.interval"))
-        provider_types: Mapping[str, str] = (info.context or {}).get("provider_types", {})
+        provider_type = (info.context or {}).get("provider_types", {})[self.provider]
         for ti, target in enumerate(self.targets):
             problems += [
                 (f"targets[{ti}].binding{sub}", msg)
-                for sub, msg in _binding_problems(provider_types[self.provider], target.binding)
+                for sub, msg in _binding_problems(provider_type, target.binding)
             ]
+            for ci, check in enumerate(target.checks):
+                if isinstance(check, HaVipCheckConfig):
+                    if provider_type != "alibaba":
+                        problems.append((f"targets[{ti}].checks[{ci}]", "a havip check needs an alibaba provider"))
+                    elif check.havip_id is None and target.binding.instance_type != "HaVip":
+                        problems.append((f"targets[{ti}].checks[{ci}].havip_id",
+                                         "required unless the target's binding is a HaVip"))
         if problems:
             raise _Problems(problems)
         return self
 
 
-def _binding_problems(provider_type: str, binding: BindingConfig) -> list[tuple[str, str]]:
+def _binding_problems(provider_type: str, b: BindingConfig) -> list[tuple[str, str]]:
     if provider_type == "aws":
-        if (binding.instance_id is None) == (binding.network_interface_id is None):
+        if b.instance_type is not None or b.mode is not None:
+            return [("", "instance_type and mode are for alibaba bindings; aws takes instance_id or "
+                         "network_interface_id")]
+        if (b.instance_id is None) == (b.network_interface_id is None):
             return [("", "an aws binding needs exactly one of instance_id or network_interface_id")]
-        if binding.private_ip is not None and binding.network_interface_id is None:
+        if b.private_ip is not None and b.network_interface_id is None:
             return [(".private_ip", "private_ip goes with network_interface_id only")]
+    if provider_type == "alibaba":
+        if b.network_interface_id is not None:
+            return [(".network_interface_id", "alibaba bindings name an ENI as instance_id with instance_type "
+                                              "NetworkInterface")]
+        if b.instance_id is None:
+            return [(".instance_id", "an alibaba binding needs instance_id")]
+        if b.instance_type == "NetworkInterface" and b.private_ip is None and b.mode != "MULTI_BINDED":
+            return [(".private_ip", "required for instance_type NetworkInterface (unless mode is MULTI_BINDED)")]
+        if b.instance_type != "NetworkInterface" and (b.private_ip is not None or b.mode is not None):
+            return [("", "private_ip and mode go with instance_type NetworkInterface only")]
     return []
 
 

@@ -51,7 +51,7 @@ def build_providers(config: Config) -> dict[str, Provider]:
 def build_checks(group: GroupConfig, provider: Provider, http: aiohttp.ClientSession) -> dict[str, list[Check]]:
     built: dict[str, list[Check]] = {}
     for target in group.targets:
-        ctx = CheckContext(binding=binding_of(target.binding), provider=provider, http=http)
+        ctx = CheckContext(binding=binding_of(target.binding, provider.kind), provider=provider, http=http)
         built[target.name] = []
         for i, cfg in enumerate(target.checks):
             cls = registry.load(checks.REGISTRY, cfg.type, Check)

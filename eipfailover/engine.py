@@ -22,7 +22,7 @@ import structlog
 
 from eipfailover import failover, health, policy
 from eipfailover.checks.base import Check
-from eipfailover.config import GroupConfig
+from eipfailover.config import BindingConfig, GroupConfig
 from eipfailover.errors import ProviderError
 from eipfailover.model import (
     Action,
@@ -34,6 +34,7 @@ from eipfailover.model import (
     ManualRequest,
     Placement,
     Snapshot,
+    TargetState,
     Trigger,
     locate,
 )
@@ -150,7 +151,7 @@ class GroupRunner:
         self.provider = provider
         self.observers = observers
         self.targets = {
-            t.name: TargetRuntime(t.name, binding_of(t.binding), checks[t.name]) for t in config.targets
+            t.name: TargetRuntime(t.name, binding_of(t.binding, provider.kind), checks[t.name]) for t in config.targets
         }
         self.bindings = {name: t.binding for name, t in self.targets.items()}
         self.placement = Placement.UNKNOWN
@@ -321,11 +322,18 @@ class GroupRunner:
         self.observers.emit("on_failover_started", record)
         self._task = asyncio.create_task(self._failover(record), name=f"failover-{self.name}-{record.id}")
 
+    def _fallback(self, to: str) -> list[Binding]:
+        """Where EIPs go if a move to ``to`` fails half-way: the current target if healthy, then every other
+        healthy target in preference order."""
+        healthy = [t for t in self.targets.values() if t.name != to and t.health.state is TargetState.UP]
+        healthy.sort(key=lambda t: t.name != self.active)  # stable: the current target first, then preference
+        return [t.binding for t in healthy]
+
     async def _failover(self, record: FailoverRecord) -> None:
         binding = self.bindings[record.to_target]
         outcome = await failover.execute(
             self.provider, record.eips, binding, deadline=self.config.policy.failover_deadline,
-            states=self.eip_states,
+            states=self.eip_states, fallback=self._fallback(record.to_target),
         )
         done = replace(record, result="success" if outcome.ok else "failure", error=outcome.error,
                        finished_at=time.time(), attempts=outcome.attempts)
@@ -340,13 +348,13 @@ class GroupRunner:
             await asyncio.shield(self._task)
 
 
-def binding_of(config: object) -> Binding:
-    """The model :class:`Binding` of a config binding."""
-    return Binding(
-        instance_id=getattr(config, "instance_id", None),
-        network_interface_id=getattr(config, "network_interface_id", None),
-        private_ip=getattr(config, "private_ip", None),
-    )
+def binding_of(config: BindingConfig, provider_type: str) -> Binding:
+    """The model :class:`Binding` of a config binding (Alibaba's instance type defaults to ``EcsInstance``)."""
+    instance_type = config.instance_type
+    if provider_type == "alibaba" and instance_type is None:
+        instance_type = "EcsInstance"
+    return Binding(instance_id=config.instance_id, network_interface_id=config.network_interface_id,
+                   private_ip=config.private_ip, instance_type=instance_type, mode=config.mode)
 
 
 def _bindings(states: Mapping[str, EipState]) -> dict[str, Binding | None]:

@@ -1,7 +1,9 @@
 """One failover: move a group's EIPs to a binding, retrying within a deadline, then verify with the cloud.
 
 Retries use jittered exponential backoff on ``asyncio.sleep``; only retryable :class:`ProviderError`\\ s are
-retried. The move is done when ``describe`` reports every EIP on the binding, not when the API call returns.
+retried. The move is done when ``describe`` reports every EIP on the binding (and settled), not when the API call
+returns. If it fails on a cloud where a move is two steps (Alibaba), EIPs may be left detached: they are then
+re-attached to the first fallback binding that takes them, and the failover is still reported as failed.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ class Outcome:
     attempts: int
     error: str = ""
     states: Mapping[str, EipState] | None = None
+    reattached_to: Binding | None = None
+    """After a failure: where stray EIPs were put back."""
 
 
 def _pending(eips: Sequence[str], to: Binding, states: Mapping[str, EipState] | None) -> list[str]:
@@ -43,7 +47,7 @@ def _pending(eips: Sequence[str], to: Binding, states: Mapping[str, EipState] | 
 
 
 def _placed(state: EipState | None, to: Binding) -> bool:
-    return state is not None and state.bound_to is not None and to.matches(state.bound_to)
+    return state is not None and not state.pending and state.bound_to is not None and to.matches(state.bound_to)
 
 
 async def execute(
@@ -53,11 +57,44 @@ async def execute(
     *,
     deadline: float,
     states: Mapping[str, EipState] | None = None,
+    fallback: Sequence[Binding] = (),
     backoff: Backoff = Backoff(),
     verify_interval: float = 0.25,
 ) -> Outcome:
     """Move ``eips`` to ``to`` and verify, within ``deadline`` seconds. ``states`` is the latest describe, used to
-    skip EIPs already in place. Never raises a :class:`ProviderError`: failures come back in the outcome."""
+    skip EIPs already in place. On failure, EIPs found detached or mid-transition are moved to the first binding of
+    ``fallback`` that takes them (another ``deadline`` each). Never raises a :class:`ProviderError`: failures come
+    back in the outcome."""
+    outcome = await _move_and_verify(provider, eips, to, deadline, states, backoff, verify_interval)
+    if outcome.ok or not fallback:
+        return outcome
+    return await _reattach(provider, eips, outcome, fallback, deadline, backoff, verify_interval)
+
+
+async def _reattach(provider: Provider, eips: Sequence[str], failed: Outcome, fallback: Sequence[Binding],
+                    deadline: float, backoff: Backoff, verify_interval: float) -> Outcome:
+    try:
+        async with asyncio.timeout(deadline):
+            states = await provider.describe(eips)
+    except (ProviderError, TimeoutError) as exc:
+        return Outcome(False, failed.attempts, f"{failed.error}; cannot check for detached EIPs: {exc}", failed.states)
+    stray = [e for e, s in states.items() if s.bound_to is None or s.pending]
+    if not stray:
+        return Outcome(False, failed.attempts, failed.error, states)
+    errors = []
+    for binding in fallback:
+        back = await _move_and_verify(provider, stray, binding, deadline, states, backoff, verify_interval)
+        if back.ok:
+            return Outcome(False, failed.attempts, f"{failed.error}; re-attached {', '.join(stray)} to {binding}",
+                           back.states, reattached_to=binding)
+        errors.append(f"{binding}: {back.error}")
+    return Outcome(False, failed.attempts, f"{failed.error}; re-attaching {', '.join(stray)} failed: "
+                                           + "; ".join(errors), states)
+
+
+async def _move_and_verify(provider: Provider, eips: Sequence[str], to: Binding, deadline: float,
+                           states: Mapping[str, EipState] | None, backoff: Backoff,
+                           verify_interval: float) -> Outcome:
     end = time.monotonic() + deadline
     attempts = 0
     pending = _pending(eips, to, states) or list(eips)

@@ -51,29 +51,39 @@ class Health:
 
 @dataclass(frozen=True, slots=True)
 class Binding:
-    """Where an EIP is (or goes): the provider-neutral fields a cloud reports. ``None`` means "not specified"."""
+    """Where an EIP is (or goes): the provider-neutral fields a cloud reports. ``None`` means "not specified".
+
+    AWS uses ``instance_id``, or ``network_interface_id`` and ``private_ip``; Alibaba uses ``instance_id`` with
+    ``instance_type`` (``EcsInstance``, ``NetworkInterface``, ``HaVip``, ``Nat``, ``SlbInstance``) and, for an ENI,
+    ``private_ip`` and ``mode``.
+    """
 
     instance_id: str | None = None
     network_interface_id: str | None = None
     private_ip: str | None = None
+    instance_type: str | None = None
+    mode: str | None = None
 
     def matches(self, actual: Binding) -> bool:
-        """True if ``actual`` (the cloud's report) satisfies every field this binding specifies.
+        """True if ``actual`` (the cloud's report) equals this binding in every field this binding specifies.
 
-        An instance binding is judged on the instance; an ENI binding on the ENI and, when given, the private IP.
+        Exact comparisons only: ``i-a`` does not match ``i-ab``.
         """
-        if self.network_interface_id is not None:
-            return actual.network_interface_id == self.network_interface_id and (
-                self.private_ip is None or actual.private_ip == self.private_ip
-            )
-        return self.instance_id is not None and actual.instance_id == self.instance_id
+        wanted = [(self.instance_id, actual.instance_id), (self.network_interface_id, actual.network_interface_id),
+                  (self.private_ip, actual.private_ip), (self.instance_type, actual.instance_type),
+                  (self.mode, actual.mode)]
+        return any(w is not None for w, _ in wanted) and all(w is None or w == a for w, a in wanted)
 
     def __str__(self) -> str:
-        """``i-1``, ``eni-1/10.0.0.5``, or ``i-1 (eni-1/10.0.0.5)`` when the cloud reports both."""
+        """``i-1``, ``eni-1/10.0.0.5``, ``i-1 (eni-1/10.0.0.5)`` when the cloud reports both, or
+        ``HaVip havip-1``, ``NetworkInterface eni-1/10.0.0.5`` for Alibaba's typed bindings."""
         eni = None
         if self.network_interface_id is not None:
             eni = self.network_interface_id + (f"/{self.private_ip}" if self.private_ip else "")
         if self.instance_id is not None:
+            if self.instance_type is not None:
+                ip = f"/{self.private_ip}" if self.private_ip else ""
+                return f"{self.instance_type} {self.instance_id}{ip}" + (f" ({self.mode})" if self.mode else "")
             return self.instance_id + (f" ({eni})" if eni else "")
         return eni or "-"
 
@@ -85,6 +95,8 @@ class EipState:
     allocation_id: str
     public_ip: str
     bound_to: Binding | None
+    pending: bool = False
+    """An association or disassociation is still in progress (Alibaba's ``Associating``/``Unassociating``)."""
 
 
 class Placement(StrEnum):
@@ -94,11 +106,14 @@ class Placement(StrEnum):
     DETACHED = "detached"  # at least one EIP is not associated
     FOREIGN = "foreign"  # at least one EIP is on something that is not a target of the group
     SPLIT = "split"  # the EIPs are on different targets of the group
+    IN_TRANSITION = "in_transition"  # the cloud is still associating or disassociating an EIP
     UNKNOWN = "unknown"  # the cloud could not be read
 
 
 def locate(eips: Mapping[str, EipState], targets: Mapping[str, Binding]) -> tuple[Placement, str | None]:
     """Place a group's EIPs: the placement and, for ``ON_TARGET``, the target that holds them all."""
+    if any(state.pending for state in eips.values()):
+        return Placement.IN_TRANSITION, None
     holders: set[str | None] = set()
     for state in eips.values():
         if state.bound_to is None:
@@ -138,6 +153,7 @@ class Reason(StrEnum):
     RATE_LIMITED = "rate_limited"
     MAINTENANCE = "maintenance"
     CLOUD_UNKNOWN = "cloud_unknown"
+    IN_TRANSITION = "eip_in_transition"
     IN_PROGRESS = "failover_in_progress"
     FAILBACK = "failback"
     FAILBACK_PENDING = "failback_pending"

@@ -4,7 +4,7 @@ Rules, in order:
 1. A failover in progress blocks everything else.
 2. An operator's request is served first: it ignores cooldown, rate limit and maintenance, never its target's
    health unless forced.
-3. Without the cloud's view (describe failed) nothing moves.
+3. Without the cloud's view (describe failed), or while the cloud is still moving an EIP, nothing moves.
 4. In maintenance nothing moves automatically.
 5. EIPs detached, on a foreign resource or split across targets are adopted by the most preferred healthy target.
 6. A confirmed-DOWN active target fails over to the most preferred healthy standby.
@@ -66,6 +66,8 @@ def decide(s: Snapshot, now: float, policy: PolicyConfig) -> Decision:
         return manual(s, s.manual)
     if s.placement is Placement.UNKNOWN:
         return Decision(Action.NONE, Reason.CLOUD_UNKNOWN)
+    if s.placement is Placement.IN_TRANSITION:
+        return Decision(Action.NONE, Reason.IN_TRANSITION)
     if s.maintenance:
         return Decision(Action.NONE, Reason.MAINTENANCE)
 

@@ -5,4 +5,5 @@ REGISTRY = {
     "http": "eipfailover.checks.http:HttpCheck",
     "exec": "eipfailover.checks.exec:ExecCheck",
     "instance": "eipfailover.checks.instance:InstanceCheck",
+    "havip": "eipfailover.checks.havip:HaVipCheck",
 }

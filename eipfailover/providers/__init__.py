@@ -2,4 +2,5 @@
 
 REGISTRY = {
     "aws": "eipfailover.providers.aws:AwsProvider",
+    "alibaba": "eipfailover.providers.alibaba:AlibabaProvider",
 }

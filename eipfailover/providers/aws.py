@@ -41,6 +41,7 @@ _HEALTHY_STATUS = frozenset({"ok", "initializing", "not-applicable", "insufficie
 
 
 class AwsProvider(Provider):
+    kind = "aws"
     operations = ("DescribeAddresses", "AssociateAddress", "DescribeInstanceStatus", "DescribeNetworkInterfaces")
 
     def __init__(self, name: str, config: AwsProviderConfig) -> None:

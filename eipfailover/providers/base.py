@@ -30,6 +30,8 @@ class InstanceState:
 
 
 class Provider(ABC):
+    kind: ClassVar[str] = ""
+    """The config ``type`` this driver implements."""
     operations: ClassVar[tuple[str, ...]] = ()
     """Every cloud API operation the driver may call (for metrics' label sets and least-privilege policies)."""
 

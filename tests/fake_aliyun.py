@@ -1,0 +1,378 @@
+"""A faithful fake of the Alibaba Cloud VPC API (2016-04-28) and of ECS DescribeInstanceStatus (2014-05-26), for
+the official SDK to talk to over HTTP on 127.0.0.1.
+
+Fidelity, as measured against the SDK (see ../shared/notes/cloud-apis-offline.md):
+- V3 ``ACS3-HMAC-SHA256`` signatures are verified (``SignatureDoesNotMatch``, ``InvalidAccessKeyId.NotFound``); the
+  action and version come in ``x-acs-action``/``x-acs-version``, the parameters in the query string.
+- Responses use the exact wire keys the SDK maps (``EipAddresses.EipAddress[]``, ``HaVips.HaVip[]``,
+  ``associatedInstance``, ``associatedEipAddresse``); the SDK drops unknown keys silently.
+- Associations change asynchronously: ``Associating`` → ``InUse`` and ``Unassociating`` → ``Available`` after
+  ``transition`` seconds; out-of-state calls get the documented errors (``IncorrectEipStatus``,
+  ``InvalidAssociation.Duplicated``, ``InvalidAllocationId.NotFound``, ``InvalidInstanId.NotFound`` [sic],
+  ``IncorrectInstanceStatus``, ``Forbidden.UnassociateMaster``).
+- Scripted faults per action: an error code and status, a delay (for read timeouts), an HTML 502, a retry-after.
+- Every request is logged (action, query, retry headers) for assertions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+from aiohttp import web
+
+ACCESS_KEY_ID = "LTAIfakeAccessKeyId"
+ACCESS_KEY_SECRET = "fakeAccessKeySecret"
+VPC, ECS = "2016-04-28", "2014-05-26"
+HOST_ID = "vpc.aliyuncs.com"
+
+
+class ApiFault(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+@dataclass
+class Fault:
+    """A scripted answer to the next call of an action, instead of (or before) the real one."""
+
+    status: int = 400
+    code: str | None = "Throttling.User"
+    message: str = "Request was denied due to user flow control."
+    delay: float = 0.0  # sleep first (past the client's read timeout, the client gives up)
+    html: bool = False  # a gateway's HTML 502
+    retry_after_ms: int | None = None  # x-acs-retry-after header (the SDK then raises ThrottlingException)
+    match: dict[str, str] = field(default_factory=dict)  # only for calls with these query parameters
+
+
+@dataclass
+class Eip:
+    allocation_id: str
+    ip: str
+    status: str = "Available"
+    instance_id: str = ""
+    instance_type: str = ""
+    private_ip: str = ""
+    mode: str = ""
+    done_at: float = 0.0  # when the running transition completes
+
+    def pending(self) -> bool:
+        return self.status in ("Associating", "Unassociating")
+
+
+@dataclass
+class Resource:
+    id: str
+    kind: str  # EcsInstance | NetworkInterface | HaVip | Nat | SlbInstance
+    status: str = "Running"  # for ECS: Running, Stopped, Starting, Stopping, Pending
+    private_ips: tuple[str, ...] = ()  # for NetworkInterface
+
+
+@dataclass
+class HaVip:
+    id: str
+    ip: str
+    instances: list[str] = field(default_factory=list)
+    master: str = ""
+    status: str = "InUse"
+    master_at: float = 0.0  # when the next master takes over after a forced unassociate
+
+
+@dataclass
+class Logged:
+    action: str
+    query: dict[str, str]
+    retry_attempts: str | None
+
+
+ONE_EIP = {"EcsInstance", "SlbInstance", "HaVip"}  # these take a single EIP
+
+
+class FakeAliyun:
+    def __init__(self, transition: float = 0.3, region: str = "cn-hangzhou") -> None:
+        self.transition = transition
+        self.region = region
+        self.eips: dict[str, Eip] = {}
+        self.resources: dict[str, Resource] = {}
+        self.havips: dict[str, HaVip] = {}
+        self.faults: dict[str, list[Fault]] = {}
+        self.log: list[Logged] = []
+        self.nonces: set[str] = set()
+        self.app = web.Application()
+        self.app.router.add_route("*", "/", self.handle)
+
+    # --- world building ---
+    def add_eip(self, allocation_id: str, ip: str) -> Eip:
+        self.eips[allocation_id] = Eip(allocation_id, ip)
+        return self.eips[allocation_id]
+
+    def add_resource(self, rid: str, kind: str = "EcsInstance", *private_ips: str) -> Resource:
+        self.resources[rid] = Resource(rid, kind, private_ips=private_ips)
+        return self.resources[rid]
+
+    def add_havip(self, hid: str, ip: str, instances: list[str], master: str) -> HaVip:
+        self.add_resource(hid, "HaVip")
+        self.havips[hid] = HaVip(hid, ip, list(instances), master)
+        return self.havips[hid]
+
+    def bind(self, allocation_id: str, instance_id: str, *, status: str = "InUse", private_ip: str = "",
+             mode: str = "") -> None:
+        """Put an EIP on a resource directly (the world as the daemon finds it)."""
+        eip = self.eips[allocation_id]
+        eip.status, eip.instance_id = status, instance_id
+        eip.instance_type = self.resources[instance_id].kind
+        eip.private_ip, eip.mode = private_ip, mode or ("NAT" if eip.instance_type == "NetworkInterface" else "")
+        eip.done_at = time.monotonic() + self.transition
+
+    def actions(self) -> list[str]:
+        return [entry.action for entry in self.log]
+
+    def sequence(self, skip: tuple[str, ...] = ()) -> list[str]:
+        """The actions with repeats folded, for assertions and reports: ``[A, B x3, C]``."""
+        out: list[str] = []
+        counts: list[int] = []
+        for action in (a for a in self.actions() if a not in skip):
+            if out and out[-1] == action:
+                counts[-1] += 1
+            else:
+                out.append(action)
+                counts.append(1)
+        return [a if n == 1 else f"{a} x{n}" for a, n in zip(out, counts, strict=True)]
+
+    # --- HTTP ---
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        query = dict(request.query)
+        action = headers.get("x-acs-action", "")
+        version = headers.get("x-acs-version", "")
+        self.log.append(Logged(action, query, headers.get("x-acs-retry-attempts")))
+        try:
+            self._authenticate(request.method, request.path, query, headers, body)
+            fault = self._pop_fault(action, query)
+            if fault is not None:
+                if fault.delay:
+                    await asyncio.sleep(fault.delay)
+                if fault.html:
+                    return web.Response(status=502, content_type="text/html",
+                                        text="<html><body><h1>502 Bad Gateway</h1></body></html>")
+                if fault.code is not None:
+                    extra = {} if fault.retry_after_ms is None else {"x-acs-retry-after": str(fault.retry_after_ms)}
+                    return self._error(ApiFault(fault.status, fault.code, fault.message), extra)
+            handler = getattr(self, f"_{version.replace('-', '_')}_{action}", None)
+            if handler is None:
+                raise ApiFault(404, "InvalidAction.NotFound", f"Specified api {action} ({version}) is not found")
+            self._advance()
+            result: dict[str, Any] = handler(query)
+        except ApiFault as fault_:
+            return self._error(fault_)
+        return web.json_response({"RequestId": _request_id(), **result})
+
+    def _pop_fault(self, action: str, query: dict[str, str]) -> Fault | None:
+        queue = self.faults.get(action, [])
+        for i, fault in enumerate(queue):
+            if all(query.get(k) == v for k, v in fault.match.items()):
+                return queue.pop(i)
+        return None
+
+    def _error(self, fault: ApiFault, headers: dict[str, str] | None = None) -> web.Response:
+        return web.json_response(
+            {"RequestId": _request_id(), "HostId": HOST_ID, "Code": fault.code, "Message": fault.message,
+             "Recommend": f"https://api.aliyun.com/troubleshoot?q={fault.code}"},
+            status=fault.status, headers=headers,
+        )
+
+    def _authenticate(self, method: str, path: str, query: dict[str, str], headers: dict[str, str],
+                      body: bytes) -> None:
+        auth = headers.get("authorization", "")
+        algorithm, _, rest = auth.partition(" ")
+        if algorithm != "ACS3-HMAC-SHA256":
+            raise ApiFault(400, "MissingAuthorization", "The Authorization header is missing or not ACS3-HMAC-SHA256.")
+        parts = dict(p.split("=", 1) for p in rest.split(",") if "=" in p)
+        secret = {ACCESS_KEY_ID: ACCESS_KEY_SECRET}.get(parts.get("Credential", ""))
+        if secret is None:
+            raise ApiFault(404, "InvalidAccessKeyId.NotFound", "Specified access key is not found.")
+        payload_hash = hashlib.sha256(body).hexdigest()
+        if headers.get("x-acs-content-sha256") != payload_hash:
+            raise ApiFault(400, "SignatureDoesNotMatch", "The request body hash does not match.")
+        signed = parts.get("SignedHeaders", "")
+        canonical = "\n".join([
+            method, path or "/",
+            "&".join(f"{quote(k, safe='~')}={quote(query[k], safe='~')}" for k in sorted(query)),
+            "".join(f"{h}:{headers.get(h, '').strip()}\n" for h in signed.split(";")),
+            signed, payload_hash,
+        ])
+        to_sign = "ACS3-HMAC-SHA256\n" + hashlib.sha256(canonical.encode()).hexdigest()
+        expected = hmac.new(secret.encode(), to_sign.encode(), hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(expected, parts.get("Signature", "")):
+            raise ApiFault(400, "SignatureDoesNotMatch", "Specified signature is not matched with our calculation.")
+        nonce = headers.get("x-acs-signature-nonce", "")
+        if nonce in self.nonces:
+            raise ApiFault(400, "SignatureNonceUsed", "Specified signature nonce was used already.")
+        self.nonces.add(nonce)
+
+    # --- the asynchronous state machine ---
+    def _advance(self) -> None:
+        now = time.monotonic()
+        for eip in self.eips.values():
+            if eip.pending() and now >= eip.done_at:
+                if eip.status == "Associating":
+                    eip.status = "InUse"
+                else:
+                    eip.status, eip.instance_id, eip.instance_type, eip.private_ip, eip.mode = (
+                        "Available", "", "", "", "")
+        for havip in self.havips.values():
+            if not havip.master and havip.instances and now >= havip.master_at:
+                havip.master = havip.instances[0]  # keepalived on the remaining member takes over
+
+    def _region(self, q: dict[str, str]) -> None:
+        if not q.get("RegionId"):
+            raise ApiFault(400, "MissingParameter",
+                           "The input parameter RegionId that is mandatory for processing this request is not "
+                           "supplied.")
+        if q["RegionId"] != self.region:
+            raise ApiFault(400, "InvalidRegionId.NotFound", f"The specified region {q['RegionId']} does not exist.")
+
+    def _eip(self, allocation_id: str | None) -> Eip:
+        if not allocation_id:
+            raise ApiFault(400, "MissingParameter", "The input parameter AllocationId that is mandatory for "
+                                                    "processing this request is not supplied.")
+        if allocation_id not in self.eips:
+            raise ApiFault(404, "InvalidAllocationId.NotFound", "Specified allocation ID is not found")
+        return self.eips[allocation_id]
+
+    def _target(self, instance_id: str | None, kind: str) -> Resource:
+        resource = self.resources.get(instance_id or "")
+        if resource is None or resource.kind != kind:
+            raise ApiFault(404, "InvalidInstanId.NotFound", "Specified instance does not exist.")
+        if resource.status not in ("Running", "Stopped"):
+            raise ApiFault(400, "IncorrectInstanceStatus", "Current instance status does not support this operation.")
+        return resource
+
+    def _check_free(self, eip: Eip, resource: Resource, private_ip: str, mode: str) -> None:
+        if eip.status != "Available":
+            raise ApiFault(400, "IncorrectEipStatus", "Current elastic IP status does not support this operation")
+        holders = [e for e in self.eips.values() if e.instance_id == resource.id and e is not eip]
+        if resource.kind == "NetworkInterface" and mode != "MULTI_BINDED":
+            holders = [e for e in holders if e.private_ip == private_ip]
+        if holders and (resource.kind in ONE_EIP or (resource.kind == "NetworkInterface" and mode != "MULTI_BINDED")):
+            raise ApiFault(400, "InvalidAssociation.Duplicated", "Specified instance already is associated.")
+
+    def _start(self, eip: Eip, resource: Resource, status: str, private_ip: str = "", mode: str = "") -> None:
+        eip.status, eip.instance_id, eip.instance_type = status, resource.id, resource.kind
+        eip.private_ip, eip.mode = private_ip, mode
+        eip.done_at = time.monotonic() + self.transition
+
+    # --- VPC 2016-04-28 ---
+    def _2016_04_28_DescribeEipAddresses(self, q: dict[str, str]) -> dict[str, Any]:
+        self._region(q)
+        wanted = [a for a in q.get("AllocationId", "").split(",") if a]
+        eips = [e for e in self.eips.values() if not wanted or e.allocation_id in wanted]
+        size, page = int(q.get("PageSize", "10")), int(q.get("PageNumber", "1"))
+        if not 1 <= size <= 100:
+            raise ApiFault(400, "InvalidParameter", "The specified PageSize is invalid.")
+        shown = eips[(page - 1) * size: page * size]
+        return {"TotalCount": len(eips), "PageNumber": page, "PageSize": size,
+                "EipAddresses": {"EipAddress": [self._eip_json(e) for e in shown]}}
+
+    def _eip_json(self, e: Eip) -> dict[str, Any]:
+        return {"AllocationId": e.allocation_id, "IpAddress": e.ip, "Status": e.status, "InstanceId": e.instance_id,
+                "InstanceType": e.instance_type, "PrivateIpAddress": e.private_ip, "Mode": e.mode,
+                "RegionId": self.region, "InstanceRegionId": self.region if e.instance_id else "",
+                "Bandwidth": "5", "ChargeType": "PostPaid", "InternetChargeType": "PayByTraffic",
+                "AllocationTime": "2026-11-01T00:00:00Z", "BusinessStatus": "Normal",
+                "OperationLocks": {"LockReason": []}, "Tags": {"Tag": []}}
+
+    def _2016_04_28_AssociateEipAddress(self, q: dict[str, str]) -> dict[str, Any]:
+        self._region(q)
+        eip = self._eip(q.get("AllocationId"))
+        kind = q.get("InstanceType", "EcsInstance")
+        resource = self._target(q.get("InstanceId"), kind)
+        private_ip, mode = q.get("PrivateIpAddress", ""), q.get("Mode", "NAT" if kind == "NetworkInterface" else "")
+        if kind == "NetworkInterface" and private_ip not in resource.private_ips:
+            raise ApiFault(400, "InvalidParameter", f"PrivateIpAddress {private_ip or '(none)'} is not an IP of "
+                                                    f"{resource.id}.")
+        self._check_free(eip, resource, private_ip, mode)
+        self._start(eip, resource, "Associating", private_ip, mode)
+        return {}
+
+    def _2016_04_28_AssociateEipAddressBatch(self, q: dict[str, str]) -> dict[str, Any]:
+        self._region(q)
+        kind = q.get("BindedInstanceType", "")
+        if kind not in ("Nat", "NetworkInterface"):
+            raise ApiFault(400, "InvalidParameter", "BindedInstanceType must be Nat or NetworkInterface.")
+        resource = self._target(q.get("BindedInstanceId"), kind)
+        ids = [v for k, v in sorted(q.items(), key=lambda kv: kv[0]) if k.startswith("InstanceIds.")]
+        if not 1 <= len(ids) <= 50:
+            raise ApiFault(400, "InvalidParameter", "InstanceIds must list 1 to 50 EIPs.")
+        eips = [self._eip(a) for a in ids]
+        mode = q.get("Mode", "")
+        for eip in eips:
+            self._check_free(eip, resource, "", mode or "MULTI_BINDED")
+        for eip in eips:
+            self._start(eip, resource, "Associating", "", mode)
+        return {}
+
+    def _2016_04_28_UnassociateEipAddress(self, q: dict[str, str]) -> dict[str, Any]:
+        self._region(q)
+        eip = self._eip(q.get("AllocationId"))
+        if eip.status != "InUse":
+            raise ApiFault(400, "IncorrectEipStatus", "Current elastic IP status does not support this operation")
+        if q.get("InstanceId") and q["InstanceId"] != eip.instance_id:
+            raise ApiFault(400, "InvalidInstanceId.MisMatch", "The EIP is not associated with the specified instance.")
+        eip.status, eip.done_at = "Unassociating", time.monotonic() + self.transition
+        return {}
+
+    def _2016_04_28_DescribeHaVips(self, q: dict[str, str]) -> dict[str, Any]:
+        self._region(q)
+        filters: dict[str, list[str]] = {}
+        for key, value in q.items():
+            if key.startswith("Filter.") and key.endswith(".Key"):
+                n = key.split(".")[1]
+                filters[value] = [v for k, v in q.items() if k.startswith(f"Filter.{n}.Value.")]
+        havips = [h for h in self.havips.values() if h.id in filters.get("HaVipId", [h.id])]
+        return {"TotalCount": len(havips), "PageNumber": 1, "PageSize": 10, "HaVips": {"HaVip": [
+            {"HaVipId": h.id, "IpAddress": h.ip, "Status": h.status, "MasterInstanceId": h.master,
+             "AssociatedInstanceType": "EcsInstance", "AssociatedInstances": {"associatedInstance": h.instances},
+             "AssociatedEipAddresses": {"associatedEipAddresse": [
+                 e.ip for e in self.eips.values() if e.instance_id == h.id and e.status == "InUse"]},
+             "VpcId": "vpc-fake", "VSwitchId": "vsw-fake", "RegionId": self.region, "Name": h.id,
+             "Description": "", "CreateTime": "2026-11-01T00:00:00Z"}
+            for h in havips]}}
+
+    def _2016_04_28_UnassociateHaVip(self, q: dict[str, str]) -> dict[str, Any]:
+        self._region(q)
+        havip = self.havips.get(q.get("HaVipId", ""))
+        if havip is None:
+            raise ApiFault(404, "InvalidHaVipId.NotFound", "Specified HaVip does not exist.")
+        instance = q.get("InstanceId", "")
+        if instance not in havip.instances:
+            raise ApiFault(400, "InvalidInstanceId.NotFound", "Specified instance is not associated with the HaVip.")
+        if instance == havip.master and q.get("Force", "").lower() != "true":
+            raise ApiFault(400, "Forbidden.UnassociateMaster",
+                           "The master instance of the HaVip cannot be unassociated without Force.")
+        havip.instances.remove(instance)
+        if instance == havip.master:
+            havip.master, havip.master_at = "", time.monotonic() + self.transition
+        if not havip.instances:
+            havip.status = "Available"
+        return {}
+
+    # --- ECS 2014-05-26 ---
+    def _2014_05_26_DescribeInstanceStatus(self, q: dict[str, str]) -> dict[str, Any]:
+        self._region(q)
+        ids = [v for k, v in q.items() if k.startswith("InstanceId.")]
+        found = [r for r in self.resources.values() if r.kind == "EcsInstance" and (not ids or r.id in ids)]
+        return {"TotalCount": len(found), "PageNumber": 1, "PageSize": 50, "InstanceStatuses": {
+            "InstanceStatus": [{"InstanceId": r.id, "Status": r.status} for r in found]}}
+
+
+def _request_id() -> str:
+    return str(uuid.uuid4()).upper()

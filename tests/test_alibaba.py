@@ -1,0 +1,278 @@
+"""The Alibaba driver: the official SDK (async) against the fake VPC/ECS API in tests/fake_aliyun.py."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from eipfailover import failover
+from eipfailover.checks.havip import HaVipCheck
+from eipfailover.checks.instance import InstanceCheck
+from eipfailover.config import AlibabaProviderConfig
+from eipfailover.errors import ProviderError
+from eipfailover.model import Binding, CheckStatus
+from eipfailover.providers.alibaba import AlibabaProvider
+
+from .fake_aliyun import ACCESS_KEY_ID, ACCESS_KEY_SECRET, FakeAliyun, Fault
+
+REGION = "cn-hangzhou"
+TRANSITION = 0.2
+FAST = failover.Backoff(base=0.05, cap=0.2)
+ECS_A, ECS_B = Binding(instance_id="i-a", instance_type="EcsInstance"), Binding(instance_id="i-b",
+                                                                                instance_type="EcsInstance")
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeAliyun]:
+    world = FakeAliyun(transition=TRANSITION, region=REGION)
+    runner = web.AppRunner(world.app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    world.endpoint = f"127.0.0.1:{runner.addresses[0][1]}"  # type: ignore[attr-defined]
+    yield world
+    await runner.cleanup()
+
+
+def key_file(tmp_path: Path, secret: str = ACCESS_KEY_SECRET, key_id: str = ACCESS_KEY_ID) -> Path:
+    path = tmp_path / f"ak-{key_id}-{secret}.json"
+    path.write_text(json.dumps({"access_key_id": key_id, "access_key_secret": secret}))
+    return path
+
+
+def make_provider(fake: FakeAliyun, tmp_path: Path, **kw: object) -> AlibabaProvider:
+    endpoint = fake.endpoint  # type: ignore[attr-defined]
+    settings: dict[str, object] = {"type": "alibaba", "region": REGION, "endpoint": endpoint, "ecs_endpoint": endpoint,
+                                   "protocol": "http", "access_key_file": key_file(tmp_path), "read_timeout": 1,
+                                   "connect_timeout": 1, "poll_interval": 0.05}
+    settings.update(kw)
+    return AlibabaProvider("ali", AlibabaProviderConfig.model_validate(settings))
+
+
+@pytest.fixture
+def ali(fake: FakeAliyun, tmp_path: Path) -> AlibabaProvider:
+    return make_provider(fake, tmp_path)
+
+
+def ecs_world(fake: FakeAliyun) -> None:
+    fake.add_eip("eip-1", "47.1.1.1")
+    fake.add_resource("i-a")
+    fake.add_resource("i-b")
+    fake.bind("eip-1", "i-a")
+
+
+async def test_move_between_ecs_instances(fake: FakeAliyun, ali: AlibabaProvider) -> None:
+    ecs_world(fake)
+    outcome = await failover.execute(ali, ["eip-1"], ECS_B, deadline=10, verify_interval=0.05)
+    assert outcome.ok, outcome.error
+    eip = fake.eips["eip-1"]
+    assert (eip.status, eip.instance_id, eip.instance_type) == ("InUse", "i-b", "EcsInstance")
+    polls = fake.sequence()
+    assert [a.split(" x")[0] for a in polls] == ["DescribeEipAddresses", "UnassociateEipAddress",
+                                                 "DescribeEipAddresses", "AssociateEipAddress",
+                                                 "DescribeEipAddresses"]
+    unassociate = next(e for e in fake.log if e.action == "UnassociateEipAddress")
+    assert unassociate.query == {"AllocationId": "eip-1", "InstanceId": "i-a", "InstanceType": "EcsInstance",
+                                 "RegionId": REGION}
+
+
+async def test_describe_reports_transitions_and_bindings(fake: FakeAliyun, ali: AlibabaProvider) -> None:
+    ecs_world(fake)
+    fake.add_eip("eip-2", "47.1.1.2")
+    fake.bind("eip-1", "i-a", status="Associating")
+    states = await ali.describe(["eip-1", "eip-2"])
+    assert states["eip-1"].pending
+    assert states["eip-1"].bound_to == Binding(instance_id="i-a", instance_type="EcsInstance")
+    assert states["eip-1"].public_ip == "47.1.1.1"
+    assert (states["eip-2"].bound_to, states["eip-2"].pending) == (None, False)
+
+
+async def test_move_to_an_eni_private_ip_in_nat_mode(fake: FakeAliyun, ali: AlibabaProvider) -> None:
+    fake.add_eip("eip-1", "47.1.1.1")
+    fake.add_resource("eni-a", "NetworkInterface", "10.0.0.5")
+    fake.add_resource("eni-b", "NetworkInterface", "10.0.1.5", "10.0.1.6")
+    fake.bind("eip-1", "eni-a", private_ip="10.0.0.5")
+    to = Binding(instance_id="eni-b", instance_type="NetworkInterface", private_ip="10.0.1.6", mode="NAT")
+    outcome = await failover.execute(ali, ["eip-1"], to, deadline=10, verify_interval=0.05)
+    assert outcome.ok, outcome.error
+    eip = fake.eips["eip-1"]
+    assert (eip.instance_id, eip.private_ip, eip.mode, eip.status) == ("eni-b", "10.0.1.6", "NAT", "InUse")
+    associate = next(e for e in fake.log if e.action == "AssociateEipAddress")
+    assert associate.query["PrivateIpAddress"] == "10.0.1.6"
+    assert associate.query["Mode"] == "NAT"
+
+
+async def test_move_between_havips(fake: FakeAliyun, ali: AlibabaProvider) -> None:
+    fake.add_eip("eip-1", "47.1.1.1")
+    fake.add_havip("havip-a", "10.0.0.100", ["i-1", "i-2"], master="i-1")
+    fake.add_havip("havip-b", "10.0.8.100", ["i-3", "i-4"], master="i-3")
+    fake.bind("eip-1", "havip-a")
+    outcome = await failover.execute(ali, ["eip-1"], Binding(instance_id="havip-b", instance_type="HaVip"),
+                                     deadline=10, verify_interval=0.05)
+    assert outcome.ok, outcome.error
+    assert (fake.eips["eip-1"].instance_id, fake.eips["eip-1"].instance_type) == ("havip-b", "HaVip")
+    assert (await ali.describe_havip("havip-b")).eip_addresses == ("47.1.1.1",)
+
+
+async def test_three_eips_move_between_nat_gateways_by_batch(fake: FakeAliyun, ali: AlibabaProvider) -> None:
+    fake.add_resource("ngw-a", "Nat")
+    fake.add_resource("ngw-b", "Nat")
+    for n in (1, 2, 3):
+        fake.add_eip(f"eip-{n}", f"47.1.1.{n}")
+        fake.bind(f"eip-{n}", "ngw-a")
+    to = Binding(instance_id="ngw-b", instance_type="Nat")
+    outcome = await failover.execute(ali, ["eip-1", "eip-2", "eip-3"], to, deadline=10, verify_interval=0.05)
+    assert outcome.ok, outcome.error
+    assert {e.instance_id for e in fake.eips.values()} == {"ngw-b"}
+    assert fake.actions().count("AssociateEipAddressBatch") == 1
+    assert "AssociateEipAddress" not in fake.actions()
+    batch = next(e for e in fake.log if e.action == "AssociateEipAddressBatch")
+    assert {k: v for k, v in batch.query.items() if k.startswith("InstanceIds.")} == {
+        "InstanceIds.1": "eip-1", "InstanceIds.2": "eip-2", "InstanceIds.3": "eip-3"}
+    assert (batch.query["BindedInstanceId"], batch.query["BindedInstanceType"]) == ("ngw-b", "Nat")
+
+
+@pytest.mark.parametrize("action", ["DescribeEipAddresses", "UnassociateEipAddress", "AssociateEipAddress"])
+async def test_throttling_and_503_on_each_step(fake: FakeAliyun, ali: AlibabaProvider, action: str) -> None:
+    ecs_world(fake)
+    fake.faults[action] = [Fault(400, "Throttling.User"), Fault(503, "ServiceUnavailable",
+                                                               "The request has failed due to a temporary failure."),
+                           Fault(400, "Throttling.User", retry_after_ms=100)]
+    outcome = await failover.execute(ali, ["eip-1"], ECS_B, deadline=20, backoff=FAST, verify_interval=0.05)
+    assert outcome.ok, outcome.error
+    assert (fake.eips["eip-1"].instance_id, fake.eips["eip-1"].status) == ("i-b", "InUse")
+    assert fake.faults[action] == []  # every fault was served
+    assert all(e.retry_attempts is None for e in fake.log)  # the SDK's own retries stay off
+
+
+async def test_associate_failing_for_good_reattaches_to_the_old_target(fake: FakeAliyun,
+                                                                       ali: AlibabaProvider) -> None:
+    ecs_world(fake)
+    fake.resources["i-b"].status = "Stopping"  # the standby refuses: IncorrectInstanceStatus (not retryable)
+    outcome = await failover.execute(ali, ["eip-1"], ECS_B, deadline=5, fallback=[ECS_A], backoff=FAST,
+                                     verify_interval=0.05)
+    assert not outcome.ok
+    assert "IncorrectInstanceStatus" in outcome.error
+    assert outcome.error.endswith("re-attached eip-1 to EcsInstance i-a")
+    assert outcome.reattached_to == ECS_A
+    assert (fake.eips["eip-1"].instance_id, fake.eips["eip-1"].status) == ("i-a", "InUse")
+
+
+async def test_associate_throttled_past_the_deadline_still_ends_attached(fake: FakeAliyun,
+                                                                         ali: AlibabaProvider) -> None:
+    ecs_world(fake)
+    # the standby's associations are throttled for longer than the deadline; the old target's are not
+    fake.faults["AssociateEipAddress"] = [Fault(400, "Throttling.User", match={"InstanceId": "i-b"})
+                                          for _ in range(100)]
+    outcome = await failover.execute(ali, ["eip-1"], ECS_B, deadline=1.0, fallback=[ECS_A],
+                                     backoff=failover.Backoff(base=0.1, cap=0.2), verify_interval=0.05)
+    assert not outcome.ok
+    assert outcome.error.startswith("move failed: Alibaba AssociateEipAddress in cn-hangzhou (EIP eip-1 to "
+                                    "EcsInstance i-b): Throttling.User")
+    assert outcome.error.endswith("; re-attached eip-1 to EcsInstance i-a")
+    assert (fake.eips["eip-1"].instance_id, fake.eips["eip-1"].status) == ("i-a", "InUse")  # never left detached
+
+
+@pytest.mark.parametrize(("fault", "retryable", "code"), [
+    (Fault(400, "Throttling.User"), True, "Throttling.User"),
+    (Fault(400, "Throttling.User", retry_after_ms=50), True, "Throttling.User"),
+    (Fault(503, "ServiceUnavailable"), True, "ServiceUnavailable"),
+    (Fault(400, "TaskConflict", "Operate too frequent."), True, "TaskConflict"),
+    (Fault(400, "OperationConflict"), True, "OperationConflict"),
+    (Fault(400, "SystemBusy"), True, "SystemBusy"),
+    (Fault(html=True, code=None), True, None),
+    (Fault(delay=1.5, code=None), True, None),
+    (Fault(403, "Forbidden.RAM", "User not authorized to operate on the specified resource."), False,
+     "Forbidden.RAM"),
+    (Fault(400, "InvalidParameter"), False, "InvalidParameter"),
+])
+async def test_error_classification(fake: FakeAliyun, ali: AlibabaProvider, fault: Fault, retryable: bool,
+                                    code: str | None) -> None:
+    ecs_world(fake)
+    fake.faults["DescribeEipAddresses"] = [fault]
+    with pytest.raises(ProviderError) as info:
+        await ali.describe(["eip-1"])
+    assert (info.value.retryable, info.value.code) == (retryable, code)
+    assert str(info.value).startswith("Alibaba DescribeEipAddresses in cn-hangzhou")
+
+
+async def test_unknown_eip_is_named(fake: FakeAliyun, ali: AlibabaProvider) -> None:
+    ecs_world(fake)
+    with pytest.raises(ProviderError) as info:
+        await ali.describe(["eip-1", "eip-nope"])
+    assert str(info.value) == "Alibaba DescribeEipAddresses in cn-hangzhou: no EIP eip-nope"
+    assert not info.value.retryable
+    outcome = await failover.execute(ali, ["eip-nope"], ECS_B, deadline=5)
+    assert (outcome.ok, outcome.attempts) == (False, 1)
+
+
+async def test_unknown_target_is_named(fake: FakeAliyun, ali: AlibabaProvider) -> None:
+    fake.add_eip("eip-1", "47.1.1.1")
+    outcome = await failover.execute(ali, ["eip-1"], Binding(instance_id="i-nope", instance_type="EcsInstance"),
+                                     deadline=5)
+    assert not outcome.ok
+    assert "(EIP eip-1 to EcsInstance i-nope): InvalidInstanId.NotFound: " in outcome.error
+
+
+@pytest.mark.parametrize(("key_id", "secret", "code"), [
+    (ACCESS_KEY_ID, "wrong-secret", "SignatureDoesNotMatch"),
+    ("LTAIunknown", ACCESS_KEY_SECRET, "InvalidAccessKeyId.NotFound"),
+])
+async def test_bad_credentials(fake: FakeAliyun, tmp_path: Path, key_id: str, secret: str, code: str) -> None:
+    ecs_world(fake)
+    provider = make_provider(fake, tmp_path, access_key_file=key_file(tmp_path, secret, key_id))
+    with pytest.raises(ProviderError) as info:
+        await provider.describe(["eip-1"])
+    assert (info.value.code, info.value.retryable) == (code, False)
+
+
+def test_bad_access_key_file(tmp_path: Path, fake: FakeAliyun) -> None:
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    with pytest.raises(ProviderError, match=r"access key file .*broken\.json is not JSON"):
+        make_provider(fake, tmp_path, access_key_file=broken)
+    with pytest.raises(ProviderError, match="No such file or directory"):
+        make_provider(fake, tmp_path, access_key_file=tmp_path / "missing.json")
+
+
+async def test_credentials_from_the_credentials_directory(fake: FakeAliyun, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    ecs_world(fake)
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "alibaba-access-key").write_text(json.dumps({"AccessKeyId": ACCESS_KEY_ID,
+                                                          "AccessKeySecret": ACCESS_KEY_SECRET}))
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    provider = make_provider(fake, tmp_path, access_key_file=None)
+    assert (await provider.describe(["eip-1"]))["eip-1"].bound_to == ECS_A
+
+
+async def test_havip_check(fake: FakeAliyun, ali: AlibabaProvider) -> None:
+    fake.add_havip("havip-a", "10.0.0.100", ["i-1", "i-2"], master="i-1")
+    check = HaVipCheck("havip", 5.0, ali, "havip-a")
+    assert (await check.run()).ok
+    fake.havips["havip-a"].master, fake.havips["havip-a"].master_at = "", time.monotonic() + 60  # no takeover yet
+    result = await check.run()
+    assert (result.status, result.detail) == (CheckStatus.FAIL, "HaVip havip-a has no master instance")
+    fake.havips["havip-a"].status = "Available"
+    assert (await check.run()).detail == "HaVip havip-a is Available"
+    missing = await HaVipCheck("havip", 5.0, ali, "havip-nope").run()
+    assert (missing.status, missing.detail) == (
+        CheckStatus.ERROR, "Alibaba DescribeHaVips in cn-hangzhou: no HaVip havip-nope")
+
+
+async def test_ecs_instance_check(fake: FakeAliyun, ali: AlibabaProvider) -> None:
+    ecs_world(fake)
+    check = InstanceCheck("instance", 5.0, ali, ECS_A)
+    assert (await check.run()).ok
+    fake.resources["i-a"].status = "Stopped"
+    assert (await check.run()).detail == "instance i-a is Stopped"
+    missing = await InstanceCheck("instance", 5.0, ali, Binding(instance_id="i-x", instance_type="EcsInstance")).run()
+    assert missing.detail == "instance i-x does not exist"
+    havip = await InstanceCheck("instance", 5.0, ali, Binding(instance_id="havip-a", instance_type="HaVip")).run()
+    assert havip.status is CheckStatus.ERROR
+    assert "use a havip check" in havip.detail

@@ -1,0 +1,125 @@
+"""The daemon with the Alibaba provider against the fake VPC API: start-up reconciliation, and the end-to-end
+failover of the core issue repeated with the daemon as a subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from aiohttp import web
+
+from eipfailover.config import parse_config
+from eipfailover.daemon import Daemon
+from eipfailover.demo import DaemonProcess
+
+from .conftest import HealthServer
+from .fake_aliyun import ACCESS_KEY_ID, ACCESS_KEY_SECRET, FakeAliyun
+from .test_api import eventually
+
+REGION = "cn-hangzhou"
+TRANSITION = 0.3
+INTERVAL, TIMEOUT, FALL = 1.0, 0.5, 3
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeAliyun]:
+    world = FakeAliyun(transition=TRANSITION, region=REGION)
+    world.add_eip("eip-1", "47.1.1.1")
+    world.add_resource("i-a")
+    world.add_resource("i-b")
+    runner = web.AppRunner(world.app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    world.endpoint = f"127.0.0.1:{runner.addresses[0][1]}"  # type: ignore[attr-defined]
+    yield world
+    await runner.cleanup()
+
+
+def config_data(fake: FakeAliyun, servers: list[HealthServer], tmp_path: Path) -> dict[str, Any]:
+    keys = tmp_path / "ak.json"
+    keys.write_text(json.dumps({"access_key_id": ACCESS_KEY_ID, "access_key_secret": ACCESS_KEY_SECRET}))
+    endpoint = fake.endpoint  # type: ignore[attr-defined]
+    return {
+        "log": {"format": "json"},
+        "api": {"listen": "127.0.0.1:0"},
+        "providers": {"ali": {"type": "alibaba", "region": REGION, "endpoint": endpoint, "ecs_endpoint": endpoint,
+                              "protocol": "http", "access_key_file": str(keys), "poll_interval": "100ms"}},
+        "groups": [{
+            "name": "web", "provider": "ali", "eips": ["eip-1"],
+            "policy": {"interval": INTERVAL, "timeout": TIMEOUT, "rise": 2, "fall": FALL, "cooldown": "5s"},
+            "targets": [
+                {"name": "web-a", "binding": {"instance_id": "i-a", "instance_type": "EcsInstance"},
+                 "checks": [{"type": "http", "url": servers[0].url}, {"type": "instance"}]},
+                {"name": "web-b", "binding": {"instance_id": "i-b"},
+                 "checks": [{"type": "http", "url": servers[1].url}]},
+            ],
+        }],
+    }
+
+
+@pytest.mark.parametrize("status", ["Unassociating", "Available"])
+async def test_started_with_a_detached_or_detaching_eip_reconciles(
+        fake: FakeAliyun, health_servers: list[HealthServer], tmp_path: Path, status: str) -> None:
+    if status == "Unassociating":
+        fake.bind("eip-1", "i-b", status="Unassociating")
+    daemon = Daemon(parse_config(config_data(fake, health_servers, tmp_path)))
+    task = asyncio.create_task(daemon.run(install_signals=False))
+    try:
+        await eventually(lambda: fake.eips["eip-1"].status == "InUse", timeout=15)
+        assert fake.eips["eip-1"].instance_id == "i-a"  # the most preferred healthy target
+        assert daemon.engine is not None
+        runner = daemon.engine.runners["web"]
+        await eventually(lambda: runner.last_failover is not None)
+        assert runner.last_failover is not None
+        assert (runner.last_failover.reason, runner.last_failover.result) == ("adopt", "success")
+        if status == "Unassociating":  # nothing was attempted while the cloud was still detaching
+            first_associate = next(i for i, e in enumerate(fake.log) if e.action == "AssociateEipAddress")
+            assert all(e.action == "DescribeEipAddresses" or e.action == "DescribeInstanceStatus"
+                       for e in fake.log[:first_associate])
+    finally:
+        assert daemon.engine is not None
+        daemon.engine.request_stop()
+        assert await asyncio.wait_for(task, 30) == 0
+
+
+@pytest.mark.e2e
+async def test_end_to_end_failover_with_the_alibaba_provider(
+        fake: FakeAliyun, health_servers: list[HealthServer], tmp_path: Path) -> None:
+    fake.bind("eip-1", "i-a")
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(config_data(fake, health_servers, tmp_path)))
+    env = {**os.environ, "ALIBABA_CLOUD_ECS_METADATA_DISABLED": "true"}
+    daemon = DaemonProcess(config, env, lambda at, event: None)
+    await daemon.start()
+    try:
+        await daemon.wait_for("daemon_ready", 30)
+        await daemon.wait_for("target_up", 15, target="web-a")
+        await daemon.wait_for("target_up", 15, target="web-b")
+        assert daemon.count("failover_started") == 0
+
+        stopped = time.monotonic()
+        fake.log.clear()
+        await health_servers[0].stop()
+        bound = (FALL - 1) * INTERVAL + TIMEOUT + 2.0 + 2 * TRANSITION
+        await eventually(lambda: (fake.eips["eip-1"].instance_id, fake.eips["eip-1"].status) == ("i-b", "InUse"),
+                         timeout=bound)
+        moved = time.monotonic() - stopped
+        verified = await daemon.wait_for("failover_verified", 5, after=stopped)
+        detected = await daemon.wait_for("target_down", 1, after=stopped, target="web-a")
+        sequence = [e.action for e in fake.log if e.action != "DescribeInstanceStatus"]
+        folded = fake.sequence(skip=("DescribeInstanceStatus",))
+        print(f"\nALIBABA E2E: detected after {detected - stopped:.2f}s, InUse on the standby after {moved:.2f}s, "
+              f"failover_verified after {verified - stopped:.2f}s (transition {TRANSITION}s, bound {bound:g}s)")
+        print("ALIBABA E2E requests from the primary's stop:", ", ".join(folded))
+        assert moved <= bound
+        assert "UnassociateEipAddress" in sequence
+        assert sequence.index("UnassociateEipAddress") < sequence.index("AssociateEipAddress")
+    finally:
+        assert await daemon.stop() == 0
