@@ -211,10 +211,37 @@ def check_name(check: CheckConfig) -> str:
     return check.name or check.type
 
 
+class HaVipMemberConfig(_Model):
+    instance_id: str = Field(min_length=1)
+    checks: list[CheckConfig] = Field(min_length=1)
+
+
+class HaVipTakeoverConfig(_Model):
+    """Alibaba, on a target whose binding is a HaVip: when the HaVip's master instance fails its checks and another
+    member passes them, unassociate the master from the HaVip (``Force=True``) so that keepalived on the healthy
+    member takes over, then run ``on_takeover``."""
+
+    members: list[HaVipMemberConfig] = Field(min_length=2)
+    on_takeover: list[Annotated[str, Field(min_length=1)]] | None = Field(None, min_length=1)
+    """argv, no shell; ``{group} {target} {havip} {from} {to}`` are substituted."""
+    hook_timeout: Duration = 30.0
+    cooldown: NonNegDuration = 60.0
+
+    @field_validator("members")
+    @classmethod
+    def _unique_members(cls, value: list[HaVipMemberConfig]) -> list[HaVipMemberConfig]:
+        problems = [(f"[{i}].instance_id", f"{m!r} is listed twice")
+                    for i, m in _duplicates(m.instance_id for m in value)]
+        if problems:
+            raise _Problems(problems)
+        return value
+
+
 class TargetConfig(_Model):
     name: Name
     binding: BindingConfig
     checks: list[CheckConfig] = Field(min_length=1)
+    havip_takeover: HaVipTakeoverConfig | None = None
 
     @model_validator(mode="after")
     def _unique_check_names(self) -> TargetConfig:
@@ -315,6 +342,10 @@ class GroupConfig(_Model):
                 (f"targets[{ti}].binding{sub}", msg)
                 for sub, msg in _binding_problems(provider_type, target.binding)
             ]
+            if target.havip_takeover is not None and (
+                    provider_type != "alibaba" or target.binding.instance_type != "HaVip"):
+                problems.append((f"targets[{ti}].havip_takeover", "needs an alibaba provider and a binding with "
+                                                                  "instance_type HaVip"))
             for ci, check in enumerate(target.checks):
                 if isinstance(check, HaVipCheckConfig):
                     if provider_type != "alibaba":

@@ -11,7 +11,8 @@ import asyncio
 import os
 import signal
 import ssl
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import aiohttp
 import structlog
@@ -20,14 +21,18 @@ from aiohttp import web
 from eipfailover import checks, providers, registry
 from eipfailover.api import Api, read_token
 from eipfailover.checks.base import Check, CheckContext
-from eipfailover.config import Config, GroupConfig, check_name
+from eipfailover.config import CheckConfig, Config, GroupConfig, check_name
 from eipfailover.engine import Engine, GroupRunner, Observers, binding_of
 from eipfailover.errors import EipFailoverError
 from eipfailover.history import History
 from eipfailover.hooks import HookObserver
 from eipfailover.log import LogObserver
 from eipfailover.metrics import Metrics
+from eipfailover.model import Binding
 from eipfailover.providers.base import Provider
+
+if TYPE_CHECKING:
+    from eipfailover.havip import HaVipGuard
 
 log = structlog.get_logger("eipfailover.daemon")
 
@@ -48,19 +53,46 @@ def build_providers(config: Config) -> dict[str, Provider]:
     return built
 
 
-def build_checks(group: GroupConfig, provider: Provider, http: aiohttp.ClientSession) -> dict[str, list[Check]]:
-    built: dict[str, list[Check]] = {}
-    for target in group.targets:
-        ctx = CheckContext(binding=binding_of(target.binding, provider.kind), provider=provider, http=http)
-        built[target.name] = []
-        for i, cfg in enumerate(target.checks):
-            cls = registry.load(checks.REGISTRY, cfg.type, Check)
-            try:
-                check = cls.from_config(cfg, check_name(cfg), cfg.timeout or group.policy.timeout, ctx)
-            except (OSError, ssl.SSLError, ValueError) as exc:
-                raise StartupError(f"groups.{group.name}.targets.{target.name}.checks[{i}]: {exc}") from None
-            built[target.name].append(check)
+def _checks(configs: Sequence[CheckConfig], ctx: CheckContext, timeout: float, where: str) -> list[Check]:
+    built = []
+    for i, cfg in enumerate(configs):
+        cls = registry.load(checks.REGISTRY, cfg.type, Check)
+        try:
+            built.append(cls.from_config(cfg, check_name(cfg), cfg.timeout or timeout, ctx))
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            raise StartupError(f"{where}.checks[{i}]: {exc}") from None
     return built
+
+
+def build_checks(group: GroupConfig, provider: Provider, http: aiohttp.ClientSession) -> dict[str, list[Check]]:
+    return {
+        t.name: _checks(t.checks, CheckContext(binding_of(t.binding, provider.kind), provider, http),
+                        group.policy.timeout, f"groups.{group.name}.targets.{t.name}")
+        for t in group.targets
+    }
+
+
+def build_guards(group: GroupConfig, provider: Provider, http: aiohttp.ClientSession) -> list[HaVipGuard]:
+    """A HaVip guard for each target with ``havip_takeover`` (the config guarantees an Alibaba HaVip binding)."""
+    guards: list[HaVipGuard] = []
+    for target in group.targets:
+        takeover = target.havip_takeover
+        if takeover is None or target.binding.instance_id is None:
+            continue
+        from eipfailover.havip import HaVipGuard  # imports the Alibaba SDK (about 1 s): only when used
+        from eipfailover.providers.alibaba import AlibabaProvider
+
+        if not isinstance(provider, AlibabaProvider):
+            raise StartupError(f"groups.{group.name}.targets.{target.name}.havip_takeover needs an alibaba provider")
+        members = {
+            m.instance_id: _checks(m.checks, CheckContext(Binding(m.instance_id, instance_type="EcsInstance"),
+                                                          provider, http), group.policy.timeout,
+                                   f"groups.{group.name}.targets.{target.name}.havip_takeover.{m.instance_id}")
+            for m in takeover.members
+        }
+        guards.append(HaVipGuard(group.name, target.name, target.binding.instance_id, provider, members, takeover,
+                                 group.policy))
+    return guards
 
 
 def split_listen(listen: str) -> tuple[str, int]:
@@ -95,6 +127,7 @@ class Daemon:
                     GroupRunner(g, built[g.provider], build_checks(g, built[g.provider], http), observers)
                     for g in self.config.groups
                 )
+                guards = [guard for g in self.config.groups for guard in build_guards(g, built[g.provider], http)]
                 token = read_token(self.config.api.token_file, os.environ.get("CREDENTIALS_DIRECTORY"))
             except (EipFailoverError, ValueError) as exc:
                 log.error("startup_failed", error=str(exc))
@@ -111,7 +144,7 @@ class Daemon:
             self.api_port = site_runner.addresses[0][1]
             log.info("api_listening", address=f"{host}:{self.api_port}", changes_enabled=token is not None)
             self.engine = engine
-            return await self._serve(engine, hooks, install_signals)
+            return await self._serve(engine, hooks, guards, install_signals)
         finally:
             if site_runner is not None:
                 await site_runner.cleanup()
@@ -119,7 +152,12 @@ class Daemon:
             for provider in built.values():
                 await provider.close()
 
-    async def _serve(self, engine: Engine, hooks: HookObserver, install_signals: bool) -> int:
+    @staticmethod
+    async def _run_all(engine: Engine, guards: list[HaVipGuard]) -> None:
+        await asyncio.gather(engine.run(), *(guard.run(engine.stop) for guard in guards))
+
+    async def _serve(self, engine: Engine, hooks: HookObserver, guards: list[HaVipGuard],
+                     install_signals: bool) -> int:
         loop = asyncio.get_running_loop()
         signals = (signal.SIGTERM, signal.SIGINT) if install_signals else ()
         for sig in signals:
@@ -127,7 +165,7 @@ class Daemon:
         try:
             log.info("daemon_starting", groups=[g.name for g in self.config.groups],
                      detection_seconds={g.name: g.policy.detection_seconds for g in self.config.groups})
-            running = asyncio.create_task(engine.run(), name="engine")
+            running = asyncio.create_task(self._run_all(engine, guards), name="engine")
             self.serving.set()
             ready = asyncio.create_task(engine.ready.wait())
             await asyncio.wait({running, ready}, return_when=asyncio.FIRST_COMPLETED)

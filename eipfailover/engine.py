@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -191,27 +191,8 @@ class GroupRunner:
     # --- the loop ---
     async def run(self, stop: asyncio.Event, phase: float = 0.0) -> None:
         """Tick every interval until ``stop``; the first tick comes after ``phase`` seconds."""
-        loop = asyncio.get_running_loop()
-        interval = self.config.policy.interval
         self.started_at = time.monotonic()
-        next_at = loop.time() + phase
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(phase):
-                await self._wake.wait()
-        while not stop.is_set():
-            self._wake.clear()
-            try:
-                await self.tick()
-            except Exception:  # a bug in one tick must not end the group's monitoring
-                log.exception("tick_failed", group=self.name)
-            next_at += interval
-            now = loop.time()
-            if next_at <= now:  # a slow tick: skip the missed slots instead of bursting
-                next_at = now + interval - (now - next_at) % interval
-            if not stop.is_set():
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(next_at - now):
-                        await self._wake.wait()
+        await run_every(self.config.policy.interval, stop, self._wake, self.tick, phase, group=self.name)
 
     def wake(self) -> None:
         """Start the next tick now (after a request, at the end of a failover, or to stop)."""
@@ -346,6 +327,33 @@ class GroupRunner:
         """Wait for the running failover, if any, to finish."""
         if self._task is not None:
             await asyncio.shield(self._task)
+
+
+async def run_every(interval: float, stop: asyncio.Event, wake: asyncio.Event, tick: Callable[[], Awaitable[None]],
+                    phase: float = 0.0, **context: str) -> None:
+    """Call ``tick`` on a fixed schedule (a slow tick skips slots, it never shifts or bursts) until ``stop`` is set.
+
+    Setting ``wake`` starts the next tick at once. A tick that raises is logged and the schedule goes on.
+    """
+    loop = asyncio.get_running_loop()
+    next_at = loop.time() + phase
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(phase):
+            await wake.wait()
+    while not stop.is_set():
+        wake.clear()
+        try:
+            await tick()
+        except Exception:  # a bug in one tick must not end the monitoring
+            log.exception("tick_failed", **context)
+        next_at += interval
+        now = loop.time()
+        if next_at <= now:
+            next_at = now + interval - (now - next_at) % interval
+        if not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(next_at - now):
+                    await wake.wait()
 
 
 def binding_of(config: BindingConfig, provider_type: str) -> Binding:

@@ -17,18 +17,39 @@ from eipfailover.process import describe_status, run_program
 log = structlog.get_logger("eipfailover.hooks")
 
 
-def render_argv(argv: Sequence[str], record: FailoverRecord) -> list[str]:
-    values = {
-        "group": record.group, "from": record.from_target or "", "to": record.to_target,
-        "result": record.result, "reason": record.reason, "trigger": record.trigger.value,
-        "failover_id": record.id,
-    }
+def substitute(argv: Sequence[str], values: Mapping[str, str]) -> list[str]:
+    """Replace each ``{key}`` in each argument; unknown placeholders stay as they are. No shell is involved."""
     out = []
     for arg in argv:
         for key, value in values.items():
             arg = arg.replace("{" + key + "}", value)
         out.append(arg)
     return out
+
+
+def render_argv(argv: Sequence[str], record: FailoverRecord) -> list[str]:
+    return substitute(argv, {
+        "group": record.group, "from": record.from_target or "", "to": record.to_target,
+        "result": record.result, "reason": record.reason, "trigger": record.trigger.value,
+        "failover_id": record.id,
+    })
+
+
+async def run_hook(argv: list[str], timeout: float, **context: str) -> bool:
+    """Run one hook to completion within ``timeout`` (killed after it) and log the outcome; True if it exited 0."""
+    try:
+        async with asyncio.timeout(timeout):
+            code, last_line = await run_program(argv)
+    except TimeoutError:
+        log.error("hook_failed", argv=argv, error=f"killed after {timeout:g}s", **context)
+        return False
+    except OSError as exc:
+        log.error("hook_failed", argv=argv, error=f"cannot run: {exc.strerror or exc}", **context)
+        return False
+    event = log.info if code == 0 else log.error
+    event("hook_finished" if code == 0 else "hook_failed", argv=argv, status=describe_status(code),
+          output=last_line, **context)
+    return code == 0
 
 
 class HookObserver(NullObserver):
@@ -52,20 +73,8 @@ class HookObserver(NullObserver):
         while True:
             record = await queue.get()
             assert hooks.on_failover is not None
-            argv = render_argv(hooks.on_failover, record)
-            try:
-                async with asyncio.timeout(hooks.timeout):
-                    code, last_line = await run_program(argv)
-            except TimeoutError:
-                log.error("hook_failed", group=group, failover_id=record.id, argv=argv,
-                          error=f"killed after {hooks.timeout:g}s")
-            except OSError as exc:
-                log.error("hook_failed", group=group, failover_id=record.id, argv=argv,
-                          error=f"cannot run: {exc.strerror or exc}")
-            else:
-                event = log.info if code == 0 else log.error
-                event("hook_finished" if code == 0 else "hook_failed", group=group, failover_id=record.id,
-                      argv=argv, status=describe_status(code), output=last_line)
+            await run_hook(render_argv(hooks.on_failover, record), hooks.timeout, group=group,
+                           failover_id=record.id)
             queue.task_done()
 
     async def drain(self, seconds: float) -> None:

@@ -132,6 +132,7 @@ class Action(StrEnum):
     FAILOVER = "failover"
     FAILBACK = "failback"
     ADOPT = "adopt"
+    TAKEOVER = "takeover"  # a HaVip's master is forced off so that a healthy member takes over
 
 
 class Trigger(StrEnum):
@@ -160,6 +161,10 @@ class Reason(StrEnum):
     MANUAL = "manual"
     MANUAL_TARGET_UNHEALTHY = "manual_target_unhealthy"
     MANUAL_ALREADY_ACTIVE = "manual_already_active"
+    HAVIP_MASTER_HEALTHY = "havip_master_healthy"
+    HAVIP_NO_MASTER = "havip_no_master"
+    HAVIP_MASTER_NOT_MEMBER = "havip_master_not_member"
+    HAVIP_MASTER_DOWN = "havip_master_down"
 
 
 @dataclass(frozen=True, slots=True)

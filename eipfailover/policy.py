@@ -14,8 +14,20 @@ Automatic moves (5-7) wait out the cooldown after the last move and the ``max_fa
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from eipfailover.config import PolicyConfig
-from eipfailover.model import Action, Decision, ManualRequest, Placement, Reason, Snapshot, TargetState, Trigger
+from eipfailover.model import (
+    Action,
+    Decision,
+    Health,
+    ManualRequest,
+    Placement,
+    Reason,
+    Snapshot,
+    TargetState,
+    Trigger,
+)
 
 
 def _healthy(s: Snapshot, exclude: str | None = None) -> list[str]:
@@ -94,3 +106,24 @@ def decide(s: Snapshot, now: float, policy: PolicyConfig) -> Decision:
 
     reason = Reason.ACTIVE_HEALTHY if active_state is TargetState.UP else Reason.ACTIVE_UNKNOWN
     return Decision(Action.NONE, reason, s.active)
+
+
+def havip_takeover(master: str, members: tuple[str, ...], health: Mapping[str, Health], now: float,
+                   last_takeover_at: float | None, cooldown: float) -> Decision:
+    """Whether to force a HaVip's master off (``target`` = the member expected to take over), and why.
+
+    Only when the master is one of ``members``, is confirmed DOWN, and another member is confirmed UP; never twice
+    within ``cooldown``. Without a master, keepalived is electing one: wait.
+    """
+    if not master:
+        return Decision(Action.NONE, Reason.HAVIP_NO_MASTER)
+    if master not in members:
+        return Decision(Action.NONE, Reason.HAVIP_MASTER_NOT_MEMBER, master)
+    if health[master].state is not TargetState.DOWN:
+        return Decision(Action.NONE, Reason.HAVIP_MASTER_HEALTHY, master)
+    standby = next((m for m in members if m != master and health[m].state is TargetState.UP), None)
+    if standby is None:
+        return Decision(Action.NONE, Reason.NO_HEALTHY_STANDBY)
+    if last_takeover_at is not None and now - last_takeover_at < cooldown:
+        return Decision(Action.NONE, Reason.COOLDOWN, standby)
+    return Decision(Action.TAKEOVER, Reason.HAVIP_MASTER_DOWN, standby, Trigger.AUTO)

@@ -14,14 +14,17 @@ import pytest
 import requests
 from aiohttp import web
 
+from .fake_aliyun import FakeAliyun
+
 REGION = "us-east-1"
 
 # Nothing may leave the machine: no proxy, no metadata service, fake credentials only.
+# (the Alibaba SDK honours HTTP(S)_PROXY and ignores NO_PROXY; it falls back to the ECS metadata service)
 for var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
     os.environ.pop(var, None)
 os.environ.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                    "AWS_DEFAULT_REGION": REGION, "AWS_EC2_METADATA_DISABLED": "true",
-                   "NO_PROXY": "127.0.0.1,localhost"})
+                   "ALIBABA_CLOUD_ECS_METADATA_DISABLED": "true", "NO_PROXY": "127.0.0.1,localhost"})
 
 
 @pytest.fixture(scope="session")
@@ -131,3 +134,12 @@ async def health_servers() -> AsyncIterator[list[HealthServer]]:
     yield servers
     for server in servers:
         await server.stop()
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeAliyun]:
+    """An empty fake Alibaba VPC/ECS API (region cn-hangzhou, 0.3 s transitions) serving on 127.0.0.1."""
+    world = FakeAliyun(transition=0.3, region="cn-hangzhou")
+    await world.start()
+    yield world
+    await world.stop()

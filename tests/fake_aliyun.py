@@ -19,13 +19,18 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import json
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from aiohttp import web
+
+from eipfailover.config import AlibabaProviderConfig
+from eipfailover.providers.alibaba import AlibabaProvider
 
 ACCESS_KEY_ID = "LTAIfakeAccessKeyId"
 ACCESS_KEY_SECRET = "fakeAccessKeySecret"
@@ -107,6 +112,19 @@ class FakeAliyun:
         self.nonces: set[str] = set()
         self.app = web.Application()
         self.app.router.add_route("*", "/", self.handle)
+        self.endpoint = ""
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        """Serve on 127.0.0.1, on a free port: ``endpoint`` is then ``127.0.0.1:PORT``."""
+        self._runner = web.AppRunner(self.app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        self.endpoint = f"127.0.0.1:{self._runner.addresses[0][1]}"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
 
     # --- world building ---
     def add_eip(self, allocation_id: str, ip: str) -> Eip:
@@ -376,3 +394,18 @@ class FakeAliyun:
 
 def _request_id() -> str:
     return str(uuid.uuid4()).upper()
+
+
+def key_file(directory: Path, secret: str = ACCESS_KEY_SECRET, key_id: str = ACCESS_KEY_ID) -> Path:
+    """An AccessKey file as the daemon reads it."""
+    path = directory / f"ak-{key_id}-{secret}.json"
+    path.write_text(json.dumps({"access_key_id": key_id, "access_key_secret": secret}))
+    return path
+
+
+def provider_for(fake: FakeAliyun, directory: Path, **settings: object) -> AlibabaProvider:
+    """The real driver, pointed at the fake with the fake's keys (``settings`` override)."""
+    config = {"type": "alibaba", "region": fake.region, "endpoint": fake.endpoint, "ecs_endpoint": fake.endpoint,
+              "protocol": "http", "access_key_file": key_file(directory), "read_timeout": 1, "connect_timeout": 1,
+              "poll_interval": 0.05, **settings}
+    return AlibabaProvider("ali", AlibabaProviderConfig.model_validate(config))

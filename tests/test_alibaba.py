@@ -4,58 +4,28 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from aiohttp import web
 
 from eipfailover import failover
 from eipfailover.checks.havip import HaVipCheck
 from eipfailover.checks.instance import InstanceCheck
-from eipfailover.config import AlibabaProviderConfig
 from eipfailover.errors import ProviderError
 from eipfailover.model import Binding, CheckStatus
 from eipfailover.providers.alibaba import AlibabaProvider
 
-from .fake_aliyun import ACCESS_KEY_ID, ACCESS_KEY_SECRET, FakeAliyun, Fault
+from .fake_aliyun import ACCESS_KEY_ID, ACCESS_KEY_SECRET, FakeAliyun, Fault, key_file, provider_for
 
 REGION = "cn-hangzhou"
-TRANSITION = 0.2
 FAST = failover.Backoff(base=0.05, cap=0.2)
 ECS_A, ECS_B = Binding(instance_id="i-a", instance_type="EcsInstance"), Binding(instance_id="i-b",
                                                                                 instance_type="EcsInstance")
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[FakeAliyun]:
-    world = FakeAliyun(transition=TRANSITION, region=REGION)
-    runner = web.AppRunner(world.app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    world.endpoint = f"127.0.0.1:{runner.addresses[0][1]}"  # type: ignore[attr-defined]
-    yield world
-    await runner.cleanup()
-
-
-def key_file(tmp_path: Path, secret: str = ACCESS_KEY_SECRET, key_id: str = ACCESS_KEY_ID) -> Path:
-    path = tmp_path / f"ak-{key_id}-{secret}.json"
-    path.write_text(json.dumps({"access_key_id": key_id, "access_key_secret": secret}))
-    return path
-
-
-def make_provider(fake: FakeAliyun, tmp_path: Path, **kw: object) -> AlibabaProvider:
-    endpoint = fake.endpoint  # type: ignore[attr-defined]
-    settings: dict[str, object] = {"type": "alibaba", "region": REGION, "endpoint": endpoint, "ecs_endpoint": endpoint,
-                                   "protocol": "http", "access_key_file": key_file(tmp_path), "read_timeout": 1,
-                                   "connect_timeout": 1, "poll_interval": 0.05}
-    settings.update(kw)
-    return AlibabaProvider("ali", AlibabaProviderConfig.model_validate(settings))
-
-
-@pytest.fixture
 def ali(fake: FakeAliyun, tmp_path: Path) -> AlibabaProvider:
-    return make_provider(fake, tmp_path)
+    return provider_for(fake, tmp_path)
 
 
 def ecs_world(fake: FakeAliyun) -> None:
@@ -224,7 +194,7 @@ async def test_unknown_target_is_named(fake: FakeAliyun, ali: AlibabaProvider) -
 ])
 async def test_bad_credentials(fake: FakeAliyun, tmp_path: Path, key_id: str, secret: str, code: str) -> None:
     ecs_world(fake)
-    provider = make_provider(fake, tmp_path, access_key_file=key_file(tmp_path, secret, key_id))
+    provider = provider_for(fake, tmp_path, access_key_file=key_file(tmp_path, secret, key_id))
     with pytest.raises(ProviderError) as info:
         await provider.describe(["eip-1"])
     assert (info.value.code, info.value.retryable) == (code, False)
@@ -234,9 +204,9 @@ def test_bad_access_key_file(tmp_path: Path, fake: FakeAliyun) -> None:
     broken = tmp_path / "broken.json"
     broken.write_text("{not json")
     with pytest.raises(ProviderError, match=r"access key file .*broken\.json is not JSON"):
-        make_provider(fake, tmp_path, access_key_file=broken)
+        provider_for(fake, tmp_path, access_key_file=broken)
     with pytest.raises(ProviderError, match="No such file or directory"):
-        make_provider(fake, tmp_path, access_key_file=tmp_path / "missing.json")
+        provider_for(fake, tmp_path, access_key_file=tmp_path / "missing.json")
 
 
 async def test_credentials_from_the_credentials_directory(fake: FakeAliyun, tmp_path: Path,
@@ -247,7 +217,7 @@ async def test_credentials_from_the_credentials_directory(fake: FakeAliyun, tmp_
     (creds / "alibaba-access-key").write_text(json.dumps({"AccessKeyId": ACCESS_KEY_ID,
                                                           "AccessKeySecret": ACCESS_KEY_SECRET}))
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
-    provider = make_provider(fake, tmp_path, access_key_file=None)
+    provider = provider_for(fake, tmp_path, access_key_file=None)
     assert (await provider.describe(["eip-1"]))["eip-1"].bound_to == ECS_A
 
 

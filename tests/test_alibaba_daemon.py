@@ -4,48 +4,37 @@ failover of the core issue repeated with the daemon as a subprocess."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from aiohttp import web
 
 from eipfailover.config import parse_config
 from eipfailover.daemon import Daemon
 from eipfailover.demo import DaemonProcess
 
 from .conftest import HealthServer
-from .fake_aliyun import ACCESS_KEY_ID, ACCESS_KEY_SECRET, FakeAliyun
+from .fake_aliyun import FakeAliyun, key_file
 from .test_api import eventually
 
 REGION = "cn-hangzhou"
-TRANSITION = 0.3
+TRANSITION = 0.3  # the fake fixture's
 INTERVAL, TIMEOUT, FALL = 1.0, 0.5, 3
 
 
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeAliyun]:
-    world = FakeAliyun(transition=TRANSITION, region=REGION)
-    world.add_eip("eip-1", "47.1.1.1")
-    world.add_resource("i-a")
-    world.add_resource("i-b")
-    runner = web.AppRunner(world.app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    world.endpoint = f"127.0.0.1:{runner.addresses[0][1]}"  # type: ignore[attr-defined]
-    yield world
-    await runner.cleanup()
+def world(fake: FakeAliyun) -> FakeAliyun:
+    fake.add_eip("eip-1", "47.1.1.1")
+    fake.add_resource("i-a")
+    fake.add_resource("i-b")
+    return fake
 
 
 def config_data(fake: FakeAliyun, servers: list[HealthServer], tmp_path: Path) -> dict[str, Any]:
-    keys = tmp_path / "ak.json"
-    keys.write_text(json.dumps({"access_key_id": ACCESS_KEY_ID, "access_key_secret": ACCESS_KEY_SECRET}))
-    endpoint = fake.endpoint  # type: ignore[attr-defined]
+    keys = key_file(tmp_path)
+    endpoint = fake.endpoint
     return {
         "log": {"format": "json"},
         "api": {"listen": "127.0.0.1:0"},
@@ -67,6 +56,7 @@ def config_data(fake: FakeAliyun, servers: list[HealthServer], tmp_path: Path) -
 @pytest.mark.parametrize("status", ["Unassociating", "Available"])
 async def test_started_with_a_detached_or_detaching_eip_reconciles(
         fake: FakeAliyun, health_servers: list[HealthServer], tmp_path: Path, status: str) -> None:
+    world(fake)
     if status == "Unassociating":
         fake.bind("eip-1", "i-b", status="Unassociating")
     daemon = Daemon(parse_config(config_data(fake, health_servers, tmp_path)))
@@ -92,7 +82,7 @@ async def test_started_with_a_detached_or_detaching_eip_reconciles(
 @pytest.mark.e2e
 async def test_end_to_end_failover_with_the_alibaba_provider(
         fake: FakeAliyun, health_servers: list[HealthServer], tmp_path: Path) -> None:
-    fake.bind("eip-1", "i-a")
+    world(fake).bind("eip-1", "i-a")
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump(config_data(fake, health_servers, tmp_path)))
     env = {**os.environ, "ALIBABA_CLOUD_ECS_METADATA_DISABLED": "true"}

@@ -73,7 +73,7 @@ def read_access_key(path: Path) -> tuple[str, str]:
 class AlibabaProvider(Provider):
     kind = "alibaba"
     operations = ("DescribeEipAddresses", "AssociateEipAddress", "AssociateEipAddressBatch",
-                  "UnassociateEipAddress", "DescribeHaVips", "DescribeInstanceStatus")
+                  "UnassociateEipAddress", "DescribeHaVips", "UnassociateHaVip", "DescribeInstanceStatus")
 
     def __init__(self, name: str, config: AlibabaProviderConfig) -> None:
         super().__init__(name)
@@ -234,6 +234,14 @@ class AlibabaProvider(Provider):
         eips = item.associated_eip_addresses.associated_eip_addresse if item.associated_eip_addresses else None
         return HaVipState(havip_id, item.status or "", item.master_instance_id or "", tuple(instances or ()),
                           tuple(eips or ()))
+
+
+    async def unassociate_havip(self, havip_id: str, instance_id: str, *, force: bool) -> None:
+        """Detach an instance from a HaVip; ``force`` is needed to detach its master."""
+        request = vpc.UnassociateHaVipRequest(region_id=self.region, ha_vip_id=havip_id, instance_id=instance_id,
+                                              instance_type="EcsInstance", force="True" if force else "False")
+        await self._call("UnassociateHaVip", lambda: self.vpc.unassociate_ha_vip_async(request),
+                         f"instance {instance_id} from HaVip {havip_id}")
 
 
 def _eip_state(item: Any) -> EipState:

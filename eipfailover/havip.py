@@ -1,0 +1,108 @@
+"""HaVip takeover (Alibaba): keep a HaVip's master healthy.
+
+A HaVip is an in-zone floating private IP that keepalived moves between ECS instances; an EIP on the HaVip follows
+it. keepalived only notices a dead host, not a dead service on a live host that still advertises. For a target with
+``havip_takeover``, a :class:`HaVipGuard` checks every member instance (rise/fall, like targets) and reads the
+HaVip's master; when the master is confirmed DOWN while another member is UP, it unassociates the master from the
+HaVip with ``Force=True``, so keepalived on the healthy member takes the HaVip over, and runs ``on_takeover``.
+The decision is :func:`eipfailover.policy.havip_takeover`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping, Sequence
+
+import structlog
+
+from eipfailover import health, policy
+from eipfailover.checks.base import Check
+from eipfailover.config import HaVipTakeoverConfig, PolicyConfig
+from eipfailover.engine import run_every
+from eipfailover.errors import ProviderError
+from eipfailover.hooks import run_hook, substitute
+from eipfailover.model import Action, CheckResult, Decision, Health
+from eipfailover.providers.alibaba import AlibabaProvider
+
+log = structlog.get_logger("eipfailover.havip")
+
+
+class HaVipGuard:
+    def __init__(self, group: str, target: str, havip_id: str, provider: AlibabaProvider,
+                 members: Mapping[str, Sequence[Check]], config: HaVipTakeoverConfig, policy_config: PolicyConfig,
+                 ) -> None:
+        self.group, self.target, self.havip_id = group, target, havip_id
+        self.provider = provider
+        self.members = dict(members)
+        self.config = config
+        self.policy = policy_config
+        self.health = {m: Health() for m in self.members}
+        self.master = ""
+        self.decision: Decision | None = None
+        self.last_takeover_at: float | None = None
+        self.cloud_error: str | None = None
+        self.hooks: set[asyncio.Task[bool]] = set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await run_every(self.policy.interval, stop, stop, self.tick, group=self.group, target=self.target)
+        await asyncio.gather(*self.hooks)
+
+    async def tick(self) -> None:
+        async def run_member(checks: Sequence[Check]) -> list[CheckResult]:
+            return list(await asyncio.gather(*(c.run() for c in checks)))
+
+        results, state = await asyncio.gather(
+            asyncio.gather(*(run_member(c) for c in self.members.values())), self._read())
+        now = time.monotonic()
+        for member, member_results in zip(self.members, results, strict=True):
+            before = self.health[member]
+            combined = health.combine(member_results)
+            self.health[member] = health.apply(before, combined, rise=self.policy.rise, fall=self.policy.fall,
+                                               now=now)
+            if self.health[member].state is not before.state:
+                log.info("havip_member_" + self.health[member].state.value, group=self.group, target=self.target,
+                         havip=self.havip_id, instance=member, detail=combined.detail)
+        if state is None:
+            return
+        self.master = state
+        decision = policy.havip_takeover(self.master, tuple(self.members), self.health, now,
+                                         self.last_takeover_at, self.config.cooldown)
+        if decision != self.decision:
+            log.info("havip_decision", group=self.group, target=self.target, havip=self.havip_id,
+                     master=self.master, action=decision.action.value, reason=decision.reason.value,
+                     standby=decision.target)
+            self.decision = decision
+        if decision.action is Action.TAKEOVER and decision.target is not None:
+            self.last_takeover_at = now
+            await self._take_over(self.master, decision.target)
+
+    async def _read(self) -> str | None:
+        """The HaVip's master, or None if the cloud cannot tell now (logged once per distinct error)."""
+        try:
+            state = await self.provider.describe_havip(self.havip_id)
+        except ProviderError as exc:
+            if str(exc) != self.cloud_error:
+                log.error("cloud_read_failed", group=self.group, target=self.target, error=str(exc), code=exc.code)
+            self.cloud_error = str(exc)
+            return None
+        self.cloud_error = None
+        return state.master_instance_id if state.status == "InUse" else ""
+
+    async def _take_over(self, master: str, standby: str) -> None:
+        fields = {"group": self.group, "target": self.target, "havip": self.havip_id, "from_instance": master,
+                  "to_instance": standby}
+        log.warning("havip_takeover_started", **fields)
+        try:
+            await self.provider.unassociate_havip(self.havip_id, master, force=True)
+        except ProviderError as exc:
+            log.error("havip_takeover_failed", error=str(exc), **fields)
+            return
+        log.warning("havip_takeover_done", **fields)
+        if self.config.on_takeover:
+            argv = substitute(self.config.on_takeover, {"group": self.group, "target": self.target,
+                                                        "havip": self.havip_id, "from": master, "to": standby})
+            task = asyncio.create_task(run_hook(argv, self.config.hook_timeout, group=self.group,
+                                                target=self.target))
+            self.hooks.add(task)
+            task.add_done_callback(self.hooks.discard)

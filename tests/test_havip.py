@@ -1,0 +1,148 @@
+"""HaVip takeover: the pure decision, and the guard against the fake VPC API with real member checks."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from eipfailover.checks.tcp import TcpCheck
+from eipfailover.config import HaVipTakeoverConfig, PolicyConfig, parse_config
+from eipfailover.errors import ConfigError, ProviderError
+from eipfailover.havip import HaVipGuard
+from eipfailover.model import Action, Health, Reason, TargetState
+from eipfailover.policy import havip_takeover
+from eipfailover.providers.alibaba import AlibabaProvider
+
+from .conftest import HealthServer
+from .fake_aliyun import FakeAliyun, provider_for
+
+UP, DOWN, U = TargetState.UP, TargetState.DOWN, TargetState.UNKNOWN
+MEMBERS = ("i-1", "i-2", "i-3")
+
+
+def states(*s: TargetState) -> dict[str, Health]:
+    return {m: Health(state=x) for m, x in zip(MEMBERS, s, strict=True)}
+
+
+@pytest.mark.parametrize(("master", "health", "last", "action", "reason", "target"), [
+    ("i-1", states(UP, UP, UP), None, Action.NONE, Reason.HAVIP_MASTER_HEALTHY, "i-1"),
+    ("i-1", states(U, UP, UP), None, Action.NONE, Reason.HAVIP_MASTER_HEALTHY, "i-1"),  # not confirmed down
+    ("i-1", states(DOWN, UP, UP), None, Action.TAKEOVER, Reason.HAVIP_MASTER_DOWN, "i-2"),
+    ("i-1", states(DOWN, DOWN, UP), None, Action.TAKEOVER, Reason.HAVIP_MASTER_DOWN, "i-3"),
+    ("i-1", states(DOWN, DOWN, U), None, Action.NONE, Reason.NO_HEALTHY_STANDBY, None),
+    ("i-2", states(UP, DOWN, DOWN), None, Action.TAKEOVER, Reason.HAVIP_MASTER_DOWN, "i-1"),
+    ("", states(DOWN, UP, UP), None, Action.NONE, Reason.HAVIP_NO_MASTER, None),  # keepalived is electing
+    ("i-9", states(DOWN, UP, UP), None, Action.NONE, Reason.HAVIP_MASTER_NOT_MEMBER, "i-9"),
+    ("i-1", states(DOWN, UP, UP), 990.0, Action.NONE, Reason.COOLDOWN, "i-2"),
+    ("i-1", states(DOWN, UP, UP), 900.0, Action.TAKEOVER, Reason.HAVIP_MASTER_DOWN, "i-2"),
+])
+def test_havip_takeover_decision(master: str, health: dict[str, Health], last: float | None, action: Action,
+                                 reason: Reason, target: str | None) -> None:
+    decision = havip_takeover(master, MEMBERS, health, now=1000.0, last_takeover_at=last, cooldown=60)
+    assert (decision.action, decision.reason, decision.target) == (action, reason, target)
+
+
+@pytest.fixture
+def ali(fake: FakeAliyun, tmp_path: Path) -> AlibabaProvider:
+    return provider_for(fake, tmp_path)
+
+
+def guard(ali: AlibabaProvider, servers: list[HealthServer], hook: list[str] | None = None) -> HaVipGuard:
+    members = {f"i-{n}": [TcpCheck("tcp", 0.5, "127.0.0.1", s.port)] for n, s in enumerate(servers, start=1)}
+    config = HaVipTakeoverConfig.model_validate({
+        "members": [{"instance_id": m, "checks": [{"type": "tcp", "host": "127.0.0.1", "port": 1}]}
+                    for m in members],
+        "on_takeover": hook, "cooldown": 60})
+    return HaVipGuard("web", "zone-a", "havip-a", ali, members, config,
+                      PolicyConfig(interval=1, timeout=0.5, rise=2, fall=2))
+
+
+async def test_dead_master_is_forced_off_and_the_hook_runs(fake: FakeAliyun, ali: AlibabaProvider,
+                                                           health_servers: list[HealthServer],
+                                                           tmp_path: Path) -> None:
+    fake.add_havip("havip-a", "10.0.0.100", ["i-1", "i-2"], master="i-1")
+    out = tmp_path / "hook.json"
+    hook = [sys.executable, "-c", f"import json, sys; json.dump(sys.argv[1:], open({str(out)!r}, 'w'))",
+            "{group}", "{target}", "{havip}", "{from}", "{to}"]
+    g = guard(ali, health_servers, hook)
+    for _ in range(3):
+        await g.tick()
+    assert "UnassociateHaVip" not in fake.actions()  # a healthy master is left alone
+    await health_servers[0].stop()
+    with capture_logs() as logs:
+        for _ in range(2):
+            await g.tick()
+    unassociate = [e for e in fake.log if e.action == "UnassociateHaVip"]
+    assert len(unassociate) == 1
+    assert (unassociate[0].query["InstanceId"], unassociate[0].query["Force"]) == ("i-1", "True")
+    assert [e["event"] for e in logs if e["event"].startswith("havip_takeover")] == [
+        "havip_takeover_started", "havip_takeover_done"]
+    for task in list(g.hooks):
+        await task
+    assert json.loads(out.read_text()) == ["web", "zone-a", "havip-a", "i-1", "i-2"]
+    await asyncio.sleep(0.35)  # the fake's transition: keepalived on i-2 takes over
+    assert (await ali.describe_havip("havip-a")).master_instance_id == "i-2"
+    for _ in range(2):
+        await g.tick()
+    assert g.decision is not None
+    assert g.decision.reason is Reason.HAVIP_MASTER_HEALTHY  # i-2 is the healthy master now
+    assert len([e for e in fake.log if e.action == "UnassociateHaVip"]) == 1
+
+
+async def test_no_takeover_without_a_healthy_standby(fake: FakeAliyun, ali: AlibabaProvider,
+                                                     health_servers: list[HealthServer]) -> None:
+    fake.add_havip("havip-a", "10.0.0.100", ["i-1", "i-2"], master="i-1")
+    g = guard(ali, health_servers)
+    for server in health_servers:
+        await server.stop()
+    for _ in range(4):
+        await g.tick()
+    assert "UnassociateHaVip" not in fake.actions()
+    assert g.decision is not None
+    assert g.decision.reason is Reason.NO_HEALTHY_STANDBY
+
+
+async def test_the_master_cannot_be_removed_without_force(fake: FakeAliyun, ali: AlibabaProvider) -> None:
+    fake.add_havip("havip-a", "10.0.0.100", ["i-1", "i-2"], master="i-1")
+    with pytest.raises(ProviderError) as info:
+        await ali.unassociate_havip("havip-a", "i-1", force=False)
+    assert (info.value.code, info.value.retryable) == ("Forbidden.UnassociateMaster", False)
+    await ali.unassociate_havip("havip-a", "i-2", force=False)  # a non-master member can go
+    assert fake.havips["havip-a"].instances == ["i-1"]
+
+
+def config(provider: str, binding: dict[str, Any]) -> dict[str, Any]:
+    takeover = {"members": [{"instance_id": f"i-{n}", "checks": [{"type": "tcp", "host": "h", "port": 1}]}
+                            for n in (1, 2)]}
+    return {
+        "providers": {"p": {"type": provider, "region": "r"}},
+        "groups": [{"name": "g", "provider": "p", "eips": ["e"], "targets": [
+            {"name": "a", "binding": binding, "checks": [{"type": "tcp", "host": "h", "port": 1}],
+             "havip_takeover": takeover},
+            {"name": "b", "binding": binding | {"instance_id": "other"},
+             "checks": [{"type": "tcp", "host": "h", "port": 1}]}]}],
+    }
+
+
+@pytest.mark.parametrize(("provider", "binding"), [
+    ("aws", {"instance_id": "i-1"}),
+    ("alibaba", {"instance_id": "i-1", "instance_type": "EcsInstance"}),
+])
+def test_takeover_needs_an_alibaba_havip_target(provider: str, binding: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(config(provider, binding))
+    assert "groups[0].targets[0].havip_takeover: needs an alibaba provider and a binding with instance_type HaVip" \
+        in info.value.problems
+
+
+def test_takeover_config_is_valid_on_a_havip() -> None:
+    parsed = parse_config(config("alibaba", {"instance_id": "havip-1", "instance_type": "HaVip"}))
+    takeover = parsed.groups[0].targets[0].havip_takeover
+    assert takeover is not None
+    assert [m.instance_id for m in takeover.members] == ["i-1", "i-2"]
