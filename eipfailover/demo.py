@@ -75,6 +75,13 @@ class DaemonProcess:
         )
         self._reader = asyncio.create_task(self._read())
 
+    async def start_and_settle(self, *targets: str, timeout: float = 60) -> None:
+        """Start, then wait until the daemon is ready and each of ``targets`` is confirmed UP."""
+        await self.start()
+        await self.wait_for("daemon_ready", timeout)
+        for target in targets:
+            await self.wait_for("target_up", timeout, target=target)
+
     async def _read(self) -> None:
         assert self.proc is not None
         assert self.proc.stdout is not None
@@ -210,9 +217,7 @@ async def _demo(workdir: Path) -> int:
     print(f"config written to {config_path}; starting the daemon\n")
     ok = True
     try:
-        await daemon.start()
-        await daemon.wait_for("daemon_ready", 60)
-        await daemon.wait_for("target_up", 30, target="web-b")
+        await daemon.start_and_settle("web-a", "web-b")
         await asyncio.sleep(2)
 
         print(f"\n*** stopping web-a's health endpoint (EIP on {holder()})")

@@ -87,11 +87,8 @@ async def test_end_to_end_failover_with_the_alibaba_provider(
     config.write_text(yaml.safe_dump(config_data(fake, health_servers, tmp_path)))
     env = {**os.environ, "ALIBABA_CLOUD_ECS_METADATA_DISABLED": "true"}
     daemon = DaemonProcess(config, env, lambda at, event: None)
-    await daemon.start()
     try:
-        await daemon.wait_for("daemon_ready", 30)
-        await daemon.wait_for("target_up", 15, target="web-a")
-        await daemon.wait_for("target_up", 15, target="web-b")
+        await daemon.start_and_settle("web-a", "web-b")
         assert daemon.count("failover_started") == 0
 
         stopped = time.monotonic()

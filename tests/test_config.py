@@ -48,6 +48,11 @@ def test_example_is_valid_and_documents_every_key() -> None:
             assert f"{key}:" in text, f"{model.__name__}.{key} is not documented in the example"
 
 
+@pytest.mark.parametrize("path", sorted((ROOT / "config" / "examples").glob("*.yaml")), ids=lambda p: p.name)
+def test_examples_are_valid(path: Path) -> None:
+    assert load_config(path).groups
+
+
 def test_defaults_are_safe() -> None:
     policy = parse_config(minimal()).groups[0].policy
     assert (policy.interval, policy.timeout, policy.rise, policy.fall) == (2.0, 1.0, 3, 3)
@@ -130,7 +135,8 @@ def test_top_level_errors_are_all_reported_at_once() -> None:
     data["api"] = {"listen": "localhost"}
     data["extra"] = 1
     found = problems(data)
-    for expected in ("providers.other.type: Input should be 'aws'",
+    for expected in ("providers.other: Input tag 'gcp' found using 'type' does not match any of the expected tags: "
+                     "'aws', 'alibaba'",
                      "api.listen: expected HOST:PORT",
                      "extra: unknown key",
                      "groups[0].provider: unknown provider 'nope'",

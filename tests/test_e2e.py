@@ -58,11 +58,8 @@ async def test_failover_restart_and_no_failback(ec2: Ec2World, health_servers: l
                                                 tmp_path: Path) -> None:
     config = write_config(tmp_path / "c.yaml", ec2, health_servers)
     first = daemon(config)
-    await first.start()
     try:
-        await first.wait_for("daemon_ready", 30)
-        await first.wait_for("target_up", 15, target="web-b")
-        await first.wait_for("target_up", 15, target="web-a")
+        await first.start_and_settle("web-a", "web-b")
         assert first.count("failover_started") == 0
 
         stopped = time.monotonic()
