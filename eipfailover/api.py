@@ -203,11 +203,7 @@ class Api:
     # --- probes ---
     async def healthz(self, request: web.Request) -> web.Response:
         """200 while every group's loop completes ticks; 503 if one's last tick is older than 3 intervals."""
-        now = time.monotonic()
-        stale = [
-            r.name for r in self.engine.runners.values()
-            if now - (r.last_tick_at or r.started_at or now) > 3 * r.config.policy.interval
-        ]
+        stale = self.engine.stalled(time.monotonic())
         if stale:
             return _error(503, "engine_stalled", f"no completed check round for 3 intervals: {', '.join(stale)}")
         return web.json_response({"status": "ok"})

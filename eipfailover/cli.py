@@ -129,6 +129,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     log.configure(config.log.format, config.log.level)
     try:
-        return asyncio.run(Daemon(config).run())
+        return asyncio.run(Daemon(config, args.config).run())
     except KeyboardInterrupt:
         return 130

@@ -383,6 +383,8 @@ def _binding_problems(provider_type: str, b: BindingConfig) -> list[tuple[str, s
 class Config(_Model):
     log: LogConfig = LogConfig()
     api: ApiConfig = ApiConfig()
+    stop_timeout: Duration = 20.0
+    """On SIGTERM, how long a running failover may take to finish before the daemon exits anyway (status 1)."""
     providers: dict[Name, ProviderConfig] = Field(min_length=1)
     groups: list[GroupConfig] = Field(min_length=1)
 

@@ -171,6 +171,7 @@ class GroupRunner:
         self.reconciled = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
 
     @property
     def name(self) -> str:
@@ -189,10 +190,28 @@ class GroupRunner:
         self.wake()
 
     # --- the loop ---
-    async def run(self, stop: asyncio.Event, phase: float = 0.0) -> None:
-        """Tick every interval until ``stop``; the first tick comes after ``phase`` seconds."""
+    async def run(self, phase: float = 0.0) -> None:
+        """Tick every interval until :meth:`request_stop`; the first tick comes after ``phase`` seconds."""
         self.started_at = time.monotonic()
-        await run_every(self.config.policy.interval, stop, self._wake, self.tick, phase, group=self.name)
+        await run_every(self.config.policy.interval, self._stop, self._wake, self.tick, phase, group=self.name)
+
+    def request_stop(self) -> None:
+        """Stop ticking (a running failover goes on: see :meth:`wait_idle`)."""
+        self._stop.set()
+        self._wake.set()
+
+    def carry_over(self, old: GroupRunner) -> None:
+        """Take over the state of the runner this one replaces (after a reload): maintenance, move history,
+        the last failover, and the health of every target whose binding and checks are unchanged."""
+        self.maintenance = old.maintenance
+        self.last_move_at, self.recent_moves = old.last_move_at, list(old.recent_moves)
+        self.last_failover = old.last_failover
+        old_targets = {t.name: t for t in old.config.targets}
+        for target in self.config.targets:
+            before = old_targets.get(target.name)
+            if before is not None and before == target:
+                self.targets[target.name].health = old.targets[target.name].health
+                self.targets[target.name].last_results = dict(old.targets[target.name].last_results)
 
     def wake(self) -> None:
         """Start the next tick now (after a request, at the end of a failover, or to stop)."""
@@ -370,34 +389,65 @@ def _bindings(states: Mapping[str, EipState]) -> dict[str, Binding | None]:
 
 
 class Engine:
-    """All the groups. ``ready`` is set once every group has completed its first reconcile."""
+    """All the groups. ``ready`` is set once every group has completed its first reconcile. Groups can be
+    replaced, added and removed while it runs (a reload)."""
 
     def __init__(self, runners: Iterable[GroupRunner]) -> None:
         self.runners = {r.name: r for r in runners}
         self.ready = asyncio.Event()
         self.stop = asyncio.Event()
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+
+    def _start(self, runner: GroupRunner, phase: float = 0.0) -> None:
+        self.runners[runner.name] = runner
+        self.tasks[runner.name] = asyncio.create_task(runner.run(phase), name=f"group-{runner.name}")
 
     async def run(self) -> None:
         """Run every group until :meth:`request_stop`; then let running failovers finish (the caller bounds
         that wait)."""
         # groups start spread over their interval, so that their checks do not all fire at the same instant
         count = len(self.runners)
-        tasks = [
-            asyncio.create_task(r.run(self.stop, phase=r.config.policy.interval * i / count), name=f"group-{r.name}")
-            for i, r in enumerate(self.runners.values())
-        ]
+        for i, runner in enumerate(list(self.runners.values())):
+            self._start(runner, phase=runner.config.policy.interval * i / count)
         watcher = asyncio.create_task(self._watch_ready())
         try:
-            await asyncio.gather(*tasks)
+            await self.stop.wait()
+            for runner in self.runners.values():
+                runner.request_stop()
+            await asyncio.gather(*self.tasks.values())
         finally:
             watcher.cancel()
-            for task in tasks:
+            for task in self.tasks.values():
                 task.cancel()
         await asyncio.gather(*(r.wait_idle() for r in self.runners.values()))
 
+    async def replace(self, name: str, runner: GroupRunner | None) -> None:
+        """Stop group ``name`` (if it runs), letting a running failover finish, then start ``runner`` instead
+        (with the old runner's state carried over when it has the same name), or nothing."""
+        old = self.runners.pop(name, None)
+        if old is not None:
+            old.request_stop()
+            await self.tasks.pop(name)
+            await old.wait_idle()
+            if runner is not None:
+                runner.carry_over(old)
+        if runner is not None:
+            self._start(runner)
+
     async def _watch_ready(self) -> None:
-        await asyncio.gather(*(r.reconciled.wait() for r in self.runners.values()))
+        await asyncio.gather(*(r.reconciled.wait() for r in list(self.runners.values())))
         self.ready.set()
+
+    def stalled(self, now: float, *, strict: bool = False) -> list[str]:
+        """The groups whose last completed check round is older than 3 intervals (a wedged loop or cloud call).
+        Before its first round a group counts from its start, or, if ``strict``, as stalled."""
+        def since(r: GroupRunner) -> float | None:
+            return r.last_tick_at if strict else (r.last_tick_at or r.started_at or now)
+
+        return [
+            r.name for r in self.runners.values()
+            if (last := since(r)) is None or now - last > 3 * r.config.policy.interval
+        ]
 
     def request_stop(self) -> None:
         self.stop.set()

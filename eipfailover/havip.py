@@ -43,10 +43,15 @@ class HaVipGuard:
         self.last_takeover_at: float | None = None
         self.cloud_error: str | None = None
         self.hooks: set[asyncio.Task[bool]] = set()
+        self._stop = asyncio.Event()
 
-    async def run(self, stop: asyncio.Event) -> None:
-        await run_every(self.policy.interval, stop, stop, self.tick, group=self.group, target=self.target)
+    async def run(self) -> None:
+        """Tick every group interval until :meth:`stop`, then let a running hook finish."""
+        await run_every(self.policy.interval, self._stop, self._stop, self.tick, group=self.group, target=self.target)
         await asyncio.gather(*self.hooks)
+
+    def stop(self) -> None:
+        self._stop.set()
 
     async def tick(self) -> None:
         async def run_member(checks: Sequence[Check]) -> list[CheckResult]:

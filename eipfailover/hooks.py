@@ -56,9 +56,14 @@ class HookObserver(NullObserver):
     """An engine observer that queues ``on_failover`` hooks per group and runs them one after another."""
 
     def __init__(self, hooks: Mapping[str, HooksConfig]) -> None:
-        self.hooks = {group: h for group, h in hooks.items() if h.on_failover}
+        self.hooks: dict[str, HooksConfig] = {}
+        self.configure(hooks)
         self.queues: dict[str, asyncio.Queue[FailoverRecord]] = {}
         self.workers: dict[str, asyncio.Task[None]] = {}
+
+    def configure(self, hooks: Mapping[str, HooksConfig]) -> None:
+        """Set the hooks per group (at start and on reload; queued hooks of a group run with its new settings)."""
+        self.hooks = {group: h for group, h in hooks.items() if h.on_failover}
 
     def on_failover_finished(self, record: FailoverRecord) -> None:
         if record.group not in self.hooks or record.result == "skipped":
@@ -69,10 +74,13 @@ class HookObserver(NullObserver):
         self.queues[record.group].put_nowait(record)
 
     async def _work(self, group: str) -> None:
-        hooks, queue = self.hooks[group], self.queues[group]
+        queue = self.queues[group]
         while True:
             record = await queue.get()
-            assert hooks.on_failover is not None
+            hooks = self.hooks.get(group)
+            if hooks is None or hooks.on_failover is None:  # the group or its hook went away in a reload
+                queue.task_done()
+                continue
             await run_hook(render_argv(hooks.on_failover, record), hooks.timeout, group=group,
                            failover_id=record.id)
             queue.task_done()

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
 from eipfailover import __version__
-from eipfailover.config import Config, check_name
+from eipfailover.config import Config, GroupConfig, check_name
 from eipfailover.engine import FailoverRecord, NullObserver
 from eipfailover.model import CheckResult, CheckStatus, Decision, EipState, Health, Placement, Reason, TargetState
 
@@ -56,28 +56,40 @@ class Metrics(NullObserver):
         self.provider_duration = Histogram(p + "provider_request_duration_seconds", "Cloud API request latency.",
                                            ["provider", "operation"], buckets=PROVIDER_BUCKETS, registry=r)
 
-        self.targets = {group.name: [t.name for t in group.targets] for group in config.groups}
+        self.config_reloads = Counter(p + "config_reloads", "Config reloads (SIGHUP) by result.", ["result"],
+                                      registry=r)
+        self.targets: dict[str, list[str]] = {}
         self.build_info.labels(__version__).set(1)
+        for result in ("success", "failure"):
+            self.config_reloads.labels(result)
         for group in config.groups:
-            self.maintenance.labels(group.name).set(0)
-            self.eip_attached.labels(group.name).set(0)
-            self.failover_duration.labels(group.name)
-            for trigger in TRIGGERS:
-                for result in RESULTS:
-                    self.failovers.labels(group.name, trigger, result)
-            for target in group.targets:
-                self.target_up.labels(group.name, target.name).set(0)
-                self.active_target.labels(group.name, target.name).set(0)
-                for check in target.checks:
-                    name = check_name(check)
-                    self.check_duration.labels(group.name, target.name, name)
-                    for status in CheckStatus:
-                        self.checks.labels(group.name, target.name, name, status.value)
+            self.add_group(group)
         for provider, operations in provider_operations.items():
-            for operation in operations:
-                self.provider_duration.labels(provider, operation)
-                for result in PROVIDER_RESULTS:
-                    self.provider_requests.labels(provider, operation, result)
+            self.add_provider(provider, operations)
+
+    def add_group(self, group: GroupConfig) -> None:
+        """Initialise a group's label sets (at start, and for groups added by a reload)."""
+        self.targets[group.name] = [t.name for t in group.targets]
+        self.maintenance.labels(group.name).set(0)
+        self.eip_attached.labels(group.name).set(0)
+        self.failover_duration.labels(group.name)
+        for trigger in TRIGGERS:
+            for result in RESULTS:
+                self.failovers.labels(group.name, trigger, result)
+        for target in group.targets:
+            self.target_up.labels(group.name, target.name).set(0)
+            self.active_target.labels(group.name, target.name).set(0)
+            for check in target.checks:
+                name = check_name(check)
+                self.check_duration.labels(group.name, target.name, name)
+                for status in CheckStatus:
+                    self.checks.labels(group.name, target.name, name, status.value)
+
+    def add_provider(self, provider: str, operations: tuple[str, ...]) -> None:
+        for operation in operations:
+            self.provider_duration.labels(provider, operation)
+            for result in PROVIDER_RESULTS:
+                self.provider_requests.labels(provider, operation, result)
 
     # --- provider requests ---
     def on_request(self, provider: str, operation: str, result: str, seconds: float) -> None:

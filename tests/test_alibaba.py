@@ -138,7 +138,7 @@ async def test_associate_throttled_past_the_deadline_still_ends_attached(fake: F
     # the standby's associations are throttled for longer than the deadline; the old target's are not
     fake.faults["AssociateEipAddress"] = [Fault(400, "Throttling.User", match={"InstanceId": "i-b"})
                                           for _ in range(100)]
-    outcome = await failover.execute(ali, ["eip-1"], ECS_B, deadline=1.0, fallback=[ECS_A],
+    outcome = await failover.execute(ali, ["eip-1"], ECS_B, deadline=2.5, fallback=[ECS_A],
                                      backoff=failover.Backoff(base=0.1, cap=0.2), verify_interval=0.05)
     assert not outcome.ok
     assert outcome.error.startswith("move failed: Alibaba AssociateEipAddress in cn-hangzhou (EIP eip-1 to "

@@ -311,7 +311,7 @@ async def test_metric_families_and_initial_label_sets(running: Running) -> None:
                 "eipfailover_checks", "eipfailover_check_duration_seconds", "eipfailover_failovers",
                 "eipfailover_failover_duration_seconds", "eipfailover_last_failover_timestamp_seconds",
                 "eipfailover_maintenance", "eipfailover_eip_attached", "eipfailover_provider_requests",
-                "eipfailover_provider_request_duration_seconds"}
+                "eipfailover_provider_request_duration_seconds", "eipfailover_config_reloads"}
     assert expected <= set(families)
     assert {n for n in families if n.startswith("eipfailover_")} == expected
     failovers = {(s.labels["trigger"], s.labels["result"]) for s in families["eipfailover_failovers"].samples

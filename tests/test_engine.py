@@ -251,11 +251,9 @@ async def test_the_loop_keeps_its_schedule_and_survives_a_failing_tick() -> None
         await real_tick()
 
     w.runner.tick = flaky_tick  # type: ignore[method-assign]
-    stop = asyncio.Event()
-    task = asyncio.create_task(w.runner.run(stop))
+    task = asyncio.create_task(w.runner.run())
     await asyncio.sleep(0.55)
-    stop.set()
-    w.runner.wake()
+    w.runner.request_stop()
     await asyncio.wait_for(task, 1)
     assert calls in (6, 7)  # at 0, 0.1, ... 0.5 s (+ the one after the stop, when timing is tight)
     assert w.runner.ticks == calls - 1

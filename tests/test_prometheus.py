@@ -31,7 +31,7 @@ def rules() -> list[dict[str, Any]]:
 def promtool() -> str:
     path = shutil.which("promtool")
     if path is None:
-        if os.environ.get("EIPFAILOVER_REQUIRE_PROMTOOL"):
+        if os.environ.get("EIPFAILOVER_REQUIRE_TOOLS"):
             pytest.fail("promtool is required here (Debian package prometheus)")
         pytest.skip("promtool not installed (Debian package prometheus); .ci/run installs it")
     return path

@@ -61,6 +61,7 @@ class Provider(ABC):
 
     async def request(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
         """Run one cloud request, timing it and reporting it to ``on_request``."""
+        assert operation in self.operations, f"{operation} is missing from {type(self).__name__}.operations"
         start = time.monotonic()
         result = "ok"
         try:
