@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -143,3 +144,14 @@ async def fake() -> AsyncIterator[FakeAliyun]:
     await world.start()
     yield world
     await world.stop()
+
+
+def require_tool(command: str, package: str) -> str:
+    """The path of a command from a Debian package: skipped where it is missing, a failure where CI requires it
+    (``EIPFAILOVER_REQUIRE_TOOLS``, set by .ci/run)."""
+    path = shutil.which(command)
+    if path is None:
+        if os.environ.get("EIPFAILOVER_REQUIRE_TOOLS"):
+            pytest.fail(f"{command} is required here (Debian package {package})")
+        pytest.skip(f"{command} not installed (Debian package {package}); .ci/run installs it")
+    return path

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -15,6 +14,8 @@ import yaml
 
 from eipfailover.config import parse_config
 from eipfailover.metrics import Metrics
+
+from .conftest import require_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "config" / "prometheus" / "eipfailover-alerts.yml"
@@ -29,12 +30,7 @@ def rules() -> list[dict[str, Any]]:
 
 @pytest.fixture
 def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        if os.environ.get("EIPFAILOVER_REQUIRE_TOOLS"):
-            pytest.fail("promtool is required here (Debian package prometheus)")
-        pytest.skip("promtool not installed (Debian package prometheus); .ci/run installs it")
-    return path
+    return require_tool("promtool", "prometheus")
 
 
 def run(*argv: str, cwd: Path) -> str:
