@@ -189,10 +189,10 @@ class Daemon:
         try:
             while True:
                 done, _ = await asyncio.wait({running, *waiters.values()}, return_when=asyncio.FIRST_COMPLETED)
-                if waiters["ready"] in done:
+                if "ready" in waiters and waiters["ready"] in done:
+                    del waiters["ready"]  # announced once
                     log.info("daemon_ready", groups=len(engine.runners))
                     self.notifier.ready()
-                    waiters["ready"] = asyncio.create_task(asyncio.Event().wait())  # once
                 if waiters["reload"] in done and not engine.stop.is_set():
                     self._reload.clear()
                     await self.reload(engine, parts)
