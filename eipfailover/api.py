@@ -21,6 +21,7 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
 from eipfailover import policy
+from eipfailover.credentials import credential_file
 from eipfailover.engine import Engine, FailoverRecord, GroupRunner
 from eipfailover.history import History
 from eipfailover.model import Action, ManualRequest, Reason
@@ -47,23 +48,19 @@ class MaintenanceBody(BaseModel):
     enabled: StrictBool
 
 
-def read_token(token_file: Path | None, credentials_directory: str | None) -> str | None:
+def read_token(token_file: Path | None) -> str | None:
     """The API token: from ``token_file`` if configured (an unreadable or empty file is an error), else from
     systemd's ``$CREDENTIALS_DIRECTORY/api-token`` if present, else none (changes are then refused)."""
-    candidates = [token_file] if token_file is not None else []
-    if token_file is None and credentials_directory:
-        credential = Path(credentials_directory) / "api-token"
-        if credential.exists():
-            candidates.append(credential)
-    for path in candidates:
-        try:
-            token = path.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ValueError(f"api token file {path}: {getattr(exc, 'strerror', None) or exc}") from None
-        if not token:
-            raise ValueError(f"api token file {path} is empty")
-        return token
-    return None
+    path = credential_file(token_file, "api-token")
+    if path is None:
+        return None
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"api token file {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    if not token:
+        raise ValueError(f"api token file {path} is empty")
+    return token
 
 
 def record_json(record: FailoverRecord | None) -> dict[str, Any] | None:

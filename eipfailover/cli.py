@@ -57,14 +57,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _client(args: argparse.Namespace) -> ApiClient:
-    from eipfailover.client import ApiClient, api_url
+    from eipfailover.client import ApiClient
     from eipfailover.config import load_config
 
     url, token_file = DEFAULT_API, None
     path = args.config or (DEFAULT_CONFIG if Path(DEFAULT_CONFIG).is_file() else None)
     if path is not None:
         config = load_config(path)
-        url, token_file = api_url(config.api.listen), config.api.token_file
+        url, token_file = config.api.url, config.api.token_file
     return ApiClient(args.api or url, args.token_file or token_file)
 
 

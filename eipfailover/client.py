@@ -24,13 +24,6 @@ class ApiCallError(EipFailoverError):
         self.status, self.code = status, code
 
 
-def api_url(listen: str) -> str:
-    """The URL to reach a daemon listening on ``listen`` (a wildcard address is reached on loopback)."""
-    host, _, port = listen.rpartition(":")
-    host = {"0.0.0.0": "127.0.0.1", "[::]": "[::1]", "": "127.0.0.1"}.get(host, host)
-    return f"http://{host}:{port}"
-
-
 class ApiClient:
     def __init__(self, base_url: str, token_file: Path | None = None, timeout: float = 10.0) -> None:
         self.base_url = base_url.rstrip("/")

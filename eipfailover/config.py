@@ -81,6 +81,21 @@ class ApiConfig(_Model):
             raise ValueError(f"expected HOST:PORT (e.g. 127.0.0.1:9797), got {value!r}")
         return value
 
+    @property
+    def host(self) -> str:
+        """The address to bind (IPv6 without its brackets)."""
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+    @property
+    def url(self) -> str:
+        """The URL a local client uses to reach this API (a wildcard address is reached on loopback)."""
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.host, self.host)
+        return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
+
 
 class AwsProviderConfig(_Model):
     type: Literal["aws"]

@@ -99,11 +99,6 @@ def build_guards(group: GroupConfig, provider: Provider, http: aiohttp.ClientSes
     return guards
 
 
-def split_listen(listen: str) -> tuple[str, int]:
-    host, _, port = listen.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
 class Daemon:
     def __init__(self, config: Config, config_path: str | Path | None = None) -> None:
         self.config = config
@@ -140,7 +135,7 @@ class Daemon:
                 engine = Engine(self._runner(g, self.providers, http, observers) for g in self.config.groups)
                 self.guards = [gd for g in self.config.groups for gd in build_guards(g, self.providers[g.provider],
                                                                                         http)]
-                token = read_token(self.config.api.token_file, os.environ.get("CREDENTIALS_DIRECTORY"))
+                token = read_token(self.config.api.token_file)
             except (EipFailoverError, ValueError) as exc:
                 log.error("startup_failed", error=str(exc))
                 return EXIT_CONFIG
@@ -148,9 +143,9 @@ class Daemon:
             api = self.api = Api(engine, history, metrics.registry, token)
             site_runner = web.AppRunner(api.app, access_log=None, handle_signals=False)
             await site_runner.setup()
-            host, port = split_listen(self.config.api.listen)
+            host = self.config.api.host
             try:
-                await web.TCPSite(site_runner, host, port).start()
+                await web.TCPSite(site_runner, host, self.config.api.port).start()
             except OSError as exc:
                 log.error("startup_failed", error=f"api.listen {self.config.api.listen}: {exc.strerror or exc}")
                 return EXIT_FAILURE
@@ -257,7 +252,7 @@ class Daemon:
                        if old_groups.get(g.name) != g or g.provider in fresh]
             runners = [self._runner(g, by_name, parts.http, parts.observers) for g in changed]
             guards = [gd for g in new.groups for gd in build_guards(g, by_name[g.provider], parts.http)]
-            token = read_token(new.api.token_file, os.environ.get("CREDENTIALS_DIRECTORY"))
+            token = read_token(new.api.token_file)
         except (EipFailoverError, ValueError) as exc:
             for provider in fresh.values():
                 await provider.close()

@@ -23,10 +23,9 @@ class ProviderError(EipFailoverError):
     is the cloud's error code when it sent one.
     """
 
-    def __init__(self, message: str, *, retryable: bool, code: str | None = None, operation: str = "") -> None:
+    def __init__(self, message: str, *, retryable: bool, code: str | None = None) -> None:
         self.retryable = retryable
         self.code = code
-        self.operation = operation
         super().__init__(message)
 
 

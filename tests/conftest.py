@@ -6,7 +6,8 @@ import asyncio
 import logging
 import os
 import shutil
-from collections.abc import AsyncIterator, Iterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -155,3 +156,16 @@ def require_tool(command: str, package: str) -> str:
             pytest.fail(f"{command} is required here (Debian package {package})")
         pytest.skip(f"{command} not installed (Debian package {package}); .ci/run installs it")
     return path
+
+
+async def eventually(condition: Callable[[], Awaitable[bool]] | Callable[[], bool], timeout: float = 10) -> None:
+    end = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > end:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.05)

@@ -16,9 +16,8 @@ from eipfailover.config import parse_config
 from eipfailover.daemon import Daemon
 from eipfailover.demo import DaemonProcess
 
-from .conftest import HealthServer
+from .conftest import HealthServer, eventually
 from .fake_aliyun import FakeAliyun, key_file
-from .test_api import eventually
 
 REGION = "cn-hangzhou"
 TRANSITION = 0.3  # the fake fixture's

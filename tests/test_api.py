@@ -7,7 +7,7 @@ import json
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from eipfailover.config import parse_config
 from eipfailover.daemon import Daemon
 from eipfailover.engine import GroupRunner
 
-from .conftest import REGION, Ec2World, HealthServer
+from .conftest import REGION, Ec2World, HealthServer, eventually
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "s3cr3t-token"
@@ -58,19 +58,6 @@ class Running:
             (s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(text) for s in family.samples
         }
-
-
-async def eventually(condition: Callable[[], Awaitable[bool]] | Callable[[], bool], timeout: float = 10) -> None:
-    end = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > end:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
 
 
 def config_data(ec2: Ec2World, servers: list[HealthServer], token_file: Path | None) -> dict[str, Any]:

@@ -27,9 +27,8 @@ from eipfailover.providers.alibaba import AlibabaProvider
 from eipfailover.providers.aws import AwsProvider
 from eipfailover.systemd import Notifier
 
-from .conftest import REGION, Ec2World, HealthServer, require_tool
+from .conftest import REGION, Ec2World, HealthServer, eventually, require_tool
 from .fake_aliyun import FakeAliyun, key_file
-from .test_api import eventually
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "eipfailover.service"

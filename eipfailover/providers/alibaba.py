@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from alibabacloud_vpc20160428.client import Client as VpcClient
 from Tea.exceptions import TeaException
 
 from eipfailover.config import AlibabaProviderConfig
+from eipfailover.credentials import credential_file
 from eipfailover.errors import ProviderError
 from eipfailover.model import Binding, EipState
 from eipfailover.providers.base import InstanceState, Provider
@@ -79,10 +79,7 @@ class AlibabaProvider(Provider):
         super().__init__(name)
         self.config = config
         self.region = config.region
-        key_file = config.access_key_file
-        credentials_dir = os.environ.get("CREDENTIALS_DIRECTORY")
-        if key_file is None and credentials_dir and (Path(credentials_dir) / CREDENTIAL_NAME).exists():
-            key_file = Path(credentials_dir) / CREDENTIAL_NAME
+        key_file = credential_file(config.access_key_file, CREDENTIAL_NAME)
         keys: dict[str, str] = {}
         if key_file is not None:  # otherwise the SDK's default chain: environment, profile, ECS RAM role
             keys["access_key_id"], keys["access_key_secret"] = read_access_key(key_file)
@@ -110,7 +107,7 @@ class AlibabaProvider(Provider):
                         return await call()
                 except TimeoutError:
                     raise ProviderError(f"Alibaba {operation} in {self.region}: no answer within "
-                                        f"{self._call_timeout:g}s", retryable=True, operation=operation) from None
+                                        f"{self._call_timeout:g}s", retryable=True) from None
                 except TeaException as exc:
                     raise self._error(operation, exc, about) from None
 
@@ -123,14 +120,13 @@ class AlibabaProvider(Provider):
         if not code:  # transport: refused, reset, read timeout, an unparsable (HTML) answer
             inner = getattr(exc, "inner_exception", None)
             detail = str(inner or getattr(exc, "message", "") or exc).splitlines()[0]
-            return ProviderError(f"Alibaba {operation} in {self.region}{where}: {detail}", retryable=True,
-                                 operation=operation)
+            return ProviderError(f"Alibaba {operation} in {self.region}{where}: {detail}", retryable=True)
         code = str(code)
         retryable = (code in _RETRYABLE_CODES or code.startswith(("Throttling", "TaskConflict"))
                      or status >= 500)
         message = str(getattr(exc, "message", "") or "")
         return ProviderError(f"Alibaba {operation} in {self.region}{where}: {code}: {message}",
-                             retryable=retryable, code=code, operation=operation)
+                             retryable=retryable, code=code)
 
     # --- the contract ---
     async def describe(self, eips: Sequence[str]) -> dict[str, EipState]:
@@ -142,7 +138,7 @@ class AlibabaProvider(Provider):
         missing = [e for e in eips if e not in found]
         if missing:
             raise ProviderError(f"Alibaba DescribeEipAddresses in {self.region}: no EIP {', '.join(missing)}",
-                                retryable=False, code="InvalidAllocationId.NotFound", operation="DescribeEipAddresses")
+                                retryable=False, code="InvalidAllocationId.NotFound")
         return found
 
     async def move(self, eips: Sequence[str], to: Binding) -> None:
@@ -152,7 +148,7 @@ class AlibabaProvider(Provider):
         busy = [f"{e} is {'associating' if s.bound_to else 'unassociating'}" for e, s in states.items() if s.pending]
         if busy:
             raise ProviderError(f"EIP transition in progress: {'; '.join(busy)}", retryable=True,
-                                code="IncorrectEipStatus", operation="AssociateEipAddress")
+                                code="IncorrectEipStatus")
         elsewhere = {e: s.bound_to for e, s in states.items() if s.bound_to is not None and not to.matches(s.bound_to)}
         await asyncio.gather(*(self._unassociate(e, b) for e, b in elsewhere.items() if b is not None))
         if elsewhere:
@@ -229,7 +225,7 @@ class AlibabaProvider(Provider):
         item = next((h for h in havips or [] if h.ha_vip_id == havip_id), None)
         if item is None:
             raise ProviderError(f"Alibaba DescribeHaVips in {self.region}: no HaVip {havip_id}", retryable=False,
-                                code="InvalidHaVipId.NotFound", operation="DescribeHaVips")
+                                code="InvalidHaVipId.NotFound")
         instances = item.associated_instances.associated_instance if item.associated_instances else None
         eips = item.associated_eip_addresses.associated_eip_addresse if item.associated_eip_addresses else None
         return HaVipState(havip_id, item.status or "", item.master_instance_id or "", tuple(instances or ()),

@@ -91,15 +91,15 @@ class AwsProvider(Provider):
             retryable = code in _RETRYABLE_CODES or status >= 500
             return ProviderError(
                 f"EC2 {operation} in {self.region}: {code}: {err.get('Message', '')}",
-                retryable=retryable, code=code, operation=operation,
+                retryable=retryable, code=code,
             )
         if isinstance(exc, NoCredentialsError | PartialCredentialsError):
             return ProviderError(
                 f"EC2 {operation}: no usable AWS credentials ({exc}); set a profile, the environment or an "
-                "instance role", retryable=True, code="NoCredentials", operation=operation,
+                "instance role", retryable=True, code="NoCredentials",
             )
         retryable = not isinstance(exc, ParamValidationError)
-        return ProviderError(f"EC2 {operation} in {self.region}: {exc}", retryable=retryable, operation=operation)
+        return ProviderError(f"EC2 {operation} in {self.region}: {exc}", retryable=retryable)
 
     async def describe(self, eips: Sequence[str]) -> dict[str, EipState]:
         reply = await self._ec2("DescribeAddresses", AllocationIds=list(eips))
@@ -108,7 +108,7 @@ class AwsProvider(Provider):
         if missing:
             raise ProviderError(
                 f"EC2 DescribeAddresses in {self.region}: no EIP {', '.join(missing)}", retryable=False,
-                code="InvalidAllocationID.NotFound", operation="DescribeAddresses",
+                code="InvalidAllocationID.NotFound",
             )
         return found
 
