@@ -2,7 +2,7 @@
 
 Runs the real engine (GroupRunner, checks, health, policy) for G groups of 2 targets, each target with one tcp and
 one http check against a loopback HTTP server (in its own process), and an in-memory provider, for D seconds at a
-1 s interval. Prints the daemon's CPU use, the checks run per second and the tick durations.
+1 s interval. Prints the daemon's CPU use, the check rounds per second and their durations.
 
     .venv/bin/python bench/engine_scale.py [--groups 10 100 500] [--seconds 10]
 """
@@ -22,7 +22,8 @@ from aiohttp import web
 
 from eipfailover.config import parse_config
 from eipfailover.daemon import build_checks
-from eipfailover.engine import Engine, GroupRunner, NullObserver, Observers
+from eipfailover.engine import Engine, GroupRunner
+from eipfailover.events import NullObserver, Observers
 from eipfailover.model import Binding, EipState
 from eipfailover.providers.base import InstanceState, Provider
 
@@ -47,9 +48,9 @@ class StaticCloud(Provider):
 class TimedRunner(GroupRunner):
     durations: list[float] = []
 
-    async def tick(self) -> None:
+    async def check_round(self) -> None:
         start = time.perf_counter()
-        await super().tick()
+        await super().check_round()
         TimedRunner.durations.append(time.perf_counter() - start)
 
 

@@ -6,6 +6,7 @@ The API records intents; the engine carries them out. It never calls a provider.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import time
@@ -20,13 +21,15 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
-from eipfailover import policy
 from eipfailover.credentials import credential_file
-from eipfailover.engine import Engine, FailoverRecord, GroupRunner
+from eipfailover.engine import Engine, GroupRunner
+from eipfailover.events import FailoverRecord
 from eipfailover.history import History
 from eipfailover.model import Action, ManualRequest, Reason
 
 MAX_BODY = 64 * 1024
+BODY_TIMEOUT = 10.0
+"""How long a request body may take to arrive (the head's limit is the server's keep-alive timeout)."""
 _M = TypeVar("_M", bound=BaseModel)
 
 
@@ -87,9 +90,13 @@ def group_json(runner: GroupRunner, now: float) -> dict[str, Any]:
              "bound_to": None if state.bound_to is None else str(state.bound_to)}
             for eip, state in runner.eip_states.items()
         ],
+        "foreign_eips": list(runner.location.foreign),
+        "adopt_foreign": runner.config.adopt_foreign,
         "maintenance": runner.maintenance,
         "reconciled": runner.reconciled.is_set(),
         "cloud_error": None if runner.cloud_error is None else str(runner.cloud_error),
+        "cloud_read_age_seconds": None if runner.last_read_ok_at is None else round(now - runner.last_read_ok_at, 3),
+        "cloud_problem": runner.cloud_problem(now),
         "decision": None if decision is None else {
             "action": decision.action.value, "reason": decision.reason.value, "target": decision.target},
         "failover_in_progress": record_json(runner.current),
@@ -115,8 +122,8 @@ def group_json(runner: GroupRunner, now: float) -> dict[str, Any]:
     }
 
 
-def _error(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": code, "message": message}, status=status)
+def _error(status: int, code: str, message: str, **extra: Any) -> web.Response:
+    return web.json_response({"error": code, "message": message, **extra}, status=status)
 
 
 @web.middleware
@@ -128,14 +135,22 @@ async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse
         return _error(exc.status, exc.code, exc.message)
     except web.HTTPException as exc:  # aiohttp's own: unknown route, wrong method
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
-        return _error(exc.status, code, f"{exc.reason}: {request.method} {request.path}")
+        response = _error(exc.status, code, f"{exc.reason}: {request.method} {request.path}")
+        if "Allow" in exc.headers:  # RFC 9110: a 405 says what is allowed
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
 
 
 _REFUSALS = {
+    Reason.CLOUD_UNKNOWN: "the cloud cannot be read now, so where the EIPs are is unknown; use force to move anyway",
+    Reason.IN_TRANSITION: "the cloud is still moving an EIP of this group; use force to move anyway",
     Reason.IN_PROGRESS: "a failover of this group is already running",
     Reason.MANUAL_ALREADY_ACTIVE: "the EIPs are already on that target",
     Reason.MANUAL_TARGET_UNHEALTHY: "the target is not confirmed healthy; use force to move anyway",
+    Reason.FOREIGN: "every EIP of this group is on a resource outside it; use force to take them",
 }
+_CODES = {Reason.IN_TRANSITION: "in_transition"}
+"""API error codes that differ from the decision's reason."""
 
 
 class Api:
@@ -145,11 +160,10 @@ class Api:
         self.engine = engine
         self.history = history
         self.token = token
+        self.metrics = make_aiohttp_handler(registry)
         self.app = web.Application(middlewares=[_json_errors], client_max_size=MAX_BODY)
         self.app.add_routes([
-            web.get("/healthz", self.healthz),
-            web.get("/readyz", self.readyz),
-            web.get("/metrics", make_aiohttp_handler(registry)),
+            *self._probes(),
             web.get("/v1/groups", self.groups),
             web.get("/v1/groups/{name}", self.group),
             web.get("/v1/history", self.history_list),
@@ -157,6 +171,15 @@ class Api:
             web.post("/v1/groups/{name}/failover", self.failover),
             web.post("/v1/groups/{name}/maintenance", self.maintenance),
         ])
+
+    def _probes(self) -> list[web.RouteDef]:
+        return [web.get("/healthz", self.healthz), web.get("/readyz", self.readyz), web.get("/metrics", self.metrics)]
+
+    def metrics_app(self) -> web.Application:
+        """The application of the separate metrics listener: the probes and ``/metrics`` only."""
+        app = web.Application(middlewares=[_json_errors], client_max_size=1024)
+        app.add_routes(self._probes())
+        return app
 
     # --- helpers ---
     def _runner(self, request: web.Request) -> GroupRunner:
@@ -172,15 +195,22 @@ class Api:
                            "no API token is configured (api.token_file or $CREDENTIALS_DIRECTORY/api-token), "
                            "so the API accepts no changes")
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.token.encode()):
-            raise ApiError(401, "unauthorized", "missing or wrong bearer token")
+        # the header arrives decoded with surrogateescape: bytes that are not UTF-8 can never match the token
+        presented = given.strip().encode("utf-8", "surrogateescape")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(presented, self.token.encode()):
+            raise ApiError(401, "unauthorized", "missing, malformed or wrong bearer token")
 
     async def _body(self, request: web.Request, model: type[_M]) -> _M:
+        too_large = ApiError(413, "body_too_large", f"the body is over {MAX_BODY} bytes")
         if request.content_length is not None and request.content_length > MAX_BODY:
-            raise ApiError(400, "body_too_large", f"the body is over {MAX_BODY} bytes")
-        raw = await request.content.read(MAX_BODY + 1)
-        if len(raw) > MAX_BODY:
-            raise ApiError(400, "body_too_large", f"the body is over {MAX_BODY} bytes")
+            raise too_large
+        try:
+            async with asyncio.timeout(BODY_TIMEOUT):
+                raw = await request.read()
+        except TimeoutError:
+            raise ApiError(408, "request_timeout", f"the body did not arrive within {BODY_TIMEOUT:g}s") from None
+        except web.HTTPRequestEntityTooLarge:
+            raise too_large from None
         try:
             data = json.loads(raw) if raw.strip() else {}
         except ValueError as exc:
@@ -206,9 +236,18 @@ class Api:
         return web.json_response({"status": "ok"})
 
     async def readyz(self, request: web.Request) -> web.Response:
-        waiting = [r.name for r in self.engine.runners.values() if not r.reconciled.is_set()]
-        if waiting:
-            return _error(503, "not_ready", f"first reconcile pending for: {', '.join(waiting)}")
+        """200 only while the daemon can do its job: every group has read the cloud successfully within the last 3
+        intervals (and has completed a check round). 503 names each group that cannot, and why."""
+        if self.engine.stop.is_set():
+            return _error(503, "stopping", "the daemon is stopping")
+        now = time.monotonic()
+        problems = self.engine.blind(now)
+        for runner in self.engine.runners.values():
+            if runner.last_tick_at is None and not runner.stopping:
+                problems.setdefault(runner.name, "no completed check round yet")
+        if problems:
+            text = "; ".join(f"{name}: {why}" for name, why in problems.items())
+            return _error(503, "not_ready", text, groups=[{"name": n, "reason": why} for n, why in problems.items()])
         return web.json_response({"status": "ready"})
 
     # --- reads ---
@@ -239,6 +278,8 @@ class Api:
     async def failover(self, request: web.Request) -> web.Response:
         self._authorize(request)
         runner = self._runner(request)
+        if self.engine.stop.is_set() or runner.stopping:
+            raise ApiError(503, "stopping", "the daemon is stopping or reloading this group; try again")
         body = await self._body(request, FailoverBody)
         if body.to is not None and body.to not in runner.targets:
             raise ApiError(404, "unknown_target", f"group {runner.name!r} has no target named {body.to!r}")
@@ -247,9 +288,9 @@ class Api:
         requested_by = request.headers.get("X-Requested-By") or f"api@{request.remote}"
         req = ManualRequest(to=body.to, force=body.force, reason=body.reason, id=uuid.uuid4().hex[:12],
                             requested_by=requested_by[:200])
-        decision = policy.decide(replace(runner.snapshot(), manual=req), time.monotonic(), runner.config.policy)
+        decision, _ = runner.plan(replace(runner.snapshot(), manual=req), time.monotonic())
         if decision.action is Action.NONE:
-            code = decision.reason.value
+            code = _CODES.get(decision.reason, decision.reason.value)
             raise ApiError(409, code, _REFUSALS.get(decision.reason, code))
         runner.request_failover(req)
         return web.json_response(

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -69,32 +70,55 @@ class LogConfig(_Model):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
-class ApiConfig(_Model):
-    listen: str = "127.0.0.1:9797"
-    token_file: Path | None = None
+def _host_port(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected HOST:PORT (e.g. 127.0.0.1:9797), got {value!r}")
+    return value
 
-    @field_validator("listen")
-    @classmethod
-    def _host_port(cls, value: str) -> str:
-        host, sep, port = value.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-            raise ValueError(f"expected HOST:PORT (e.g. 127.0.0.1:9797), got {value!r}")
-        return value
+
+HostPort = Annotated[str, AfterValidator(_host_port)]
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` as the address to bind (IPv6 without its brackets) and the port."""
+    host, _, port = value.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class ApiTlsConfig(_Model):
+    cert_file: Path
+    """PEM certificate chain the API presents."""
+    key_file: Path
+    ca_file: Path | None = None
+    """For the CLI client on this host: the CA that signed ``cert_file`` (default: ``cert_file`` itself, which suits
+    a self-signed certificate)."""
+
+
+class ApiConfig(_Model):
+    listen: HostPort = "127.0.0.1:9797"
+    token_file: Path | None = None
+    tls: ApiTlsConfig | None = None
+    """Serve HTTPS instead of HTTP (on ``listen`` and ``metrics_listen``)."""
+    metrics_listen: HostPort | None = None
+    """A second listener with only ``GET /metrics``, ``/healthz`` and ``/readyz``: Prometheus can scrape it from
+    another host while ``listen``, with the POSTs, stays on loopback."""
 
     @property
     def host(self) -> str:
         """The address to bind (IPv6 without its brackets)."""
-        return self.listen.rpartition(":")[0].strip("[]")
+        return split_host_port(self.listen)[0]
 
     @property
     def port(self) -> int:
-        return int(self.listen.rpartition(":")[2])
+        return split_host_port(self.listen)[1]
 
     @property
     def url(self) -> str:
         """The URL a local client uses to reach this API (a wildcard address is reached on loopback)."""
         host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.host, self.host)
-        return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://[{host}]:{self.port}" if ":" in host else f"{scheme}://{host}:{self.port}"
 
 
 class AwsProviderConfig(_Model):
@@ -119,9 +143,12 @@ class AlibabaProviderConfig(_Model):
     ecs_endpoint: str | None = None
     """The ECS API endpoint, used by ``instance`` checks; default: the region's."""
     protocol: Literal["https", "http"] = "https"
+    ca_file: Path | None = None
+    """CA bundle to verify the endpoints' certificates (default: the certifi bundle the SDK ships with)."""
     access_key_file: Path | None = None
-    """JSON ``{"access_key_id": ..., "access_key_secret": ...}``; default: ``$CREDENTIALS_DIRECTORY/alibaba-access-key``
-    if present, else the SDK's default chain (environment, profile, ECS RAM role)."""
+    """JSON ``{"access_key_id": ..., "access_key_secret": ..., "security_token"?: ...}``, re-read whenever it changes;
+    default: ``$CREDENTIALS_DIRECTORY/alibaba-access-key`` if present, else the default credential chain
+    (environment, CLI profile, credentials file, OIDC, ECS RAM role, credentials URI)."""
     connect_timeout: Duration = 2.0
     read_timeout: Duration = 5.0
     max_concurrency: int = Field(4, ge=1, le=64)
@@ -196,10 +223,18 @@ class HttpCheckConfig(_CheckBase):
         return value
 
 
+Argv = list[Annotated[str, Field(min_length=1)]]
+EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+Env = dict[EnvName, str]
+"""Extra environment variables for a program we run. Programs get a minimal environment: ``PATH``, ``LANG``, the
+documented ``EIPFAILOVER_*`` variables and these, never the daemon's own (which may hold cloud credentials)."""
+
+
 class ExecCheckConfig(_CheckBase):
     type: Literal["exec"]
-    argv: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1)
+    argv: Argv = Field(min_length=1)
     """The program and its arguments; run without a shell. Exit 0 means healthy."""
+    env: Env = Field(default_factory=dict)
 
 
 class InstanceCheckConfig(_CheckBase):
@@ -237,8 +272,9 @@ class HaVipTakeoverConfig(_Model):
     member takes over, then run ``on_takeover``."""
 
     members: list[HaVipMemberConfig] = Field(min_length=2)
-    on_takeover: list[Annotated[str, Field(min_length=1)]] | None = Field(None, min_length=1)
+    on_takeover: Argv | None = Field(None, min_length=1)
     """argv, no shell; ``{group} {target} {havip} {from} {to}`` are substituted."""
+    env: Env = Field(default_factory=dict)
     hook_timeout: Duration = 30.0
     cooldown: NonNegDuration = 60.0
 
@@ -299,9 +335,10 @@ class PolicyConfig(_Model):
 
 
 class HooksConfig(_Model):
-    on_failover: list[Annotated[str, Field(min_length=1)]] | None = Field(None, min_length=1)
+    on_failover: Argv | None = Field(None, min_length=1)
     """argv run (no shell) after every failover; ``{group} {from} {to} {result} {reason} {trigger}
     {failover_id}`` are substituted."""
+    env: Env = Field(default_factory=dict)
     timeout: Duration = 30.0
 
 
@@ -312,6 +349,9 @@ class GroupConfig(_Model):
     targets: list[TargetConfig] = Field(min_length=2)
     policy: PolicyConfig = PolicyConfig()
     hooks: HooksConfig = HooksConfig()
+    adopt_foreign: bool = False
+    """An EIP found on a resource that is none of the group's targets (moved by hand, or an allocation ID that
+    belongs to another service) is reported and left alone; ``true`` takes it back."""
 
     @field_validator("provider")
     @classmethod
@@ -399,7 +439,9 @@ class Config(_Model):
     log: LogConfig = LogConfig()
     api: ApiConfig = ApiConfig()
     stop_timeout: Duration = 20.0
-    """On SIGTERM, how long a running failover may take to finish before the daemon exits anyway (status 1)."""
+    """On SIGTERM or SIGINT, how long a running failover may take to finish. Then it is aborted: it makes no further
+    move, and any EIP it has detached is re-attached (for at most as long again) before the daemon exits (status 1
+    if that did not complete). The unit's ``TimeoutStopSec`` must exceed twice this."""
     providers: dict[Name, ProviderConfig] = Field(min_length=1)
     groups: list[GroupConfig] = Field(min_length=1)
 
@@ -409,6 +451,13 @@ class Config(_Model):
             (f"groups[{i}].name", f"duplicate group name {name!r}")
             for i, name in _duplicates(g.name for g in self.groups)
         ]
+        owner: dict[str, str] = {}
+        for gi, group in enumerate(self.groups):
+            for ei, eip in enumerate(group.eips):
+                if eip in owner and owner[eip] != group.name:
+                    problems.append((f"groups[{gi}].eips[{ei}]", f"{eip!r} is in groups {owner[eip]!r} and "
+                                                                 f"{group.name!r}: an EIP belongs to one group"))
+                owner.setdefault(eip, group.name)
         if problems:
             raise _Problems(problems)
         return self

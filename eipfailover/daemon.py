@@ -1,8 +1,10 @@
 """The composition root: build everything from the config, run the engine and the API, handle signals, shut down.
 
-Lifecycle: startup (providers, checks, observers, API), main loop (the engine until SIGTERM/SIGINT), shutdown
-(stop starting work, let a running failover finish within ``STOP_TIMEOUT``, drain hooks, close the API and the
-clients). Signal handlers only set events.
+Lifecycle: startup (:meth:`Daemon._build` for providers, checks, runners and HaVip guards; observers; the API),
+main loop (the engine until SIGTERM/SIGINT; SIGHUP reloads through the same :meth:`Daemon._build`), shutdown
+(start no new work; let a running failover finish within ``stop_timeout``; then abort it, which re-attaches any EIP
+it detached, within ``stop_timeout`` again; drain hooks; close the API and the clients). Signal handlers only set
+events, except a second SIGINT, which exits at once and says which EIPs may be left detached.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ import asyncio
 import os
 import signal
 import ssl
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,15 +27,17 @@ from eipfailover import checks, providers, registry
 from eipfailover import log as log_config
 from eipfailover.api import Api, read_token
 from eipfailover.checks.base import Check, CheckContext
-from eipfailover.config import CheckConfig, Config, GroupConfig, check_name, load_config
-from eipfailover.engine import Engine, GroupRunner, Observers, binding_of
+from eipfailover.config import CheckConfig, Config, GroupConfig, check_name, load_config, split_host_port
+from eipfailover.engine import Engine, GroupRunner, binding_of
 from eipfailover.errors import EipFailoverError
+from eipfailover.events import Observers
 from eipfailover.history import History
 from eipfailover.hooks import HookObserver
 from eipfailover.log import LogObserver
 from eipfailover.metrics import Metrics
 from eipfailover.model import Binding
 from eipfailover.providers.base import Provider
+from eipfailover.serve import CappedSite, app_runner, server_tls
 from eipfailover.systemd import Notifier, SystemdObserver, watchdog
 
 if TYPE_CHECKING:
@@ -40,21 +45,12 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("eipfailover.daemon")
 
-STOP_TIMEOUT = 20.0
-"""How long shutdown waits for a running failover to finish its current work."""
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+GuardKey = tuple[str, str]
 
 
 class StartupError(EipFailoverError):
     """Something named in a valid config cannot be built (a missing SDK, an unreadable CA file, a bad profile)."""
-
-
-def build_providers(config: Config) -> dict[str, Provider]:
-    built: dict[str, Provider] = {}
-    for name, cfg in config.providers.items():
-        cls = registry.load(providers.REGISTRY, cfg.type, Provider)
-        built[name] = cls.from_config(name, cfg)
-    return built
 
 
 def _checks(configs: Sequence[CheckConfig], ctx: CheckContext, timeout: float, where: str) -> list[Check]:
@@ -70,33 +66,70 @@ def _checks(configs: Sequence[CheckConfig], ctx: CheckContext, timeout: float, w
 
 def build_checks(group: GroupConfig, provider: Provider, http: aiohttp.ClientSession) -> dict[str, list[Check]]:
     return {
-        t.name: _checks(t.checks, CheckContext(binding_of(t.binding, provider.kind), provider, http),
-                        group.policy.timeout, f"groups.{group.name}.targets.{t.name}")
+        t.name: _checks(t.checks, CheckContext(binding_of(t.binding, provider.kind), provider, http, group.name,
+                                               t.name), group.policy.timeout, f"groups.{group.name}.targets.{t.name}")
         for t in group.targets
     }
 
 
-def build_guards(group: GroupConfig, provider: Provider, http: aiohttp.ClientSession) -> list[HaVipGuard]:
-    """A HaVip guard for each target with ``havip_takeover`` (the config guarantees an Alibaba HaVip binding)."""
-    guards: list[HaVipGuard] = []
-    for target in group.targets:
-        takeover = target.havip_takeover
-        if takeover is None or target.binding.instance_id is None:
-            continue
-        from eipfailover.havip import HaVipGuard  # imports the Alibaba SDK (about 1 s): only when used
-        from eipfailover.providers.alibaba import AlibabaProvider
+def _guard_spec(group: GroupConfig, target_name: str, provider: Provider) -> tuple[object, ...]:
+    target = next(t for t in group.targets if t.name == target_name)
+    p = group.policy
+    return target.havip_takeover, target.binding, id(provider), p.interval, p.timeout, p.rise, p.fall
 
-        if not isinstance(provider, AlibabaProvider):
-            raise StartupError(f"groups.{group.name}.targets.{target.name}.havip_takeover needs an alibaba provider")
-        members = {
-            m.instance_id: _checks(m.checks, CheckContext(Binding(m.instance_id, instance_type="EcsInstance"),
-                                                          provider, http), group.policy.timeout,
-                                   f"groups.{group.name}.targets.{target.name}.havip_takeover.{m.instance_id}")
-            for m in takeover.members
-        }
-        guards.append(HaVipGuard(group.name, target.name, target.binding.instance_id, provider, members, takeover,
-                                 group.policy))
-    return guards
+
+def build_guard(group: GroupConfig, target_name: str, provider: Provider, http: aiohttp.ClientSession) -> HaVipGuard:
+    """The HaVip guard of a target with ``havip_takeover`` (the config guarantees an Alibaba HaVip binding)."""
+    from eipfailover.havip import HaVipGuard  # imports the Alibaba SDK (about 1 s): only when used
+    from eipfailover.providers.alibaba import AlibabaProvider
+
+    target = next(t for t in group.targets if t.name == target_name)
+    takeover = target.havip_takeover
+    assert takeover is not None
+    assert target.binding.instance_id is not None
+    where = f"groups.{group.name}.targets.{target.name}.havip_takeover"
+    if not isinstance(provider, AlibabaProvider):
+        raise StartupError(f"{where} needs an alibaba provider")
+    members = {
+        m.instance_id: _checks(m.checks, CheckContext(Binding(m.instance_id, instance_type="EcsInstance"), provider,
+                                                      http, group.name, target.name), group.policy.timeout,
+                               f"{where}.{m.instance_id}")
+        for m in takeover.members
+    }
+    return HaVipGuard(group.name, target.name, target.binding.instance_id, provider, members, takeover, group.policy,
+                      spec=_guard_spec(group, target_name, provider))
+
+
+def _guard_keys(config: Config) -> list[GuardKey]:
+    return [(g.name, t.name) for g in config.groups for t in g.targets if t.havip_takeover is not None]
+
+
+@dataclass
+class _Build:
+    """What a config builds, reusing what a running daemon already has where nothing changed."""
+
+    providers: dict[str, Provider]
+    fresh: dict[str, Provider]
+    runners: list[GroupRunner]
+    guards: dict[GuardKey, HaVipGuard]
+    token: str | None
+
+    async def discard(self) -> None:
+        for provider in self.fresh.values():
+            await provider.close()
+
+
+@dataclass
+class _Parts:
+    """The running daemon's long-lived pieces."""
+
+    http: aiohttp.ClientSession
+    observers: Observers
+    metrics: Metrics
+    hooks: HookObserver
+    status: SystemdObserver
+    guards: dict[GuardKey, tuple[HaVipGuard, asyncio.Task[None]]] = field(default_factory=dict)
+    closing: set[asyncio.Task[None]] = field(default_factory=set)
 
 
 class Daemon:
@@ -106,64 +139,106 @@ class Daemon:
         self.engine: Engine | None = None
         self.api: Api | None = None
         self.api_port: int | None = None
+        self.metrics_port: int | None = None
         self.providers: dict[str, Provider] = {}
-        self.guards: list[HaVipGuard] = []
-        self.guard_tasks: list[asyncio.Task[None]] = []
         self.notifier = Notifier()
         self.serving = asyncio.Event()
         """Set once the API listens and the engine runs (for in-process tests)."""
         self._reload = asyncio.Event()
+        self._opened: list[Provider] = []
 
-    def _runner(self, group: GroupConfig, by_name: Mapping[str, Provider], http: aiohttp.ClientSession,
-                observers: Observers) -> GroupRunner:
-        provider = by_name[group.provider]
-        return GroupRunner(group, provider, build_checks(group, provider, http), observers)
+    def _build(self, config: Config, parts: _Parts | None, http: aiohttp.ClientSession,
+               observers: Observers) -> _Build:
+        """Build what ``config`` needs. With ``parts`` (a reload), reuse every provider whose config is unchanged,
+        and build runners and guards only for the groups and targets that changed."""
+        old = self.config if parts is not None else None
+        by_name: dict[str, Provider] = {}
+        fresh: dict[str, Provider] = {}
+        built = _Build(by_name, fresh, [], {}, None)
+        try:
+            for name, cfg in config.providers.items():
+                if old is not None and name in self.providers and old.providers.get(name) == cfg:
+                    by_name[name] = self.providers[name]
+                else:
+                    cls = registry.load(providers.REGISTRY, cfg.type, Provider)
+                    by_name[name] = fresh[name] = cls.from_config(name, cfg)
+                    self._opened.append(fresh[name])
+            old_groups = {g.name: g for g in old.groups} if old is not None else {}
+            for group in config.groups:
+                provider = by_name[group.provider]
+                if old_groups.get(group.name) != group or group.provider in fresh:
+                    built.runners.append(GroupRunner(group, provider, build_checks(group, provider, http),
+                                                     observers))
+            for key in _guard_keys(config):
+                group = next(g for g in config.groups if g.name == key[0])
+                provider = by_name[group.provider]
+                running = parts.guards.get(key) if parts is not None else None
+                if running is None or running[0].spec != _guard_spec(group, key[1], provider):
+                    built.guards[key] = build_guard(group, key[1], provider, http)
+            built.token = read_token(config.api.token_file)
+            _check_tls(config)
+        except BaseException:
+            for provider in fresh.values():
+                self._opened.remove(provider)
+            raise
+        return built
 
     async def run(self, *, install_signals: bool = True) -> int:
         """Run until SIGTERM or SIGINT (or :meth:`Engine.request_stop`); return the process exit code."""
         http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True, limit=0))
-        site_runner: web.AppRunner | None = None
+        runner: web.AppRunner | None = None
+        metrics_runner: web.AppRunner | None = None
         try:
+            metrics = Metrics(self.config, {})
+            history = History()
+            hooks = HookObserver({g.name: g.hooks for g in self.config.groups})
+            observers = Observers([LogObserver(), metrics, history, hooks])
             try:
-                self.providers = build_providers(self.config)
-                metrics = Metrics(self.config, {n: type(p).operations for n, p in self.providers.items()})
-                for provider in self.providers.values():
-                    provider.on_request = metrics.on_request
-                history = History()
-                hooks = HookObserver({g.name: g.hooks for g in self.config.groups})
-                observers = Observers([LogObserver(), metrics, history, hooks])
-                engine = Engine(self._runner(g, self.providers, http, observers) for g in self.config.groups)
-                self.guards = [gd for g in self.config.groups for gd in build_guards(g, self.providers[g.provider],
-                                                                                        http)]
-                token = read_token(self.config.api.token_file)
-            except (EipFailoverError, ValueError) as exc:
+                built = self._build(self.config, None, http, observers)
+            except (EipFailoverError, ValueError, OSError, ssl.SSLError) as exc:
                 log.error("startup_failed", error=str(exc))
                 return EXIT_CONFIG
-            observers.observers.append(SystemdObserver(self.notifier, engine))
-            api = self.api = Api(engine, history, metrics.registry, token)
-            site_runner = web.AppRunner(api.app, access_log=None, handle_signals=False)
-            await site_runner.setup()
-            host = self.config.api.host
+            self.providers = built.providers
+            for name, provider in built.providers.items():
+                provider.on_request = metrics.on_request
+                metrics.add_provider(name, type(provider).operations)
+            engine = Engine(built.runners, on_removed=metrics.remove_group)
+            metrics.watch(engine)
+            status = SystemdObserver(self.notifier, engine)
+            observers.observers.append(status)
+            parts = _Parts(http, observers, metrics, hooks, status)
+            api = self.api = Api(engine, history, metrics.registry, built.token)
+            tls = server_tls(self.config.api.tls.cert_file, self.config.api.tls.key_file) if self.config.api.tls \
+                else None
+            runner = app_runner(api.app)
+            await runner.setup()
             try:
-                await web.TCPSite(site_runner, host, self.config.api.port).start()
+                self.api_port = await _listen(runner, self.config.api.listen, tls)
+                if self.config.api.metrics_listen is not None:
+                    metrics_runner = app_runner(api.metrics_app())
+                    await metrics_runner.setup()
+                    self.metrics_port = await _listen(metrics_runner, self.config.api.metrics_listen, tls)
             except OSError as exc:
-                log.error("startup_failed", error=f"api.listen {self.config.api.listen}: {exc.strerror or exc}")
+                log.error("startup_failed", error=f"api: cannot listen: {exc.strerror or exc}")
                 return EXIT_FAILURE
-            self.api_port = site_runner.addresses[0][1]
-            log.info("api_listening", address=f"{host}:{self.api_port}", changes_enabled=token is not None)
+            log.info("api_listening", address=f"{self.config.api.host}:{self.api_port}", tls=tls is not None,
+                     changes_enabled=built.token is not None, metrics_port=self.metrics_port)
             self.engine = engine
-            return await self._serve(engine, _Parts(http, observers, metrics, hooks), install_signals)
+            self._start_guards(parts, built.guards)
+            return await self._serve(engine, parts, install_signals)
         finally:
             self.notifier.close()
-            if site_runner is not None:
-                await site_runner.cleanup()
+            for site_runner in (runner, metrics_runner):
+                if site_runner is not None:
+                    await site_runner.cleanup()
             await http.close()
-            for provider in self.providers.values():
+            for provider in self._opened:
                 await provider.close()
 
     def _interrupt(self, engine: Engine) -> None:
         if engine.stop.is_set():  # a second Ctrl-C: the operator does not want to wait
-            log.warning("daemon_interrupted", exit_code=130)
+            log.warning("daemon_interrupted", exit_code=130, eips_may_be_detached=engine.at_risk(),
+                        detail="the next start repairs detached EIPs first")
             os._exit(130)
         engine.request_stop()
 
@@ -175,8 +250,8 @@ class Daemon:
             loop.add_signal_handler(sig, handler)
         log.info("daemon_starting", groups=[g.name for g in self.config.groups],
                  detection_seconds={g.name: g.policy.detection_seconds for g in self.config.groups})
-        running = asyncio.create_task(self._run_all(engine), name="engine")
-        pinger = asyncio.create_task(watchdog(self.notifier, engine))
+        running = asyncio.create_task(engine.run(), name="engine")
+        helpers = [asyncio.create_task(watchdog(self.notifier, engine)), asyncio.create_task(parts.status.refresh())]
         self.serving.set()
         waiters = {"ready": asyncio.create_task(engine.ready.wait()),
                    "stop": asyncio.create_task(engine.stop.wait()),
@@ -186,7 +261,9 @@ class Daemon:
                 done, _ = await asyncio.wait({running, *waiters.values()}, return_when=asyncio.FIRST_COMPLETED)
                 if "ready" in waiters and waiters["ready"] in done:
                     del waiters["ready"]  # announced once
-                    log.info("daemon_ready", groups=len(engine.runners))
+                    blind = engine.blind(time.monotonic())
+                    log.info("daemon_ready", groups=len(engine.runners), cloud_unreadable=sorted(blind))
+                    parts.status.update()
                     self.notifier.ready()
                 if waiters["reload"] in done and not engine.stop.is_set():
                     self._reload.clear()
@@ -194,113 +271,125 @@ class Daemon:
                     waiters["reload"] = asyncio.create_task(self._reload.wait())
                 if waiters["stop"] in done or running in done:
                     break
-            return await self._shutdown(engine, running, parts.hooks)
+            return await self._shutdown(engine, running, parts)
         finally:
-            for task in (*waiters.values(), pinger):
+            for task in (*waiters.values(), *helpers):
                 task.cancel()
             for sig in handlers:
                 loop.remove_signal_handler(sig)
 
-    async def _run_all(self, engine: Engine) -> None:
-        self.guard_tasks = [asyncio.create_task(guard.run()) for guard in self.guards]
-        try:
-            await engine.run()
-        finally:
-            for guard in self.guards:
-                guard.stop()
-            await asyncio.gather(*self.guard_tasks, return_exceptions=True)
+    def _start_guards(self, parts: _Parts, guards: Mapping[GuardKey, HaVipGuard]) -> None:
+        for key, guard in guards.items():
+            parts.guards[key] = (guard, asyncio.create_task(guard.run(), name=f"havip-{key[0]}-{key[1]}"))
 
-    async def _shutdown(self, engine: Engine, running: asyncio.Task[None], hooks: HookObserver) -> int:
+    async def _shutdown(self, engine: Engine, running: asyncio.Task[None], parts: _Parts) -> int:
         self.notifier.stopping()
         code = EXIT_OK
+        for guard, _ in parts.guards.values():
+            guard.stop()
         if not running.done():
-            log.info("daemon_stopping")
-            try:
-                async with asyncio.timeout(self.config.stop_timeout):
-                    await running
-            except TimeoutError:
-                log.error("stop_timeout", seconds=self.config.stop_timeout)
-                running.cancel()
-                code = EXIT_FAILURE
+            timeout = self.config.stop_timeout
+            log.info("daemon_stopping", failovers_running=engine.at_risk())
+            if not await _finished(running, timeout):
+                log.warning("stop_timeout", seconds=timeout, aborting=engine.at_risk(),
+                            detail="no further move; EIPs left detached are re-attached first")
+                engine.abort()
+                if not await _finished(running, timeout):
+                    log.error("eips_may_be_detached", eips=engine.at_risk(), seconds=timeout,
+                              detail="the next start repairs detached EIPs first")
+                    running.cancel()
+                    code = EXIT_FAILURE
         elif running.exception() is not None:
             log.error("engine_failed", error=repr(running.exception()))
             code = EXIT_FAILURE
-        await hooks.drain(5.0)
+        await asyncio.gather(*(task for _, task in parts.guards.values()), *parts.closing, return_exceptions=True)
+        await parts.hooks.drain(5.0)
         log.info("daemon_stopped", exit_code=code)
         return code
 
     async def reload(self, engine: Engine, parts: _Parts) -> None:
         """SIGHUP: validate the new config and everything it names first; keep the old one if anything is wrong.
         Unchanged groups keep running untouched; changed ones are replaced with their state (health of unchanged
-        targets, maintenance, move history) carried over; nothing moves because of the reload itself."""
+        targets, maintenance, move history) carried over, each as soon as its own running failover ends; nothing
+        moves because of the reload itself."""
         self.notifier.reloading()
         log.info("reload_started", config=str(self.config_path))
-        fresh: dict[str, Provider] = {}
         try:
             if self.config_path is None:
                 raise EipFailoverError("the daemon was not started from a config file")
             new = load_config(self.config_path)
-            by_name: dict[str, Provider] = {}
-            for name, cfg in new.providers.items():
-                if name in self.providers and self.config.providers.get(name) == cfg:
-                    by_name[name] = self.providers[name]
-                else:
-                    cls = registry.load(providers.REGISTRY, cfg.type, Provider)
-                    by_name[name] = fresh[name] = cls.from_config(name, cfg)
-            old_groups = {g.name: g for g in self.config.groups}
-            changed = [g for g in new.groups
-                       if old_groups.get(g.name) != g or g.provider in fresh]
-            runners = [self._runner(g, by_name, parts.http, parts.observers) for g in changed]
-            guards = [gd for g in new.groups for gd in build_guards(g, by_name[g.provider], parts.http)]
-            token = read_token(new.api.token_file)
-        except (EipFailoverError, ValueError) as exc:
-            for provider in fresh.values():
-                await provider.close()
+            built = self._build(new, parts, parts.http, parts.observers)
+        except (EipFailoverError, ValueError, OSError, ssl.SSLError) as exc:
             log.error("reload_failed", error=str(exc), kept="the running config")
             parts.metrics.config_reloads.labels("failure").inc()
             self.notifier.ready()
             return
-        removed = [name for name in old_groups if name not in {g.name for g in new.groups}]
-        for provider_name, provider in fresh.items():
+        old_groups = {g.name for g in self.config.groups}
+        removed = sorted(old_groups - {g.name for g in new.groups})
+        for name, provider in built.fresh.items():
             provider.on_request = parts.metrics.on_request
-            parts.metrics.add_provider(provider_name, type(provider).operations)
-        for group in changed:
-            parts.metrics.add_group(group)
+            parts.metrics.add_provider(name, type(provider).operations)
+        for runner in built.runners:
+            parts.metrics.add_group(runner.config)
         parts.hooks.configure({g.name: g.hooks for g in new.groups})
+        stale = [p for name, p in self.providers.items() if built.providers.get(name) is not p]
+        users = {id(p): [r for r in engine.runners.values() if r.provider is p] for p in stale}
         for name in removed:
-            await engine.replace(name, None)
-        for runner in runners:
-            await engine.replace(runner.name, runner)
-        stale = [p for name, p in self.providers.items() if by_name.get(name) is not p]
-        self.providers = by_name
-        for provider in stale:
-            await provider.close()
-        self._swap_guards(guards)
+            engine.replace(name, None)
+        for runner in built.runners:
+            engine.replace(runner.name, runner)
+        wanted = set(_guard_keys(new))
+        for key in [k for k in parts.guards if k not in wanted or k in built.guards]:
+            guard, task = parts.guards.pop(key)
+            guard.stop()
+            if key in built.guards:
+                built.guards[key].carry_over(guard)
+            parts.closing.add(task)
+            task.add_done_callback(parts.closing.discard)
+        self._start_guards(parts, built.guards)
+        for provider in stale:  # closed once nothing uses it any more (a replaced group may still be moving)
+            task = asyncio.create_task(self._close_when_idle(provider, users[id(provider)], parts))
+            parts.closing.add(task)
+            task.add_done_callback(parts.closing.discard)
+        self.providers = built.providers
         if self.api is not None:
-            self.api.token = token
-        if new.api.listen != self.config.api.listen:
-            log.warning("reload_partial", detail=f"api.listen changed to {new.api.listen}: restart to apply")
+            self.api.token = built.token
+        if (new.api.listen, new.api.tls, new.api.metrics_listen) != (
+                self.config.api.listen, self.config.api.tls, self.config.api.metrics_listen):
+            log.warning("reload_partial", detail="api.listen, api.tls and api.metrics_listen apply at restart")
         if new.log != self.config.log:
             log_config.configure(new.log.format, new.log.level)
+        unchanged = [g.name for g in new.groups if g.name not in {r.name for r in built.runners}]
         self.config = new
-        log.info("reload_done", changed=[r.name for r in runners], removed=removed,
-                 unchanged=[g.name for g in new.groups if g not in changed])
+        log.info("reload_done", changed=[r.name for r in built.runners], removed=removed, unchanged=unchanged,
+                 havip_guards_rebuilt=[f"{g}/{t}" for g, t in built.guards])
         parts.metrics.config_reloads.labels("success").inc()
         self.notifier.ready()
 
-    def _swap_guards(self, guards: list[HaVipGuard]) -> None:
-        for guard in self.guards:
-            guard.stop()
-        self.guards = guards
-        self.guard_tasks = [t for t in self.guard_tasks if not t.done()]
-        self.guard_tasks += [asyncio.create_task(guard.run()) for guard in guards]
+    async def _close_when_idle(self, provider: Provider, users: Iterable[GroupRunner], parts: _Parts) -> None:
+        await asyncio.gather(*(r.wait_idle() for r in users))
+        await asyncio.gather(*(t for g, t in parts.guards.values() if g.provider is provider), return_exceptions=True)
+        if provider in self._opened:
+            self._opened.remove(provider)
+            await provider.close()
 
 
-@dataclass(frozen=True, slots=True)
-class _Parts:
-    """What a reload reuses of the running daemon."""
+async def _finished(task: asyncio.Task[None], timeout: float) -> bool:
+    """Wait up to ``timeout`` for ``task`` without cancelling it; True if it is done."""
+    done, _ = await asyncio.wait({task}, timeout=timeout)
+    return bool(done)
 
-    http: aiohttp.ClientSession
-    observers: Observers
-    metrics: Metrics
-    hooks: HookObserver
+
+async def _listen(runner: web.AppRunner, address: str, tls: ssl.SSLContext | None) -> int:
+    """Serve ``runner`` on ``address``; the port it got (``address`` may ask for port 0)."""
+    host, port = split_host_port(address)
+    await CappedSite(runner, host, port, ssl_context=tls).start()
+    return int(runner.addresses[0][1])
+
+
+def _check_tls(config: Config) -> None:
+    if config.api.tls is not None:
+        try:
+            server_tls(config.api.tls.cert_file, config.api.tls.key_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise StartupError(f"api.tls: {getattr(exc, 'strerror', None) or exc}") from None

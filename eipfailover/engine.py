@@ -1,11 +1,16 @@
-"""The loop: per group, run the checks, fold health, read the cloud, decide, and run at most one failover.
+"""The loop: per group, checks and cloud reads on their own schedules, a decision after each, at most one failover.
 
-Each group has a :class:`GroupRunner` ticking every ``policy.interval`` on a fixed schedule (a slow tick skips
-slots, it does not shift the schedule). A tick runs every check of every target and ``describe`` concurrently,
-folds the results into rise/fall health, places the EIPs from the cloud's answer and asks
-:func:`eipfailover.policy.decide`. A failover runs as its own task while the ticks go on; the next tick sees it
-in progress and decides nothing. Observers (logs, metrics, hooks) are told of every transition through
-:class:`Observer`; an observer that raises is logged and ignored.
+Each group has a :class:`GroupRunner` with two loops on a fixed schedule of ``policy.interval`` (a slow round skips
+slots, it does not shift the schedule): *check rounds* run every check of every target concurrently and fold the
+results into rise/fall health; *cloud reads* ``describe`` the EIPs and place them relative to the targets. Neither
+waits for the other, so a slow or hanging cloud never delays detection; the decision
+(:func:`eipfailover.policy.decide`) uses the freshest cloud view there is, and none after a failed read (it then
+waits). It is taken after every round, every read and at once on an operator's request: it is pure and cheap, so
+the API never makes the engine do I/O.
+
+A failover runs as its own task while the loops go on; the decision sees it in progress and does nothing else.
+Reads that were under way when a failover started or finished are discarded, so a stale view never triggers a
+second move. Observers (logs, metrics, hooks) are told of every transition.
 """
 
 from __future__ import annotations
@@ -16,23 +21,26 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Protocol
 
 import structlog
 
 from eipfailover import failover, health, policy
-from eipfailover.checks.base import Check
+from eipfailover.checks.base import Check, describe_exception
 from eipfailover.config import BindingConfig, GroupConfig
 from eipfailover.errors import ProviderError
+from eipfailover.events import FailoverRecord, Observer
 from eipfailover.model import (
+    UNKNOWN_LOCATION,
     Action,
     Binding,
     CheckResult,
     Decision,
     EipState,
     Health,
+    Location,
     ManualRequest,
     Placement,
+    Reason,
     Snapshot,
     TargetState,
     Trigger,
@@ -44,93 +52,9 @@ log = structlog.get_logger("eipfailover.engine")
 
 _DESCRIBE_TIMEOUT = 30.0
 """A safety net around one ``describe``; the driver's own connect/read timeouts normally end it far sooner."""
-
-
-@dataclass(frozen=True, slots=True)
-class FailoverRecord:
-    """One failover, as started and then as finished. Times are wall-clock seconds since the epoch."""
-
-    id: str
-    group: str
-    trigger: Trigger
-    reason: str
-    from_target: str | None
-    to_target: str
-    eips: tuple[str, ...]
-    started_at: float
-    requested_by: str | None = None
-    result: str = "running"  # running | success | failure | skipped (a manual request refused)
-    error: str = ""
-    finished_at: float | None = None
-    attempts: int = 0
-
-    @property
-    def duration(self) -> float | None:
-        return None if self.finished_at is None else self.finished_at - self.started_at
-
-
-class Observer(Protocol):
-    """What the engine tells the outside world. Every method is called from the event loop and must not block."""
-
-    def on_check(self, group: str, target: str, check: str, result: CheckResult) -> None: ...
-
-    def on_health(self, group: str, target: str, before: Health, after: Health, cause: CheckResult) -> None: ...
-
-    def on_placement(self, group: str, placement: Placement, active: str | None,
-                     eips: Mapping[str, EipState]) -> None: ...
-
-    def on_cloud_error(self, group: str, error: ProviderError | None) -> None: ...
-
-    def on_decision(self, group: str, decision: Decision) -> None: ...
-
-    def on_failover_started(self, record: FailoverRecord) -> None: ...
-
-    def on_failover_finished(self, record: FailoverRecord) -> None: ...
-
-    def on_maintenance(self, group: str, enabled: bool) -> None: ...
-
-
-class NullObserver:
-    """An observer that ignores everything: subclass it and override the events of interest."""
-
-    def on_check(self, group: str, target: str, check: str, result: CheckResult) -> None:
-        pass
-
-    def on_health(self, group: str, target: str, before: Health, after: Health, cause: CheckResult) -> None:
-        pass
-
-    def on_placement(self, group: str, placement: Placement, active: str | None,
-                     eips: Mapping[str, EipState]) -> None:
-        pass
-
-    def on_cloud_error(self, group: str, error: ProviderError | None) -> None:
-        pass
-
-    def on_decision(self, group: str, decision: Decision) -> None:
-        pass
-
-    def on_failover_started(self, record: FailoverRecord) -> None:
-        pass
-
-    def on_failover_finished(self, record: FailoverRecord) -> None:
-        pass
-
-    def on_maintenance(self, group: str, enabled: bool) -> None:
-        pass
-
-
-class Observers:
-    """Fans each event out to several observers, isolating the engine from their failures."""
-
-    def __init__(self, observers: Iterable[Observer]) -> None:
-        self.observers = list(observers)
-
-    def emit(self, method: str, *args: object) -> None:
-        for observer in self.observers:
-            try:
-                getattr(observer, method)(*args)
-            except Exception:
-                log.exception("observer_failed", observer=type(observer).__name__, event=method)
+STALE_INTERVALS = 3
+"""A group whose last completed check round, or last successful cloud read, is older than this many intervals is
+stalled, or blind."""
 
 
 @dataclass(slots=True)
@@ -143,10 +67,10 @@ class TargetRuntime:
 
 
 class GroupRunner:
-    """Runs one failover group. The cloud's association is re-read every tick: memory is never trusted alone."""
+    """Runs one failover group. The cloud's association is re-read every interval: memory is never trusted alone."""
 
     def __init__(self, config: GroupConfig, provider: Provider, checks: Mapping[str, Sequence[Check]],
-                 observers: Observers) -> None:
+                 observers: Observer) -> None:
         self.config = config
         self.provider = provider
         self.observers = observers
@@ -154,10 +78,12 @@ class GroupRunner:
             t.name: TargetRuntime(t.name, binding_of(t.binding, provider.kind), checks[t.name]) for t in config.targets
         }
         self.bindings = {name: t.binding for name, t in self.targets.items()}
-        self.placement = Placement.UNKNOWN
-        self.active: str | None = None
+        self.location: Location = UNKNOWN_LOCATION
+        """Where the EIPs were last seen (kept while the cloud cannot be read)."""
         self.eip_states: Mapping[str, EipState] = {}
         self.cloud_error: ProviderError | None = None
+        self.last_read_ok_at: float | None = None
+        self.last_active: str | None = None
         self.maintenance = False
         self.manual: ManualRequest | None = None
         self.last_move_at: float | None = None
@@ -169,43 +95,83 @@ class GroupRunner:
         self.last_tick_at: float | None = None
         self.started_at: float | None = None
         self.reconciled = asyncio.Event()
+        """Set once a check round and a cloud read (successful or not) have completed."""
+        self._fresh = False  # the view is current: no failover has ended since it was read
+        self._epoch = 0  # bumped when a failover starts and ends: reads that straddle it are discarded
+        self._read_done = False
         self._task: asyncio.Task[None] | None = None
-        self._wake = asyncio.Event()
+        self._moving = False
+        self._check_wake = asyncio.Event()
+        self._read_wake = asyncio.Event()
         self._stop = asyncio.Event()
+        self._abort = asyncio.Event()
 
     @property
     def name(self) -> str:
         return self.config.name
 
-    # --- intents, recorded here and carried out by the loop ---
+    @property
+    def placement(self) -> Placement:
+        """Where the EIPs are now, as far as the decision may rely on it (``UNKNOWN`` while the view is not
+        current)."""
+        return self.location.placement if self._fresh and self.cloud_error is None else Placement.UNKNOWN
+
+    @property
+    def active(self) -> str | None:
+        return self.location.active if self.placement is not Placement.UNKNOWN else None
+
+    @property
+    def in_progress(self) -> bool:
+        return self._moving
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    # --- intents, recorded here and decided on at once ---
     def request_failover(self, request: ManualRequest) -> None:
-        """Record an operator's request; the next tick (started at once) decides and acts on it."""
+        """Record an operator's request and decide on it now."""
         self.manual = request
-        self.wake()
+        self._decide(time.monotonic())
 
     def set_maintenance(self, enabled: bool) -> None:
         if enabled != self.maintenance:
             self.maintenance = enabled
-            self.observers.emit("on_maintenance", self.name, enabled)
-        self.wake()
+            self.observers.on_maintenance(self.name, enabled)
+        self._decide(time.monotonic())
 
-    # --- the loop ---
+    # --- the loops ---
     async def run(self, phase: float = 0.0) -> None:
-        """Tick every interval until :meth:`request_stop`; the first tick comes after ``phase`` seconds."""
+        """Run the check and cloud loops until :meth:`request_stop`; the first round comes after ``phase`` s."""
         self.started_at = time.monotonic()
-        await run_every(self.config.policy.interval, self._stop, self._wake, self.tick, phase, group=self.name)
+        interval = self.config.policy.interval
+        await asyncio.gather(
+            run_every(interval, self._stop, self._check_wake, self.check_round, phase, group=self.name, loop="checks"),
+            run_every(interval, self._stop, self._read_wake, self.read_cloud, phase, group=self.name, loop="cloud"),
+        )
 
     def request_stop(self) -> None:
-        """Stop ticking (a running failover goes on: see :meth:`wait_idle`)."""
+        """Stop the loops and take no new action (a running failover goes on: see :meth:`wait_idle`)."""
         self._stop.set()
-        self._wake.set()
+        self._check_wake.set()
+        self._read_wake.set()
+
+    def abort(self) -> None:
+        """Cut a running failover short: it re-attaches what it detached, then ends (used when stopping)."""
+        self._abort.set()
 
     def carry_over(self, old: GroupRunner) -> None:
-        """Take over the state of the runner this one replaces (after a reload): maintenance, move history,
-        the last failover, and the health of every target whose binding and checks are unchanged."""
+        """Take over the state of the runner this one replaces (after a reload): maintenance, move history, the last
+        failover and active target, the cloud's view if the EIPs are the same, and the health of every target whose
+        binding and checks are unchanged."""
         self.maintenance = old.maintenance
         self.last_move_at, self.recent_moves = old.last_move_at, list(old.recent_moves)
-        self.last_failover = old.last_failover
+        self.last_failover, self.last_active = old.last_failover, old.last_active
+        if old.config.eips == self.config.eips and old.provider is self.provider:
+            self.eip_states, self.cloud_error = old.eip_states, old.cloud_error
+            self.last_read_ok_at = old.last_read_ok_at
+            self.location = locate(old.eip_states, self.bindings) if old.eip_states else UNKNOWN_LOCATION
+            self._fresh = old._fresh and bool(old.eip_states)
         old_targets = {t.name: t for t in old.config.targets}
         for target in self.config.targets:
             before = old_targets.get(target.name)
@@ -213,134 +179,196 @@ class GroupRunner:
                 self.targets[target.name].health = old.targets[target.name].health
                 self.targets[target.name].last_results = dict(old.targets[target.name].last_results)
 
-    def wake(self) -> None:
-        """Start the next tick now (after a request, at the end of a failover, or to stop)."""
-        self._wake.set()
-
-    async def tick(self) -> None:
-        """One cycle: checks and describe concurrently, then health, placement and the decision."""
-        results, cloud = await asyncio.gather(self._run_checks(), self._read_cloud())
-        now = time.monotonic()
-        for target, round_results in zip(self.targets.values(), results, strict=True):
-            self._fold(target, round_results, now)
-        self._place(cloud)
-        self._decide(now)
-        self.ticks += 1
-        self.last_tick_at = now
-        self.reconciled.set()
-
-    async def _run_checks(self) -> list[list[CheckResult]]:
+    async def check_round(self) -> None:
+        """Run every check of every target concurrently, fold the results into health, then decide."""
         async def run_target(target: TargetRuntime) -> list[CheckResult]:
             return list(await asyncio.gather(*(check.run() for check in target.checks)))
 
-        return list(await asyncio.gather(*(run_target(t) for t in self.targets.values())))
+        results = await asyncio.gather(*(run_target(t) for t in self.targets.values()))
+        now = time.monotonic()
+        for target, round_results in zip(self.targets.values(), results, strict=True):
+            self._fold(target, round_results, now)
+        self.ticks += 1
+        self.last_tick_at = now
+        self._decide(now)
+        self._maybe_reconciled()
 
-    async def _read_cloud(self) -> Mapping[str, EipState] | ProviderError:
+    async def read_cloud(self) -> None:
+        """Describe the EIPs, place them, then decide. An answer that straddles a failover is discarded."""
+        epoch = self._epoch
         try:
             async with asyncio.timeout(_DESCRIBE_TIMEOUT):
-                return await self.provider.describe(self.config.eips)
+                answer: Mapping[str, EipState] | ProviderError = await self.provider.describe(self.config.eips)
         except ProviderError as exc:
-            return exc
+            answer = exc
         except TimeoutError:
-            return ProviderError(f"describe gave no answer within {_DESCRIBE_TIMEOUT:g}s", retryable=True)
+            answer = ProviderError(f"describe gave no answer within {_DESCRIBE_TIMEOUT:g}s", retryable=True)
+        except Exception as exc:  # a driver bug: the cloud is unreadable, and the trace is worth a log line
+            if self.cloud_error is None:
+                log.exception("describe_crashed", group=self.name)
+            answer = ProviderError(f"describe failed: internal error: {describe_exception(exc)}", retryable=True)
+        if epoch != self._epoch:
+            return
+        now = time.monotonic()
+        if isinstance(answer, ProviderError):
+            if self.cloud_error is None or str(self.cloud_error) != str(answer):
+                self.observers.on_cloud_error(self.name, answer)
+            self.cloud_error = answer
+        else:
+            if self.cloud_error is not None:
+                self.observers.on_cloud_error(self.name, None)
+                self.cloud_error = None
+            self.last_read_ok_at = now
+            self._see(answer)
+        self._read_done = True
+        self._decide(now)
+        self._maybe_reconciled()
+
+    def _maybe_reconciled(self) -> None:
+        if self._read_done and self.ticks:
+            self.reconciled.set()
 
     def _fold(self, target: TargetRuntime, results: list[CheckResult], now: float) -> None:
         for check, result in zip(target.checks, results, strict=True):
             target.last_results[check.name] = result
-            self.observers.emit("on_check", self.name, target.name, check.name, result)
+            self.observers.on_check(self.name, target.name, check.name, result)
         combined = health.combine(results)
         before = target.health
         p = self.config.policy
         target.health = health.apply(before, combined, rise=p.rise, fall=p.fall, now=now)
         if target.health.state is not before.state:
-            self.observers.emit("on_health", self.name, target.name, before, target.health, combined)
+            self.observers.on_health(self.name, target.name, before, target.health, combined)
 
-    def _place(self, cloud: Mapping[str, EipState] | ProviderError) -> None:
-        if isinstance(cloud, ProviderError):
-            if self.cloud_error is None or str(self.cloud_error) != str(cloud):
-                self.observers.emit("on_cloud_error", self.name, cloud)
-            self.cloud_error = cloud
-            self.placement, self.active = Placement.UNKNOWN, None
-            return
-        if self.cloud_error is not None:
-            self.observers.emit("on_cloud_error", self.name, None)
-            self.cloud_error = None
-        placement, active = locate(cloud, self.bindings)
-        changed = (placement, active) != (self.placement, self.active) or _bindings(cloud) != _bindings(
-            self.eip_states
-        )
-        self.placement, self.active, self.eip_states = placement, active, cloud
+    def _see(self, states: Mapping[str, EipState]) -> None:
+        """Take ``states`` as the cloud's current view."""
+        location = locate(states, self.bindings)
+        changed = location != self.location or _bindings(states) != _bindings(self.eip_states)
+        self.location, self.eip_states, self._fresh = location, states, True
+        if location.active is not None:
+            self.last_active = location.active
         if changed:
-            self.observers.emit("on_placement", self.name, placement, active, cloud)
+            self.observers.on_placement(self.name, location, states)
+
+    def cloud_problem(self, now: float) -> str | None:
+        """Why this group cannot see the cloud now (None if it can): no successful read yet, or the last one older
+        than 3 intervals."""
+        error = f": {self.cloud_error}" if self.cloud_error is not None else ""
+        if self.last_read_ok_at is None:
+            return "no successful cloud read yet" + (error or " (waiting for the first answer)")
+        age = now - self.last_read_ok_at
+        if age > STALE_INTERVALS * self.config.policy.interval:
+            return f"last successful cloud read {age:.1f}s ago (over {STALE_INTERVALS} intervals){error}"
+        return None
 
     def snapshot(self) -> Snapshot:
+        placement = self.placement
         return Snapshot(
             targets=tuple(self.targets),
             health={name: t.health for name, t in self.targets.items()},
-            placement=self.placement,
+            placement=placement,
             active=self.active,
+            holders=self.location.holders if placement is not Placement.UNKNOWN else (),
+            last_active=self.last_active,
+            adopt_foreign=self.config.adopt_foreign,
             maintenance=self.maintenance,
-            in_progress=self._task is not None and not self._task.done(),
+            in_progress=self.in_progress,
             last_move_at=self.last_move_at,
             recent_moves=tuple(self.recent_moves),
             manual=self.manual,
         )
 
+    def movable(self, force: bool = False) -> tuple[str, ...]:
+        """The EIPs a move takes: all but those on a resource outside the group, unless ``adopt_foreign`` (or a
+        forced manual request) says to take those too."""
+        if force or self.config.adopt_foreign:
+            return tuple(self.config.eips)
+        return tuple(e for e in self.config.eips if e not in self.location.foreign)
+
+    def plan(self, snapshot: Snapshot, now: float) -> tuple[Decision, tuple[str, ...]]:
+        """The decision on ``snapshot`` (:func:`eipfailover.policy.decide`) with what only the runner knows: no action
+        while stopping, and the EIPs the move would take (none left: no move)."""
+        decision = policy.decide(snapshot, now, self.config.policy)
+        eips = self.movable(snapshot.manual is not None and snapshot.manual.force)
+        if decision.action is not Action.NONE and self._stop.is_set():
+            decision = Decision(Action.NONE, Reason.STOPPING, decision.target)
+        if decision.action is not Action.NONE and not eips:
+            decision = Decision(Action.NONE, Reason.FOREIGN, decision.target)
+        return decision, eips
+
     def _decide(self, now: float) -> None:
         snapshot = self.snapshot()
-        decision = policy.decide(snapshot, now, self.config.policy)
+        decision, eips = self.plan(snapshot, now)
         request = snapshot.manual if not snapshot.in_progress else None
         if request is not None:
             self.manual = None  # served, whether carried out or refused
         if decision != self.decision:
-            self.observers.emit("on_decision", self.name, decision)
+            self.observers.on_decision(self.name, decision)
             self.decision = decision
         if decision.action is not Action.NONE:
-            self._start_failover(decision, now, request)
+            self._start_failover(decision, now, request, eips)
         elif request is not None:
-            refused = self._record(decision.target or request.to or "", Trigger.MANUAL, request)
-            self.observers.emit("on_failover_finished", replace(
+            refused = self._record(decision.target or request.to or "", Trigger.MANUAL, request, eips)
+            self.observers.on_failover_finished(replace(
                 refused, result="skipped", error=f"refused: {decision.reason.value}", finished_at=time.time()))
 
-    def _record(self, to: str, trigger: Trigger, request: ManualRequest | None, reason: str = "") -> FailoverRecord:
+    def _record(self, to: str, trigger: Trigger, request: ManualRequest | None, eips: tuple[str, ...],
+                reason: str = "") -> FailoverRecord:
         return FailoverRecord(
             id=request.id if request is not None and request.id else uuid.uuid4().hex[:12], group=self.name,
             trigger=trigger, reason=request.reason if request is not None and request.reason else reason,
-            from_target=self.active, to_target=to, eips=tuple(self.config.eips), started_at=time.time(),
+            from_target=self.active, to_target=to, eips=eips, started_at=time.time(),
             requested_by=request.requested_by if request is not None else None,
         )
 
-    def _start_failover(self, decision: Decision, now: float, request: ManualRequest | None) -> None:
+    def _start_failover(self, decision: Decision, now: float, request: ManualRequest | None,
+                        eips: tuple[str, ...]) -> None:
         assert decision.target is not None
         assert decision.trigger is not None
         self.last_move_at = now
-        if decision.trigger is not Trigger.MANUAL:
+        if decision.trigger is not Trigger.MANUAL and decision.reason is not Reason.REPAIR:
             window = self.config.policy.max_failovers.window
             self.recent_moves = [t for t in self.recent_moves if now - t < window] + [now]
-        record = self._record(decision.target, decision.trigger, request, decision.reason.value)
+        record = self._record(decision.target, decision.trigger, request, eips, decision.reason.value)
         self.current = record
-        self.observers.emit("on_failover_started", record)
-        self._task = asyncio.create_task(self._failover(record), name=f"failover-{self.name}-{record.id}")
+        self._moving = True
+        self._epoch += 1
+        self.observers.on_failover_started(record)
+        states = self.eip_states if self._fresh else None
+        self._task = asyncio.create_task(self._failover(record, states, self._fallback(record)),
+                                         name=f"failover-{self.name}-{record.id}")
 
-    def _fallback(self, to: str) -> list[Binding]:
-        """Where EIPs go if a move to ``to`` fails half-way: the current target if healthy, then every other
-        healthy target in preference order."""
-        healthy = [t for t in self.targets.values() if t.name != to and t.health.state is TargetState.UP]
-        healthy.sort(key=lambda t: t.name != self.active)  # stable: the current target first, then preference
-        return [t.binding for t in healthy]
+    def _fallback(self, record: FailoverRecord) -> list[Binding]:
+        """Where detached EIPs go if the move fails half-way: where they were if that target is healthy, every other
+        healthy target in preference order, where they were anyway, and the intended target last."""
+        up = [n for n, t in self.targets.items() if t.health.state is TargetState.UP and n != record.to_target]
+        order = sorted(up, key=lambda n: n != record.from_target)  # stable: the previous target first
+        if record.from_target is not None and record.from_target not in order:
+            order.append(record.from_target)
+        return [self.bindings[n] for n in (*order, record.to_target)]
 
-    async def _failover(self, record: FailoverRecord) -> None:
-        binding = self.bindings[record.to_target]
-        outcome = await failover.execute(
-            self.provider, record.eips, binding, deadline=self.config.policy.failover_deadline,
-            states=self.eip_states, fallback=self._fallback(record.to_target),
-        )
+    async def _failover(self, record: FailoverRecord, states: Mapping[str, EipState] | None,
+                        fallback: list[Binding]) -> None:
+        try:
+            outcome = await failover.execute(
+                self.provider, record.eips, self.bindings[record.to_target],
+                deadline=self.config.policy.failover_deadline, states=states, fallback=fallback, abort=self._abort,
+            )
+        except Exception as exc:  # a bug below must not poison the group: record it and go on
+            log.exception("failover_crashed", group=self.name, failover_id=record.id)
+            outcome = failover.Outcome(False, 0, f"internal error: {describe_exception(exc)}")
         done = replace(record, result="success" if outcome.ok else "failure", error=outcome.error,
                        finished_at=time.time(), attempts=outcome.attempts)
         self.last_move_at = time.monotonic()  # the cooldown runs from the end of the move
         self.current, self.last_failover = None, done
-        self.observers.emit("on_failover_finished", done)
-        self.wake()  # re-read the cloud now rather than at the next slot
+        self._moving = False
+        self._epoch += 1
+        self.observers.on_failover_finished(done)
+        if outcome.ok and outcome.states is not None:
+            self._see(outcome.states)  # the verification's describe: the freshest view there is
+            self._decide(time.monotonic())
+        else:
+            self._fresh = False  # wait for a new read before deciding anything
+        self._read_wake.set()
 
     async def wait_idle(self) -> None:
         """Wait for the running failover, if any, to finish."""
@@ -389,22 +417,27 @@ def _bindings(states: Mapping[str, EipState]) -> dict[str, Binding | None]:
 
 
 class Engine:
-    """All the groups. ``ready`` is set once every group has completed its first reconcile. Groups can be
-    replaced, added and removed while it runs (a reload)."""
+    """All the groups. ``ready`` is set once every group has completed its first check round and cloud read. Groups
+    can be replaced, added and removed while it runs (a reload) without any group waiting for another."""
 
-    def __init__(self, runners: Iterable[GroupRunner]) -> None:
+    def __init__(self, runners: Iterable[GroupRunner], on_removed: Callable[[str], None] | None = None) -> None:
         self.runners = {r.name: r for r in runners}
+        self.on_removed = on_removed
+        """Called with a group's name once a removed group has finished its last failover."""
         self.ready = asyncio.Event()
         self.stop = asyncio.Event()
-        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self._loops: set[asyncio.Task[None]] = set()
+        self._handovers: dict[str, asyncio.Task[None]] = {}
 
     def _start(self, runner: GroupRunner, phase: float = 0.0) -> None:
         self.runners[runner.name] = runner
-        self.tasks[runner.name] = asyncio.create_task(runner.run(phase), name=f"group-{runner.name}")
+        task = asyncio.create_task(runner.run(phase), name=f"group-{runner.name}")
+        self._loops.add(task)
+        task.add_done_callback(self._loops.discard)
 
     async def run(self) -> None:
-        """Run every group until :meth:`request_stop`; then let running failovers finish (the caller bounds
-        that wait)."""
+        """Run every group until :meth:`request_stop`; then let running failovers finish (the caller bounds that
+        wait, and may :meth:`abort` them)."""
         # groups start spread over their interval, so that their checks do not all fire at the same instant
         count = len(self.runners)
         for i, runner in enumerate(list(self.runners.values())):
@@ -412,44 +445,79 @@ class Engine:
         watcher = asyncio.create_task(self._watch_ready())
         try:
             await self.stop.wait()
-            for runner in self.runners.values():
-                runner.request_stop()
-            await asyncio.gather(*self.tasks.values())
         finally:
             watcher.cancel()
-            for task in self.tasks.values():
-                task.cancel()
+            for handover in self._handovers.values():
+                handover.cancel()
+            for runner in self.runners.values():
+                runner.request_stop()
+            await asyncio.gather(*self._loops, return_exceptions=True)
         await asyncio.gather(*(r.wait_idle() for r in self.runners.values()))
 
-    async def replace(self, name: str, runner: GroupRunner | None) -> None:
-        """Stop group ``name`` (if it runs), letting a running failover finish, then start ``runner`` instead
-        (with the old runner's state carried over when it has the same name), or nothing."""
-        old = self.runners.pop(name, None)
-        if old is not None:
-            old.request_stop()
-            await self.tasks.pop(name)
-            await old.wait_idle()
+    def replace(self, name: str, runner: GroupRunner | None) -> None:
+        """Replace group ``name`` with ``runner`` (None: remove it), carrying its state over. The old runner stops
+        at once; if it is moving EIPs, it stays (visible, with its failover) until the move ends, then hands over.
+        No other group waits for it."""
+        pending = self._handovers.pop(name, None)
+        if pending is not None:
+            pending.cancel()
+        old = self.runners.get(name)
+        if old is None:
             if runner is not None:
-                runner.carry_over(old)
+                self._start(runner)
+            return
+        old.request_stop()
+        if old.in_progress:
+            self._handovers[name] = asyncio.create_task(self._hand_over_when_idle(old, runner))
+        else:
+            self._hand_over(old, runner)
+
+    async def _hand_over_when_idle(self, old: GroupRunner, runner: GroupRunner | None) -> None:
+        await old.wait_idle()
+        self._handovers.pop(old.name, None)
+        self._hand_over(old, runner)
+
+    def _hand_over(self, old: GroupRunner, runner: GroupRunner | None) -> None:
+        if self.stop.is_set():
+            return
+        del self.runners[old.name]
         if runner is not None:
+            runner.carry_over(old)
             self._start(runner)
+        elif self.on_removed is not None:
+            self.on_removed(old.name)
 
     async def _watch_ready(self) -> None:
         await asyncio.gather(*(r.reconciled.wait() for r in list(self.runners.values())))
         self.ready.set()
 
     def stalled(self, now: float, *, strict: bool = False) -> list[str]:
-        """The groups whose last completed check round is older than 3 intervals (a wedged loop or cloud call).
-        Before its first round a group counts from its start, or, if ``strict``, as stalled."""
+        """The groups whose last completed check round is older than 3 intervals (a wedged loop). Before its first
+        round a group counts from its start, or, if ``strict``, as stalled. Groups being replaced do not count."""
         def since(r: GroupRunner) -> float | None:
             return r.last_tick_at if strict else (r.last_tick_at or r.started_at or now)
 
-        return [
-            r.name for r in self.runners.values()
-            if (last := since(r)) is None or now - last > 3 * r.config.policy.interval
-        ]
+        def late(r: GroupRunner) -> bool:
+            last = since(r)
+            return last is None or now - last > STALE_INTERVALS * r.config.policy.interval
+
+        return [r.name for r in self.runners.values() if not r.stopping and late(r)]
+
+    def blind(self, now: float) -> dict[str, str]:
+        """The groups that cannot see the cloud now, and why (see :meth:`GroupRunner.cloud_problem`)."""
+        problems = {r.name: r.cloud_problem(now) for r in self.runners.values() if not r.stopping}
+        return {name: problem for name, problem in problems.items() if problem is not None}
+
+    def at_risk(self) -> dict[str, list[str]]:
+        """The EIPs of every failover still running (they may be detached if the process ends now)."""
+        return {r.name: list(r.current.eips) for r in self.runners.values() if r.current is not None}
+
+    def abort(self) -> None:
+        """Cut every running failover short (each re-attaches what it detached)."""
+        for runner in self.runners.values():
+            runner.abort()
 
     def request_stop(self) -> None:
         self.stop.set()
         for runner in self.runners.values():
-            runner.wake()
+            runner.request_stop()

@@ -20,12 +20,13 @@ class ProviderError(EipFailoverError):
     """A cloud call failed.
 
     ``retryable`` says whether the same call may succeed later (throttling, 5xx, transport errors); ``code``
-    is the cloud's error code when it sent one.
+    is the cloud's error code when it sent one; ``timed_out`` says the call got no answer in time.
     """
 
-    def __init__(self, message: str, *, retryable: bool, code: str | None = None) -> None:
+    def __init__(self, message: str, *, retryable: bool, code: str | None = None, timed_out: bool = False) -> None:
         self.retryable = retryable
         self.code = code
+        self.timed_out = timed_out
         super().__init__(message)
 
 

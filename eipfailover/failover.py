@@ -2,8 +2,9 @@
 
 Retries use jittered exponential backoff on ``asyncio.sleep``; only retryable :class:`ProviderError`\\ s are
 retried. The move is done when ``describe`` reports every EIP on the binding (and settled), not when the API call
-returns. If it fails on a cloud where a move is two steps (Alibaba), EIPs may be left detached: they are then
-re-attached to the first fallback binding that takes them, and the failover is still reported as failed.
+returns. If it fails, or is aborted (the daemon is stopping), on a cloud where a move is two steps (Alibaba), EIPs
+may have been left detached: the *secure* step then waits for the cloud to settle and re-attaches every detached EIP
+to the first fallback binding that takes it. The failover is still reported as failed, with what was done.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 
+from eipfailover.checks.base import describe_exception
 from eipfailover.errors import ProviderError
 from eipfailover.model import Binding, EipState
 from eipfailover.providers.base import Provider
@@ -36,8 +38,15 @@ class Outcome:
     attempts: int
     error: str = ""
     states: Mapping[str, EipState] | None = None
+    """The last describe seen (the verification's, on success)."""
     reattached_to: Binding | None = None
     """After a failure: where stray EIPs were put back."""
+    code: str | None = None
+    """The cloud's error code of the last failed call, if it sent one."""
+
+
+class _Aborted(Exception):
+    pass
 
 
 def _pending(eips: Sequence[str], to: Binding, states: Mapping[str, EipState] | None) -> list[str]:
@@ -58,38 +67,92 @@ async def execute(
     deadline: float,
     states: Mapping[str, EipState] | None = None,
     fallback: Sequence[Binding] = (),
+    abort: asyncio.Event | None = None,
     backoff: Backoff = Backoff(),
     verify_interval: float = 0.25,
 ) -> Outcome:
     """Move ``eips`` to ``to`` and verify, within ``deadline`` seconds. ``states`` is the latest describe, used to
-    skip EIPs already in place. On failure, EIPs found detached or mid-transition are moved to the first binding of
-    ``fallback`` that takes them (another ``deadline`` each). Never raises a :class:`ProviderError`: failures come
-    back in the outcome."""
-    outcome = await _move_and_verify(provider, eips, to, deadline, states, backoff, verify_interval)
+    skip EIPs already in place.
+
+    Setting ``abort`` stops the move at once (the call in flight is cancelled). After a failure, EIPs found detached
+    are re-attached to the first binding of ``fallback`` that takes them; after an abort, to ``to`` first, then to
+    the fallback bindings. That takes at most another ``deadline``, which ``abort`` does not cut: the detached window
+    is a critical section. Never raises, whatever the driver raises: failures come back in the outcome."""
+    try:
+        outcome = await _abortable(_move_and_verify(provider, eips, to, deadline, states, backoff, verify_interval),
+                                   abort)
+    except _Aborted:  # cut short: an EIP it detached goes where it was going first, the move being decided
+        outcome = Outcome(False, 0, "aborted: the daemon is stopping", states)
+        fallback = [to, *(b for b in fallback if b != to)] if fallback else []
     if outcome.ok or not fallback:
         return outcome
-    return await _reattach(provider, eips, outcome, fallback, deadline, backoff, verify_interval)
+    return await _secure(provider, eips, outcome, fallback, deadline, backoff, verify_interval)
 
 
-async def _reattach(provider: Provider, eips: Sequence[str], failed: Outcome, fallback: Sequence[Binding],
-                    deadline: float, backoff: Backoff, verify_interval: float) -> Outcome:
+async def _abortable(work: Awaitable[Outcome], abort: asyncio.Event | None) -> Outcome:
+    """``work``'s outcome, or :class:`_Aborted` once ``abort`` is set (``work`` is then cancelled and awaited)."""
+    task = asyncio.ensure_future(work)
+    if abort is None:
+        return await task
+    stop = asyncio.ensure_future(abort.wait())
     try:
-        async with asyncio.timeout(deadline):
-            states = await provider.describe(eips)
-    except (ProviderError, TimeoutError) as exc:
-        return Outcome(False, failed.attempts, f"{failed.error}; cannot check for detached EIPs: {exc}", failed.states)
-    stray = [e for e, s in states.items() if s.bound_to is None or s.pending]
+        await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    finally:
+        stop.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    await asyncio.wait({task})
+    raise _Aborted
+
+
+async def _secure(provider: Provider, eips: Sequence[str], failed: Outcome, fallback: Sequence[Binding],
+                  deadline: float, backoff: Backoff, verify_interval: float) -> Outcome:
+    """Wait until no EIP is in transition, then re-attach the detached ones, trying each fallback binding with an
+    equal share of the time left."""
+    end = time.monotonic() + deadline
+
+    def remaining() -> float:
+        return end - time.monotonic()
+
+    states: Mapping[str, EipState] | None = None
+    while True:
+        try:
+            async with asyncio.timeout(max(remaining(), 0.001)):
+                states = await provider.describe(eips)
+            if not any(s.pending for s in states.values()):
+                break
+            problem = "EIPs still in transition: " + ", ".join(e for e, s in states.items() if s.pending)
+        except ProviderError as exc:
+            if not exc.retryable:
+                return _failed(failed, f"cannot check for detached EIPs: {exc}", states)
+            problem = f"cannot check for detached EIPs: {exc}"
+        except TimeoutError:
+            problem = "cannot check for detached EIPs: no answer from the cloud"
+        if remaining() <= verify_interval:
+            return _failed(failed, f"{problem} after {deadline:g}s", states)
+        await asyncio.sleep(verify_interval)
+    stray = [e for e in eips if states[e].bound_to is None]
     if not stray:
-        return Outcome(False, failed.attempts, failed.error, states)
+        return _failed(failed, "", states)
     errors = []
-    for binding in fallback:
-        back = await _move_and_verify(provider, stray, binding, deadline, states, backoff, verify_interval)
+    for i, binding in enumerate(fallback):
+        share = max(remaining() / (len(fallback) - i), 0.001)
+        back = await _move_and_verify(provider, stray, binding, share, states, backoff, verify_interval)
         if back.ok:
             return Outcome(False, failed.attempts, f"{failed.error}; re-attached {', '.join(stray)} to {binding}",
-                           back.states, reattached_to=binding)
+                           back.states, reattached_to=binding, code=failed.code)
         errors.append(f"{binding}: {back.error}")
-    return Outcome(False, failed.attempts, f"{failed.error}; re-attaching {', '.join(stray)} failed: "
-                                           + "; ".join(errors), states)
+        states = back.states or states
+    return _failed(failed, f"re-attaching {', '.join(stray)} failed: " + "; ".join(errors), states)
+
+
+def _failed(failed: Outcome, more: str, states: Mapping[str, EipState] | None) -> Outcome:
+    error = f"{failed.error}; {more}" if more else failed.error
+    return Outcome(False, failed.attempts, error, states, code=failed.code)
 
 
 async def _move_and_verify(provider: Provider, eips: Sequence[str], to: Binding, deadline: float,
@@ -98,9 +161,16 @@ async def _move_and_verify(provider: Provider, eips: Sequence[str], to: Binding,
     end = time.monotonic() + deadline
     attempts = 0
     pending = _pending(eips, to, states) or list(eips)
+    last: ProviderError | None = None
 
     def remaining() -> float:
         return end - time.monotonic()
+
+    def failure(text: str) -> Outcome:
+        return Outcome(False, attempts, text, states, code=last.code if last is not None else None)
+
+    def since_last() -> str:
+        return f" (last error: {last})" if last is not None else ""
 
     while pending:
         attempts += 1
@@ -109,11 +179,14 @@ async def _move_and_verify(provider: Provider, eips: Sequence[str], to: Binding,
                 await provider.move(pending, to)
             break
         except ProviderError as exc:
+            last = exc
             delay = backoff.delay(attempts - 1)
             if not exc.retryable or remaining() <= delay:
-                return Outcome(False, attempts, f"move failed: {exc}", states)
+                return failure(f"move failed: {exc}")
         except TimeoutError:
-            return Outcome(False, attempts, f"move did not complete within the {deadline:g}s deadline", states)
+            return failure(f"move did not complete within the {deadline:g}s deadline{since_last()}")
+        except Exception as exc:  # a driver bug: report it, and let the caller secure what it left
+            return failure(f"move failed: internal error: {describe_exception(exc)}")
         await asyncio.sleep(delay)
         try:  # an attempt may have moved some EIPs before failing: move only the rest
             async with asyncio.timeout(max(remaining(), 0.001)):
@@ -122,22 +195,23 @@ async def _move_and_verify(provider: Provider, eips: Sequence[str], to: Binding,
         except (ProviderError, TimeoutError):
             pass
 
-    last_error = ""
+    last_seen = ""
     while True:
         try:
             async with asyncio.timeout(max(remaining(), 0.001)):
                 states = await provider.describe(eips)
             if not _pending(eips, to, states):
                 return Outcome(True, attempts, "", states)
-            last_error = "; ".join(
-                f"{e} on {states[e].bound_to or 'nothing'}" for e in _pending(eips, to, states)
-            )
+            last_seen = "; ".join(f"{e} on {states[e].bound_to or 'nothing'}" for e in _pending(eips, to, states))
         except ProviderError as exc:
+            last = exc
             if not exc.retryable:
-                return Outcome(False, attempts, f"verification failed: {exc}", states)
-            last_error = str(exc)
+                return failure(f"verification failed: {exc}")
+            last_seen = str(exc)
         except TimeoutError:
             pass
+        except Exception as exc:
+            return failure(f"verification failed: internal error: {describe_exception(exc)}")
         if remaining() <= verify_interval:
-            return Outcome(False, attempts, f"not verified within {deadline:g}s (last seen: {last_error})", states)
+            return failure(f"not verified within {deadline:g}s (last seen: {last_seen})")
         await asyncio.sleep(verify_interval)

@@ -21,7 +21,7 @@ from eipfailover.checks.base import Check
 from eipfailover.config import HaVipTakeoverConfig, PolicyConfig
 from eipfailover.engine import run_every
 from eipfailover.errors import ProviderError
-from eipfailover.hooks import run_hook, substitute
+from eipfailover.hooks import hook_environment, run_hook, substitute
 from eipfailover.model import Action, CheckResult, Decision, Health
 from eipfailover.providers.alibaba import AlibabaProvider
 
@@ -31,7 +31,9 @@ log = structlog.get_logger("eipfailover.havip")
 class HaVipGuard:
     def __init__(self, group: str, target: str, havip_id: str, provider: AlibabaProvider,
                  members: Mapping[str, Sequence[Check]], config: HaVipTakeoverConfig, policy_config: PolicyConfig,
-                 ) -> None:
+                 spec: tuple[object, ...] = ()) -> None:
+        self.spec = spec
+        """What the guard was built from: a reload rebuilds it only when this changes."""
         self.group, self.target, self.havip_id = group, target, havip_id
         self.provider = provider
         self.members = dict(members)
@@ -48,10 +50,19 @@ class HaVipGuard:
     async def run(self) -> None:
         """Tick every group interval until :meth:`stop`, then let a running hook finish."""
         await run_every(self.policy.interval, self._stop, self._stop, self.tick, group=self.group, target=self.target)
-        await asyncio.gather(*self.hooks)
+        await asyncio.gather(*self.hooks, return_exceptions=True)
 
     def stop(self) -> None:
         self._stop.set()
+
+    def carry_over(self, old: HaVipGuard) -> None:
+        """After a reload that changed this guard: keep the cooldown, and the health of members whose checks did
+        not change."""
+        self.last_takeover_at = old.last_takeover_at
+        old_members = {m.instance_id: m for m in old.config.members}
+        for member in self.config.members:
+            if old_members.get(member.instance_id) == member and member.instance_id in old.health:
+                self.health[member.instance_id] = old.health[member.instance_id]
 
     async def tick(self) -> None:
         async def run_member(checks: Sequence[Check]) -> list[CheckResult]:
@@ -105,9 +116,10 @@ class HaVipGuard:
             return
         log.warning("havip_takeover_done", **fields)
         if self.config.on_takeover:
-            argv = substitute(self.config.on_takeover, {"group": self.group, "target": self.target,
-                                                        "havip": self.havip_id, "from": master, "to": standby})
-            task = asyncio.create_task(run_hook(argv, self.config.hook_timeout, group=self.group,
+            values = {"group": self.group, "target": self.target, "havip": self.havip_id, "from": master,
+                      "to": standby}
+            task = asyncio.create_task(run_hook(substitute(self.config.on_takeover, values), self.config.hook_timeout,
+                                                hook_environment(values, self.config.env), group=self.group,
                                                 target=self.target))
             self.hooks.add(task)
             task.add_done_callback(self.hooks.discard)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from eipfailover.engine import FailoverRecord, NullObserver
+from eipfailover.events import FailoverRecord, NullObserver
 
 
 class History(NullObserver):

@@ -1,6 +1,7 @@
 """Hooks: programs run after each failover, serialized per group in event order, with a timeout, a fixed argv and
 no shell. Placeholders ``{group} {from} {to} {result} {reason} {trigger} {failover_id}`` are replaced in each
-argument."""
+argument; the same values come as ``EIPFAILOVER_GROUP``, ``EIPFAILOVER_FROM``, ... ``EIPFAILOVER_FAILOVER_ID`` in a
+minimal environment (``PATH``, ``LANG``, those, and the hook's ``env``)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from collections.abc import Mapping, Sequence
 import structlog
 
 from eipfailover.config import HooksConfig
-from eipfailover.engine import FailoverRecord, NullObserver
+from eipfailover.events import FailoverRecord, NullObserver
 from eipfailover.process import describe_status, run_program
 
 log = structlog.get_logger("eipfailover.hooks")
@@ -27,19 +28,24 @@ def substitute(argv: Sequence[str], values: Mapping[str, str]) -> list[str]:
     return out
 
 
-def render_argv(argv: Sequence[str], record: FailoverRecord) -> list[str]:
-    return substitute(argv, {
+def hook_values(record: FailoverRecord) -> dict[str, str]:
+    return {
         "group": record.group, "from": record.from_target or "", "to": record.to_target,
         "result": record.result, "reason": record.reason, "trigger": record.trigger.value,
         "failover_id": record.id,
-    })
+    }
 
 
-async def run_hook(argv: list[str], timeout: float, **context: str) -> bool:
+def hook_environment(values: Mapping[str, str], extra: Mapping[str, str]) -> dict[str, str]:
+    """``EIPFAILOVER_<KEY>`` for each placeholder value, then the hook's own ``env``."""
+    return {**{f"EIPFAILOVER_{key.upper()}": value for key, value in values.items()}, **extra}
+
+
+async def run_hook(argv: list[str], timeout: float, env: Mapping[str, str], **context: str) -> bool:
     """Run one hook to completion within ``timeout`` (killed after it) and log the outcome; True if it exited 0."""
     try:
         async with asyncio.timeout(timeout):
-            code, last_line = await run_program(argv)
+            code, last_line = await run_program(argv, env)
     except TimeoutError:
         log.error("hook_failed", argv=argv, error=f"killed after {timeout:g}s", **context)
         return False
@@ -81,8 +87,9 @@ class HookObserver(NullObserver):
             if hooks is None or hooks.on_failover is None:  # the group or its hook went away in a reload
                 queue.task_done()
                 continue
-            await run_hook(render_argv(hooks.on_failover, record), hooks.timeout, group=group,
-                           failover_id=record.id)
+            values = hook_values(record)
+            await run_hook(substitute(hooks.on_failover, values), hooks.timeout,
+                           hook_environment(values, hooks.env), group=group, failover_id=record.id)
             queue.task_done()
 
     async def drain(self, seconds: float) -> None:

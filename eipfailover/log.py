@@ -10,9 +10,9 @@ from typing import Any, TextIO
 
 import structlog
 
-from eipfailover.engine import FailoverRecord, NullObserver
 from eipfailover.errors import ProviderError
-from eipfailover.model import CheckResult, Decision, EipState, Health, Placement, TargetState
+from eipfailover.events import FailoverRecord, NullObserver
+from eipfailover.model import CheckResult, CheckStatus, Decision, EipState, Health, Location, TargetState
 
 log = structlog.get_logger("eipfailover")
 
@@ -64,7 +64,9 @@ class LogObserver(NullObserver):
     duration_seconds."""
 
     def on_check(self, group: str, target: str, check: str, result: CheckResult) -> None:
-        if not result.ok:
+        if result.status is CheckStatus.UNKNOWN:
+            log.debug("check_unknown", group=group, target=target, check=check, detail=result.detail)
+        elif not result.ok:
             log.debug("check_failed", group=group, target=target, check=check, result=result.status.value,
                       detail=result.detail, latency_seconds=round(result.latency, 4))
 
@@ -76,10 +78,14 @@ class LogObserver(NullObserver):
             log.warning("target_down", group=group, target=target, previous=before.state.value,
                         failures=after.failures, result=cause.status.value, detail=cause.detail)
 
-    def on_placement(self, group: str, placement: Placement, active: str | None,
-                     eips: Mapping[str, EipState]) -> None:
-        log.info("eips_located", group=group, placement=placement.value, target=active,
+    def on_placement(self, group: str, location: Location, eips: Mapping[str, EipState]) -> None:
+        log.info("eips_located", group=group, placement=location.placement.value, target=location.active,
                  eips={eip: _binding_text(s) for eip, s in eips.items()})
+        if location.foreign:
+            log.warning("eip_on_foreign_resource", group=group,
+                        eips={e: _binding_text(eips[e]) for e in location.foreign},
+                        detail="on a resource that is none of the group's targets (taken back only with "
+                               "adopt_foreign: true)")
 
     def on_cloud_error(self, group: str, error: ProviderError | None) -> None:
         if error is None:

@@ -1,64 +1,67 @@
 """Prometheus metrics on the daemon's own registry (design.md section 5).
 
-:class:`Metrics` is an engine observer and a provider request observer. Every known label set is initialised at
-start so that ``rate()`` and ``increase()`` see the first event. Labels are bounded: names from the config and
-fixed vocabularies, never IDs or IPs.
+Counters and histograms are fed by events: :class:`Metrics` is an engine observer and a provider request observer;
+every known label set is initialised when a group appears, so that ``rate()`` and ``increase()`` see the first
+event, and removed when the group goes. The state gauges (``target_up``, ``active_target``, ``maintenance``,
+``eip_attached``, ``eips_foreign``, ``cloud_read_age_seconds``) are read from the engine at scrape time by
+:class:`StateCollector`, so they always show the engine's actual state, after a reload too. Labels are bounded:
+names from the config and fixed vocabularies, never IDs or IPs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import time
+from collections.abc import Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from eipfailover import __version__
 from eipfailover.config import Config, GroupConfig, check_name
-from eipfailover.engine import FailoverRecord, NullObserver
-from eipfailover.model import CheckResult, CheckStatus, Decision, EipState, Health, Placement, Reason, TargetState
+from eipfailover.engine import Engine
+from eipfailover.events import FailoverRecord, NullObserver
+from eipfailover.model import CheckResult, CheckStatus, Decision, Placement, Reason, TargetState
 
 CHECK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 FAILOVER_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
 PROVIDER_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 TRIGGERS = ("auto", "manual", "failback")
 RESULTS = ("success", "failure", "skipped")
-PROVIDER_RESULTS = ("ok", "retryable", "error")
+PROVIDER_RESULTS = ("ok", "retryable", "error", "timeout", "cancelled")
 _HELD = frozenset({Reason.COOLDOWN, Reason.RATE_LIMITED, Reason.NO_HEALTHY_STANDBY})
 """Decisions that hold back an automatic move that was called for (refused manual requests come as records)."""
+P = "eipfailover_"
 
 
 class Metrics(NullObserver):
-    def __init__(self, config: Config, provider_operations: Mapping[str, tuple[str, ...]]) -> None:
+    def __init__(self, config: Config, provider_operations: dict[str, tuple[str, ...]]) -> None:
         disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series: they double the series count and no alert uses them
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        p = "eipfailover_"
-        self.build_info = Gauge(p + "build_info", "Always 1; the version is a label.", ["version"], registry=r)
-        self.target_up = Gauge(p + "target_up", "1 if the target is confirmed UP (rise/fall), else 0.",
-                               ["group", "target"], registry=r)
-        self.active_target = Gauge(p + "active_target", "1 for the target that holds all of the group's EIPs.",
-                                   ["group", "target"], registry=r)
-        self.checks = Counter(p + "checks", "Health check results.", ["group", "target", "check", "result"],
+        self.build_info = Gauge(P + "build_info", "Always 1; the version is a label.", ["version"], registry=r)
+        self.checks = Counter(P + "checks", "Health check results (unknown: the check could not tell, e.g. the "
+                              "cloud API it reads was throttled).", ["group", "target", "check", "result"],
                               registry=r)
-        self.check_duration = Histogram(p + "check_duration_seconds", "Health check latency.",
+        self.check_duration = Histogram(P + "check_duration_seconds", "Health check latency.",
                                         ["group", "target", "check"], buckets=CHECK_BUCKETS, registry=r)
-        self.failovers = Counter(p + "failovers", "Failovers by trigger and result (skipped: a move was called "
+        self.failovers = Counter(P + "failovers", "Failovers by trigger and result (skipped: a move was called "
                                  "for but held back).", ["group", "trigger", "result"], registry=r)
-        self.failover_duration = Histogram(p + "failover_duration_seconds", "Time from the start of a failover to "
+        self.failover_duration = Histogram(P + "failover_duration_seconds", "Time from the start of a failover to "
                                            "its verification or failure.", ["group"], buckets=FAILOVER_BUCKETS,
                                            registry=r)
-        self.last_failover = Gauge(p + "last_failover_timestamp_seconds", "When the last failover finished "
+        self.last_failover = Gauge(P + "last_failover_timestamp_seconds", "When the last failover finished "
                                    "(Unix time).", ["group"], registry=r)
-        self.maintenance = Gauge(p + "maintenance", "1 while the group is in maintenance.", ["group"], registry=r)
-        self.eip_attached = Gauge(p + "eip_attached", "1 when every EIP of the group is on one of its targets.",
-                                  ["group"], registry=r)
-        self.provider_requests = Counter(p + "provider_requests", "Cloud API requests.",
+        self.provider_requests = Counter(P + "provider_requests", "Cloud API requests by result (timeout: no "
+                                         "answer in time; cancelled: abandoned, e.g. at shutdown).",
                                          ["provider", "operation", "result"], registry=r)
-        self.provider_duration = Histogram(p + "provider_request_duration_seconds", "Cloud API request latency.",
+        self.provider_duration = Histogram(P + "provider_request_duration_seconds", "Cloud API request latency.",
                                            ["provider", "operation"], buckets=PROVIDER_BUCKETS, registry=r)
-
-        self.config_reloads = Counter(p + "config_reloads", "Config reloads (SIGHUP) by result.", ["result"],
+        self.config_reloads = Counter(P + "config_reloads", "Config reloads (SIGHUP) by result.", ["result"],
                                       registry=r)
-        self.targets: dict[str, list[str]] = {}
+        self.groups: dict[str, GroupConfig] = {}
         self.build_info.labels(__version__).set(1)
         for result in ("success", "failure"):
             self.config_reloads.labels(result)
@@ -67,23 +70,48 @@ class Metrics(NullObserver):
         for provider, operations in provider_operations.items():
             self.add_provider(provider, operations)
 
+    def watch(self, engine: Engine) -> None:
+        """Export the engine's state gauges (read at each scrape)."""
+        self.registry.register(StateCollector(engine))
+
     def add_group(self, group: GroupConfig) -> None:
-        """Initialise a group's label sets (at start, and for groups added by a reload)."""
-        self.targets[group.name] = [t.name for t in group.targets]
-        self.maintenance.labels(group.name).set(0)
-        self.eip_attached.labels(group.name).set(0)
+        """Initialise a group's label sets (at start, and for groups a reload adds or changes); a changed group's
+        targets and checks that are gone lose their series."""
+        old = self.groups.get(group.name)
+        self.groups[group.name] = group
+        if old is not None:
+            self._remove(set(_label_sets(old)) - set(_label_sets(group)))
         self.failover_duration.labels(group.name)
+        self.last_failover.labels(group.name)
         for trigger in TRIGGERS:
             for result in RESULTS:
                 self.failovers.labels(group.name, trigger, result)
-        for target in group.targets:
-            self.target_up.labels(group.name, target.name).set(0)
-            self.active_target.labels(group.name, target.name).set(0)
-            for check in target.checks:
-                name = check_name(check)
-                self.check_duration.labels(group.name, target.name, name)
-                for status in CheckStatus:
-                    self.checks.labels(group.name, target.name, name, status.value)
+        for _, target, check in _label_sets(group):
+            self.check_duration.labels(group.name, target, check)
+            for status in CheckStatus:
+                self.checks.labels(group.name, target, check, status.value)
+
+    def remove_group(self, name: str) -> None:
+        """Drop every series of a group that is gone."""
+        group = self.groups.pop(name, None)
+        if group is None:
+            return
+        self._remove(_label_sets(group))
+        for metric in (self.failover_duration, self.last_failover):
+            with contextlib.suppress(KeyError):
+                metric.remove(name)
+        for trigger in TRIGGERS:
+            for result in RESULTS:
+                with contextlib.suppress(KeyError):
+                    self.failovers.remove(name, trigger, result)
+
+    def _remove(self, label_sets: Iterable[tuple[str, str, str]]) -> None:
+        for group, target, check in label_sets:
+            with contextlib.suppress(KeyError):
+                self.check_duration.remove(group, target, check)
+            for status in CheckStatus:
+                with contextlib.suppress(KeyError):
+                    self.checks.remove(group, target, check, status.value)
 
     def add_provider(self, provider: str, operations: tuple[str, ...]) -> None:
         for operation in operations:
@@ -101,15 +129,6 @@ class Metrics(NullObserver):
         self.checks.labels(group, target, check, result.status.value).inc()
         self.check_duration.labels(group, target, check).observe(result.latency)
 
-    def on_health(self, group: str, target: str, before: Health, after: Health, cause: CheckResult) -> None:
-        self.target_up.labels(group, target).set(1 if after.state is TargetState.UP else 0)
-
-    def on_placement(self, group: str, placement: Placement, active: str | None,
-                     eips: Mapping[str, EipState]) -> None:
-        self.eip_attached.labels(group).set(1 if placement is Placement.ON_TARGET else 0)
-        for target in self.targets[group]:
-            self.active_target.labels(group, target).set(1 if target == active else 0)
-
     def on_decision(self, group: str, decision: Decision) -> None:
         if decision.reason in _HELD:
             self.failovers.labels(group, "auto", "skipped").inc()
@@ -120,5 +139,48 @@ class Metrics(NullObserver):
             self.failover_duration.labels(record.group).observe(record.duration or 0.0)
             self.last_failover.labels(record.group).set(record.finished_at)
 
-    def on_maintenance(self, group: str, enabled: bool) -> None:
-        self.maintenance.labels(group).set(1 if enabled else 0)
+
+def _label_sets(group: GroupConfig) -> list[tuple[str, str, str]]:
+    return [(group.name, t.name, check_name(c)) for t in group.targets for c in t.checks]
+
+
+class StateCollector(Collector):
+    """The engine's state, read at scrape time (on the event loop: the aiohttp exporter runs there)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def _families(self) -> dict[str, GaugeMetricFamily]:
+        return {
+            "target_up": GaugeMetricFamily(P + "target_up", "1 if the target is confirmed UP (rise/fall), else 0.",
+                                           labels=["group", "target"]),
+            "active_target": GaugeMetricFamily(P + "active_target", "1 for the target that holds all of the "
+                                               "group's EIPs (as last seen).", labels=["group", "target"]),
+            "maintenance": GaugeMetricFamily(P + "maintenance", "1 while the group is in maintenance.",
+                                             labels=["group"]),
+            "eip_attached": GaugeMetricFamily(P + "eip_attached", "1 when every EIP of the group is on one of its "
+                                              "targets (as last seen).", labels=["group"]),
+            "eips_foreign": GaugeMetricFamily(P + "eips_foreign", "EIPs of the group found on a resource that is "
+                                              "none of its targets (as last seen).", labels=["group"]),
+            "cloud_read_age": GaugeMetricFamily(P + "cloud_read_age_seconds", "Seconds since the group's last "
+                                                "successful cloud read (before the first one: since the group "
+                                                "started).", labels=["group"]),
+        }
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(self._families().values())
+
+    def collect(self) -> Iterator[Metric]:
+        f = self._families()
+        now = time.monotonic()
+        for runner in self.engine.runners.values():
+            name, location = runner.name, runner.location
+            for target in runner.targets.values():
+                f["target_up"].add_metric([name, target.name], float(target.health.state is TargetState.UP))
+                f["active_target"].add_metric([name, target.name], float(target.name == location.active))
+            f["maintenance"].add_metric([name], float(runner.maintenance))
+            f["eip_attached"].add_metric([name], float(location.placement is Placement.ON_TARGET))
+            f["eips_foreign"].add_metric([name], float(len(location.foreign)))
+            since = runner.last_read_ok_at or runner.started_at
+            f["cloud_read_age"].add_metric([name], now - since if since is not None else 0.0)
+        return iter(f.values())

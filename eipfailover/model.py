@@ -15,6 +15,8 @@ class CheckStatus(StrEnum):
     FAIL = "fail"
     TIMEOUT = "timeout"
     ERROR = "error"
+    UNKNOWN = "unknown"
+    """The check could not tell (e.g. the cloud API it reads was throttled): neither a pass nor a failure."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,21 +112,56 @@ class Placement(StrEnum):
     UNKNOWN = "unknown"  # the cloud could not be read
 
 
-def locate(eips: Mapping[str, EipState], targets: Mapping[str, Binding]) -> tuple[Placement, str | None]:
-    """Place a group's EIPs: the placement and, for ``ON_TARGET``, the target that holds them all."""
-    if any(state.pending for state in eips.values()):
-        return Placement.IN_TRANSITION, None
-    holders: set[str | None] = set()
-    for state in eips.values():
-        if state.bound_to is None:
-            return Placement.DETACHED, None
-        holder = next((name for name, b in targets.items() if b.matches(state.bound_to)), None)
-        if holder is None:
-            return Placement.FOREIGN, None
-        holders.add(holder)
-    if len(holders) == 1:
-        return Placement.ON_TARGET, holders.pop()
-    return Placement.SPLIT, None
+@dataclass(frozen=True, slots=True)
+class Location:
+    """A group's EIPs relative to its targets. ``placement`` sums it up, in this order of precedence:
+    ``IN_TRANSITION``, ``DETACHED``, ``FOREIGN``, ``SPLIT``, ``ON_TARGET``."""
+
+    placement: Placement
+    active: str | None = None
+    """For ``ON_TARGET``: the target that holds every EIP."""
+    holders: tuple[str, ...] = ()
+    """The targets that hold at least one EIP, those holding the most first (then in preference order)."""
+    detached: tuple[str, ...] = ()
+    """EIPs associated with nothing."""
+    foreign: tuple[str, ...] = ()
+    """EIPs associated with a resource that is not a target of the group."""
+    pending: tuple[str, ...] = ()
+    """EIPs the cloud is still associating or disassociating."""
+
+
+UNKNOWN_LOCATION = Location(Placement.UNKNOWN)
+
+
+def locate(eips: Mapping[str, EipState], targets: Mapping[str, Binding]) -> Location:
+    """Place a group's EIPs (the cloud's view of each) relative to its targets (in preference order)."""
+    pending, detached, foreign = [], [], []
+    held: dict[str, int] = {}
+    for eip, state in eips.items():
+        if state.pending:
+            pending.append(eip)
+        elif state.bound_to is None:
+            detached.append(eip)
+        else:
+            holder = next((name for name, b in targets.items() if b.matches(state.bound_to)), None)
+            if holder is None:
+                foreign.append(eip)
+            else:
+                held[holder] = held.get(holder, 0) + 1
+    order = list(targets)
+    holders = tuple(sorted(held, key=lambda t: (-held[t], order.index(t))))
+    if pending:
+        placement = Placement.IN_TRANSITION
+    elif detached:
+        placement = Placement.DETACHED
+    elif foreign:
+        placement = Placement.FOREIGN
+    elif len(holders) > 1:
+        placement = Placement.SPLIT
+    else:
+        placement = Placement.ON_TARGET
+    active = holders[0] if placement is Placement.ON_TARGET and holders else None
+    return Location(placement, active, holders, tuple(detached), tuple(foreign), tuple(pending))
 
 
 class Action(StrEnum):
@@ -150,12 +187,15 @@ class Reason(StrEnum):
     NO_HEALTHY_STANDBY = "no_healthy_standby"
     NO_HEALTHY_TARGET = "no_healthy_target"
     ADOPT = "adopt"
+    REPAIR = "repair_detached"
+    FOREIGN = "eip_on_foreign_resource"
     COOLDOWN = "cooldown"
     RATE_LIMITED = "rate_limited"
     MAINTENANCE = "maintenance"
     CLOUD_UNKNOWN = "cloud_unknown"
     IN_TRANSITION = "eip_in_transition"
     IN_PROGRESS = "failover_in_progress"
+    STOPPING = "daemon_stopping"
     FAILBACK = "failback"
     FAILBACK_PENDING = "failback_pending"
     MANUAL = "manual"
@@ -187,6 +227,9 @@ class Snapshot:
     health: Mapping[str, Health]
     placement: Placement
     active: str | None
+    holders: tuple[str, ...] = ()  # targets holding at least one EIP, the most first
+    last_active: str | None = None  # the target that last held every EIP
+    adopt_foreign: bool = False  # take EIPs back from resources outside the group
     maintenance: bool = False
     in_progress: bool = False
     last_move_at: float | None = None

@@ -2,14 +2,19 @@
 
 Rules, in order:
 1. A failover in progress blocks everything else.
-2. An operator's request is served first: it ignores cooldown, rate limit and maintenance, never its target's
+2. Without the cloud's view (describe failed), or while the cloud is still moving an EIP, nothing moves, not even
+   on an operator's request unless it is forced.
+3. An operator's request is served first: it ignores cooldown, rate limit and maintenance, never its target's
    health unless forced.
-3. Without the cloud's view (describe failed), or while the cloud is still moving an EIP, nothing moves.
 4. In maintenance nothing moves automatically.
-5. EIPs detached, on a foreign resource or split across targets are adopted by the most preferred healthy target.
-6. A confirmed-DOWN active target fails over to the most preferred healthy standby.
-7. With ``failback: auto``, a more preferred target that has been UP for ``failback_delay`` takes the EIPs back.
-Automatic moves (5-7) wait out the cooldown after the last move and the ``max_failovers`` window.
+5. A detached EIP is repaired at once (no cooldown, no ``max_failovers``): every second detached is downtime.
+6. EIPs on a resource outside the group are left alone and reported, unless the group sets ``adopt_foreign``;
+   EIPs split across targets (or foreign ones, with ``adopt_foreign``) are adopted.
+7. A confirmed-DOWN active target fails over to the most preferred healthy standby.
+8. With ``failback: auto``, a more preferred target that has been UP for ``failback_delay`` takes the EIPs back.
+Repairs and adoptions go to the healthy target that already holds the group's other EIPs, else to where the group
+was last active, and only then by preference: they never cause a failback. Automatic moves other than repairs
+wait out the cooldown after the last move and the ``max_failovers`` window.
 """
 
 from __future__ import annotations
@@ -51,9 +56,23 @@ def _automatic(action: Action, reason: Reason, target: str, trigger: Trigger, s:
     return Decision(action, reason, target, trigger)
 
 
+def _adoptive(s: Snapshot) -> str | None:
+    """Where stray EIPs go: the healthy target holding the most of the group's EIPs, else the healthy target where
+    the group was last active, else the most preferred healthy target."""
+    healthy = _healthy(s)
+    for candidate in (*s.holders, s.last_active):
+        if candidate in healthy:
+            return candidate
+    return healthy[0] if healthy else None
+
+
 def manual(s: Snapshot, request: ManualRequest) -> Decision:
     """The decision on an operator's request: it ignores cooldown, rate limit and maintenance, never its target's
-    health unless forced."""
+    health unless forced, and never an unknown or moving cloud unless forced."""
+    if not request.force and s.placement is Placement.UNKNOWN:
+        return Decision(Action.NONE, Reason.CLOUD_UNKNOWN, request.to)
+    if not request.force and s.placement is Placement.IN_TRANSITION:
+        return Decision(Action.NONE, Reason.IN_TRANSITION, request.to)
     if request.to is not None:
         target: str | None = request.to
     else:
@@ -84,10 +103,14 @@ def decide(s: Snapshot, now: float, policy: PolicyConfig) -> Decision:
         return Decision(Action.NONE, Reason.MAINTENANCE)
 
     if s.placement is not Placement.ON_TARGET or s.active is None:
-        healthy = _healthy(s)
-        if not healthy:
+        target = _adoptive(s)
+        if s.placement is Placement.FOREIGN and not s.adopt_foreign:
+            return Decision(Action.NONE, Reason.FOREIGN)
+        if target is None:
             return Decision(Action.NONE, Reason.NO_HEALTHY_TARGET)
-        return _automatic(Action.ADOPT, Reason.ADOPT, healthy[0], Trigger.AUTO, s, now, policy)
+        if s.placement is Placement.DETACHED:
+            return Decision(Action.ADOPT, Reason.REPAIR, target, Trigger.AUTO)
+        return _automatic(Action.ADOPT, Reason.ADOPT, target, Trigger.AUTO, s, now, policy)
 
     active_state = s.health[s.active].state
     if active_state is TargetState.DOWN:

@@ -1,6 +1,7 @@
 """systemd integration in a few lines of our own: ``sd_notify`` over ``$NOTIFY_SOCKET`` and the watchdog.
 
-Messages: ``READY=1`` after the first reconcile of every group; ``STATUS=`` a one-line summary whenever it changes;
+Messages: ``READY=1`` once every group has completed a check round and a cloud read (successful or not: a restart
+loop helps nobody; ``STATUS=`` then says the cloud is unreadable); ``STATUS=`` a one-line summary whenever it changes;
 ``WATCHDOG=1`` every half ``WATCHDOG_USEC``, only while every group completes check rounds (a wedged loop gets the
 daemon restarted); ``RELOADING=1`` + ``MONOTONIC_USEC=`` then ``READY=1`` around a reload; ``STOPPING=1``. Without
 ``$NOTIFY_SOCKET`` (not under systemd) every call is a no-op.
@@ -16,9 +17,10 @@ from collections.abc import Mapping
 
 import structlog
 
-from eipfailover.engine import Engine, FailoverRecord, NullObserver
+from eipfailover.engine import Engine
 from eipfailover.errors import ProviderError
-from eipfailover.model import CheckResult, EipState, Health, Placement, TargetState
+from eipfailover.events import FailoverRecord, NullObserver
+from eipfailover.model import CheckResult, EipState, Health, Location, Placement, TargetState
 
 log = structlog.get_logger("eipfailover.systemd")
 
@@ -65,14 +67,23 @@ class Notifier:
             self.sock.close()
 
 
-def summary(engine: Engine) -> str:
-    """``web: web-a active, 2/2 healthy; db: no target holds the EIPs (detached), 0/2 healthy``."""
+def summary(engine: Engine, now: float) -> str:
+    """``web: web-a active, 2/2 healthy; db: cloud unreadable (EIPs last seen on db-a), 0/2 healthy``."""
     parts = []
     for runner in engine.runners.values():
         up = sum(1 for t in runner.targets.values() if t.health.state is TargetState.UP)
-        where = (f"{runner.active} active" if runner.active
-                 else f"EIPs {runner.placement.value}" if runner.placement is not Placement.UNKNOWN
-                 else "cloud unreadable" if runner.cloud_error else "starting")
+        last = runner.location
+        if runner.last_read_ok_at is None and runner.cloud_error is None:
+            where = "starting"
+        elif runner.cloud_problem(now) is not None:
+            seen = f" (EIPs last seen on {last.active})" if last.active else ""
+            where = f"cloud unreadable{seen}"
+        elif runner.active:
+            where = f"{runner.active} active"
+        elif runner.placement is not Placement.UNKNOWN:
+            where = f"EIPs {runner.placement.value}"
+        else:
+            where = "starting"
         extra = ", maintenance" if runner.maintenance else ""
         extra += ", failing over" if runner.current is not None else ""
         parts.append(f"{runner.name}: {where}, {up}/{len(runner.targets)} healthy{extra}")
@@ -80,7 +91,8 @@ def summary(engine: Engine) -> str:
 
 
 class SystemdObserver(NullObserver):
-    """Sends ``STATUS=`` whenever the summary changes, on the engine events that can change it."""
+    """Sends ``STATUS=`` whenever the summary changes: on the engine events that can change it, and every second
+    (a cloud read that hangs changes it without any event)."""
 
     def __init__(self, notifier: Notifier, engine: Engine) -> None:
         self.notifier = notifier
@@ -88,16 +100,20 @@ class SystemdObserver(NullObserver):
         self.last = ""
 
     def update(self) -> None:
-        text = summary(self.engine)
+        text = summary(self.engine, time.monotonic())
         if text != self.last:
             self.last = text
             self.notifier.status(text)
 
+    async def refresh(self, period: float = 1.0) -> None:
+        while not self.engine.stop.is_set():
+            self.update()
+            await asyncio.sleep(period)
+
     def on_health(self, group: str, target: str, before: Health, after: Health, cause: CheckResult) -> None:
         self.update()
 
-    def on_placement(self, group: str, placement: Placement, active: str | None,
-                     eips: Mapping[str, EipState]) -> None:
+    def on_placement(self, group: str, location: Location, eips: Mapping[str, EipState]) -> None:
         self.update()
 
     def on_cloud_error(self, group: str, error: ProviderError | None) -> None:

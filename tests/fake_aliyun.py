@@ -3,7 +3,9 @@ the official SDK to talk to over HTTP on 127.0.0.1.
 
 Fidelity, as measured against the SDK (see ../shared/notes/cloud-apis-offline.md):
 - V3 ``ACS3-HMAC-SHA256`` signatures are verified (``SignatureDoesNotMatch``, ``InvalidAccessKeyId.NotFound``); the
-  action and version come in ``x-acs-action``/``x-acs-version``, the parameters in the query string.
+  action and version come in ``x-acs-action``/``x-acs-version``, the parameters in the query string. An STS key
+  (added with :meth:`FakeAliyun.add_key` and a token) must come with its ``x-acs-security-token``, which must be
+  signed (``InvalidSecurityToken.Malformed``, ``InvalidSecurityToken.MismatchWithAccessKey``).
 - Responses use the exact wire keys the SDK maps (``EipAddresses.EipAddress[]``, ``HaVips.HaVip[]``,
   ``associatedInstance``, ``associatedEipAddresse``); the SDK drops unknown keys silently.
 - Associations change asynchronously: ``Associating`` → ``InUse`` and ``Unassociating`` → ``Available`` after
@@ -20,6 +22,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import ssl
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -95,6 +98,7 @@ class Logged:
     action: str
     query: dict[str, str]
     retry_attempts: str | None
+    connection: str = ""  # the client's address and port: one per TCP connection
 
 
 ONE_EIP = {"EcsInstance", "SlbInstance", "HaVip"}  # these take a single EIP
@@ -110,19 +114,26 @@ class FakeAliyun:
         self.faults: dict[str, list[Fault]] = {}
         self.log: list[Logged] = []
         self.nonces: set[str] = set()
+        self.keys: dict[str, tuple[str, str | None]] = {ACCESS_KEY_ID: (ACCESS_KEY_SECRET, None)}
+        """AccessKeyId -> (secret, the STS security token it must come with, if it is an STS key)."""
         self.app = web.Application()
         self.app.router.add_route("*", "/", self.handle)
         self.endpoint = ""
+        self.clients: list[AlibabaProvider] = []
+        """Drivers made by :func:`provider_for`, closed with the fake."""
         self._runner: web.AppRunner | None = None
 
-    async def start(self) -> None:
-        """Serve on 127.0.0.1, on a free port: ``endpoint`` is then ``127.0.0.1:PORT``."""
+    async def start(self, ssl_context: ssl.SSLContext | None = None) -> None:
+        """Serve on 127.0.0.1 (HTTPS with ``ssl_context``), on a free port: ``endpoint`` is then
+        ``127.0.0.1:PORT``."""
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        await web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=ssl_context).start()
         self.endpoint = f"127.0.0.1:{self._runner.addresses[0][1]}"
 
     async def stop(self) -> None:
+        for provider in self.clients:
+            await provider.close()
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -134,6 +145,10 @@ class FakeAliyun:
     def add_resource(self, rid: str, kind: str = "EcsInstance", *private_ips: str) -> Resource:
         self.resources[rid] = Resource(rid, kind, private_ips=private_ips)
         return self.resources[rid]
+
+    def add_key(self, key_id: str, secret: str, token: str | None = None) -> None:
+        """Accept another AccessKey; with ``token``, an STS key that is only valid with that security token."""
+        self.keys[key_id] = (secret, token)
 
     def add_havip(self, hid: str, ip: str, instances: list[str], master: str) -> HaVip:
         self.add_resource(hid, "HaVip")
@@ -171,7 +186,8 @@ class FakeAliyun:
         query = dict(request.query)
         action = headers.get("x-acs-action", "")
         version = headers.get("x-acs-version", "")
-        self.log.append(Logged(action, query, headers.get("x-acs-retry-attempts")))
+        peer = request.transport.get_extra_info("peername") if request.transport is not None else None
+        self.log.append(Logged(action, query, headers.get("x-acs-retry-attempts"), str(peer)))
         try:
             self._authenticate(request.method, request.path, query, headers, body)
             fault = self._pop_fault(action, query)
@@ -214,9 +230,17 @@ class FakeAliyun:
         if algorithm != "ACS3-HMAC-SHA256":
             raise ApiFault(400, "MissingAuthorization", "The Authorization header is missing or not ACS3-HMAC-SHA256.")
         parts = dict(p.split("=", 1) for p in rest.split(",") if "=" in p)
-        secret = {ACCESS_KEY_ID: ACCESS_KEY_SECRET}.get(parts.get("Credential", ""))
+        secret, token = self.keys.get(parts.get("Credential", ""), (None, None))
         if secret is None:
             raise ApiFault(404, "InvalidAccessKeyId.NotFound", "Specified access key is not found.")
+        presented = headers.get("x-acs-security-token")
+        if token is not None and not presented:
+            raise ApiFault(400, "InvalidSecurityToken.Malformed", "The security token you provided is malformed.")
+        if token is not None and presented != token:
+            raise ApiFault(400, "InvalidSecurityToken.MismatchWithAccessKey",
+                           "The security token you provided does not match the access key.")
+        if presented is not None and "x-acs-security-token" not in parts.get("SignedHeaders", "").split(";"):
+            raise ApiFault(400, "SignatureDoesNotMatch", "The security token header is not signed.")
         payload_hash = hashlib.sha256(body).hexdigest()
         if headers.get("x-acs-content-sha256") != payload_hash:
             raise ApiFault(400, "SignatureDoesNotMatch", "The request body hash does not match.")
@@ -408,4 +432,6 @@ def provider_for(fake: FakeAliyun, directory: Path, **settings: object) -> Aliba
     config = {"type": "alibaba", "region": fake.region, "endpoint": fake.endpoint, "ecs_endpoint": fake.endpoint,
               "protocol": "http", "access_key_file": key_file(directory), "read_timeout": 1, "connect_timeout": 1,
               "poll_interval": 0.05, **settings}
-    return AlibabaProvider("ali", AlibabaProviderConfig.model_validate(config))
+    provider = AlibabaProvider("ali", AlibabaProviderConfig.model_validate(config))
+    fake.clients.append(provider)
+    return provider

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 
 from eipfailover.checks.base import Check
@@ -12,18 +13,24 @@ from eipfailover.providers.base import InstanceState, Provider
 
 
 class FakeProvider(Provider):
-    """An in-memory cloud. ``faults[operation]`` is a list of errors raised by the next calls; ``lag`` is how many
-    describes still show the old association after a move (an eventually consistent cloud)."""
+    """An in-memory cloud. ``faults[operation]`` is a list of exceptions raised by the next calls (not only
+    :class:`ProviderError`: a driver may have bugs); ``lag`` is how many describes still show the old association
+    after a move (an eventually consistent cloud)."""
 
-    def __init__(self, placement: dict[str, Binding | None], *, lag: int = 0) -> None:
+    def __init__(self, placement: dict[str, Binding | None], *, lag: int = 0, two_step: bool = False) -> None:
         super().__init__("fake")
         self.placement = dict(placement)
-        self.faults: dict[str, list[ProviderError]] = {}
+        self.faults: dict[str, list[Exception]] = {}
         self.lag = lag
         self.calls: list[tuple[str, tuple[str, ...], Binding | None]] = []
         self.running: dict[str, bool] = {}
         self._pending: dict[str, tuple[Binding, int]] = {}
         self.move_delay = 0.0
+        self.two_step = two_step
+        """Moves detach first, then wait ``move_delay``, then attach (like Alibaba); otherwise they are atomic."""
+        self.describe_delay = 0.0
+        self.hold: asyncio.Event | None = None
+        """The next describe answers what it saw only once this event is set."""
 
     @classmethod
     def from_config(cls, name: str, config: object) -> FakeProvider:
@@ -46,10 +53,19 @@ class FakeProvider(Provider):
         missing = [e for e in eips if e not in self.placement]
         if missing:
             raise ProviderError(f"no EIP {missing}", retryable=False, code="NotFound")
-        return {e: EipState(e, f"192.0.2.{i}", self.placement[e]) for i, e in enumerate(eips)}
+        seen = {e: EipState(e, f"192.0.2.{i}", self.placement[e]) for i, e in enumerate(eips)}
+        hold, self.hold = self.hold, None
+        if hold is not None:
+            await hold.wait()
+        if self.describe_delay:
+            await asyncio.sleep(self.describe_delay)
+        return seen
 
     async def move(self, eips: Sequence[str], to: Binding) -> None:
         self.calls.append(("move", tuple(eips), to))
+        if self.two_step:
+            for eip in eips:
+                self.placement[eip] = None
         if self.move_delay:
             await asyncio.sleep(self.move_delay)
         self._fault("move")
@@ -83,3 +99,18 @@ class ScriptedCheck(Check):
     async def probe(self) -> tuple[CheckStatus, str]:
         status = self.script.pop(0) if self.script else self.status
         return status, "" if status is CheckStatus.OK else f"scripted {status}"
+
+
+class SwallowingCheck(ScriptedCheck):
+    """A buggy check plugin: it swallows its timeout's cancellation and hangs until ``release``, wedging the check
+    loop (what the liveness probes and the watchdog are there to catch)."""
+
+    def __init__(self, release: asyncio.Event) -> None:
+        super().__init__("buggy")
+        self.release = release
+
+    async def probe(self) -> tuple[CheckStatus, str]:
+        while not self.release.is_set():
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.release.wait()
+        return CheckStatus.OK, ""

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
+from structlog.testing import capture_logs
 
 from eipfailover.config import parse_config
 from eipfailover.daemon import Daemon
@@ -56,26 +57,33 @@ def config_data(fake: FakeAliyun, servers: list[HealthServer], tmp_path: Path) -
 async def test_started_with_a_detached_or_detaching_eip_reconciles(
         fake: FakeAliyun, health_servers: list[HealthServer], tmp_path: Path, status: str) -> None:
     world(fake)
-    if status == "Unassociating":
+    if status == "Unassociating":  # still detaching when the targets are confirmed UP (rise 2 at 1 s)
+        fake.transition = 3.0
         fake.bind("eip-1", "i-b", status="Unassociating")
     daemon = Daemon(parse_config(config_data(fake, health_servers, tmp_path)))
-    task = asyncio.create_task(daemon.run(install_signals=False))
-    try:
-        await eventually(lambda: fake.eips["eip-1"].status == "InUse", timeout=15)
-        assert fake.eips["eip-1"].instance_id == "i-a"  # the most preferred healthy target
-        assert daemon.engine is not None
-        runner = daemon.engine.runners["web"]
-        await eventually(lambda: runner.last_failover is not None)
-        assert runner.last_failover is not None
-        assert (runner.last_failover.reason, runner.last_failover.result) == ("adopt", "success")
-        if status == "Unassociating":  # nothing was attempted while the cloud was still detaching
-            first_associate = next(i for i, e in enumerate(fake.log) if e.action == "AssociateEipAddress")
-            assert all(e.action == "DescribeEipAddresses" or e.action == "DescribeInstanceStatus"
-                       for e in fake.log[:first_associate])
-    finally:
-        assert daemon.engine is not None
-        daemon.engine.request_stop()
-        assert await asyncio.wait_for(task, 30) == 0
+    with capture_logs() as logs:
+        task = asyncio.create_task(daemon.run(install_signals=False))
+        try:
+            await eventually(lambda: fake.eips["eip-1"].status == "InUse", timeout=15)
+            assert fake.eips["eip-1"].instance_id == "i-a"  # the most preferred healthy target
+            assert daemon.engine is not None
+            runner = daemon.engine.runners["web"]
+            await eventually(lambda: runner.last_failover is not None)
+            assert runner.last_failover is not None
+            assert (runner.last_failover.reason, runner.last_failover.result) == ("repair_detached", "success")
+        finally:
+            assert daemon.engine is not None
+            daemon.engine.request_stop()
+            assert await asyncio.wait_for(task, 30) == 0
+    if status == "Unassociating":  # the policy waited for the cloud: no decision to move while it was detaching
+        events = [e for e in logs if e["event"] in ("decision", "failover_started", "eips_located", "target_up")]
+        started = next(i for i, e in enumerate(events) if e["event"] == "failover_started")
+        up = max(i for i, e in enumerate(events) if e["event"] == "target_up")
+        assert up < started
+        waited = [e for e in events[:started] if e["event"] == "decision" and e["reason"] == "eip_in_transition"]
+        assert waited, events
+        settled = [e for e in events[:started] if e["event"] == "eips_located"]
+        assert settled[-1]["placement"] == "detached"  # decided on the settled state, not the transition
 
 
 @pytest.mark.e2e

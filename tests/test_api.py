@@ -22,6 +22,7 @@ from eipfailover.daemon import Daemon
 from eipfailover.engine import GroupRunner
 
 from .conftest import REGION, Ec2World, HealthServer, eventually
+from .fakes import SwallowingCheck
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "s3cr3t-token"
@@ -141,7 +142,7 @@ async def test_read_errors_are_json(running: Running, method: str, path: str, st
                                              (TOKEN + "x", "unauthorized")])
 async def test_changes_need_the_token(running: Running, token: str | None, code: str) -> None:
     assert await running.post("/v1/groups/web/failover", {"to": "web-b"}, token=token) == (
-        401, {"error": code, "message": "missing or wrong bearer token"})
+        401, {"error": code, "message": "missing, malformed or wrong bearer token"})
     status, _ = await running.post("/v1/groups/web/maintenance", {"enabled": True}, token=token)
     assert status == 401
     await asyncio.sleep(1.2)  # a few ticks: nothing was recorded, nothing moves
@@ -150,17 +151,18 @@ async def test_changes_need_the_token(running: Running, token: str | None, code:
     assert (await running.get("/v1/history"))[1] == {"failovers": []}
 
 
-@pytest.mark.parametrize(("raw", "code", "fragment"), [
-    (b"{not json", "invalid_json", "the body is not JSON"),
-    (b"[1, 2]", "invalid_request", "the body must be a JSON object"),
-    (b'{"force": "yes"}', "invalid_request", "force: Input should be a valid boolean"),
-    (b'{"to": 7}', "invalid_request", "to: Input should be a valid string"),
-    (b'{"target": "web-b"}', "invalid_request", "target: unknown field"),
-    (b'{"reason": "' + b"x" * 70_000 + b'"}', "body_too_large", "the body is over 65536 bytes"),
+@pytest.mark.parametrize(("raw", "status", "code", "fragment"), [
+    (b"{not json", 400, "invalid_json", "the body is not JSON"),
+    (b"[1, 2]", 400, "invalid_request", "the body must be a JSON object"),
+    (b'{"force": "yes"}', 400, "invalid_request", "force: Input should be a valid boolean"),
+    (b'{"to": 7}', 400, "invalid_request", "to: Input should be a valid string"),
+    (b'{"target": "web-b"}', 400, "invalid_request", "target: unknown field"),
+    (b'{"reason": "' + b"x" * 70_000 + b'"}', 413, "body_too_large", "the body is over 65536 bytes"),
 ])
-async def test_malformed_failover_requests(running: Running, raw: bytes, code: str, fragment: str) -> None:
-    status, body = await running.post("/v1/groups/web/failover", raw=raw)
-    assert (status, body["error"]) == (400, code)
+async def test_malformed_failover_requests(running: Running, raw: bytes, status: int, code: str,
+                                           fragment: str) -> None:
+    got, body = await running.post("/v1/groups/web/failover", raw=raw)
+    assert (got, body["error"]) == (status, code)
     assert fragment in body["message"]
 
 
@@ -254,10 +256,39 @@ async def test_maintenance_pauses_automatic_failover(running: Running) -> None:
                                                                      ("trigger", "auto")))] == 1
 
 
-async def test_healthz_reports_a_stalled_engine(running: Running) -> None:
+async def test_a_hanging_cloud_makes_the_daemon_unready_not_stalled(running: Running) -> None:
     release = threading.Event()
     running.runner.provider.client.meta.events.register(  # type: ignore[attr-defined]
         "before-send.ec2.DescribeAddresses", lambda **_: release.wait(10) and None)
+    rounds = running.runner.ticks
+    try:
+        async def unready() -> bool:
+            return (await running.get("/readyz"))[0] == 503
+
+        await eventually(unready, timeout=5)
+        _, body = await running.get("/readyz")
+        assert body["error"] == "not_ready"
+        (group,) = body["groups"]
+        assert group["name"] == "web"
+        assert group["reason"].startswith("last successful cloud read ")
+        assert group["reason"].endswith("s ago (over 3 intervals)")
+        # the checks go on at their own pace: the engine is not stalled
+        assert await running.get("/healthz") == (200, {"status": "ok"})
+        assert running.runner.ticks >= rounds + 3
+    finally:
+        release.set()
+
+    async def ready() -> bool:
+        return (await running.get("/readyz"))[0] == 200
+
+    await eventually(ready)
+
+
+async def test_healthz_reports_a_stalled_engine(running: Running) -> None:
+    wedged = asyncio.Event()
+    checks = running.runner.targets["web-a"].checks
+    assert isinstance(checks, list)
+    checks.append(SwallowingCheck(wedged))
     try:
         async def stalled() -> bool:
             return (await running.get("/healthz"))[0] == 503
@@ -266,12 +297,8 @@ async def test_healthz_reports_a_stalled_engine(running: Running) -> None:
         assert await running.get("/healthz") == (
             503, {"error": "engine_stalled", "message": "no completed check round for 3 intervals: web"})
     finally:
-        release.set()
-
-    async def healthy() -> bool:
-        return (await running.get("/healthz"))[0] == 200
-
-    await eventually(healthy)
+        wedged.set()
+        checks.pop()
 
 
 async def test_without_a_token_changes_are_refused(ec2: Ec2World, health_servers: list[HealthServer]) -> None:
@@ -298,7 +325,8 @@ async def test_metric_families_and_initial_label_sets(running: Running) -> None:
                 "eipfailover_checks", "eipfailover_check_duration_seconds", "eipfailover_failovers",
                 "eipfailover_failover_duration_seconds", "eipfailover_last_failover_timestamp_seconds",
                 "eipfailover_maintenance", "eipfailover_eip_attached", "eipfailover_provider_requests",
-                "eipfailover_provider_request_duration_seconds", "eipfailover_config_reloads"}
+                "eipfailover_provider_request_duration_seconds", "eipfailover_config_reloads",
+                "eipfailover_eips_foreign", "eipfailover_cloud_read_age_seconds"}
     assert expected <= set(families)
     assert {n for n in families if n.startswith("eipfailover_")} == expected
     failovers = {(s.labels["trigger"], s.labels["result"]) for s in families["eipfailover_failovers"].samples
@@ -306,7 +334,7 @@ async def test_metric_families_and_initial_label_sets(running: Running) -> None:
     assert failovers == {(t, r) for t in ("auto", "manual", "failback") for r in ("success", "failure", "skipped")}
     checks = {(s.labels["target"], s.labels["result"]) for s in families["eipfailover_checks"].samples
               if s.name.endswith("_total")}
-    assert checks == {(t, r) for t in ("web-a", "web-b") for r in ("ok", "fail", "timeout", "error")}
+    assert checks == {(t, r) for t in ("web-a", "web-b") for r in ("ok", "fail", "timeout", "error", "unknown")}
     operations = {s.labels["operation"] for s in families["eipfailover_provider_requests"].samples}
     assert operations == {"DescribeAddresses", "AssociateAddress", "DescribeInstanceStatus",
                           "DescribeNetworkInterfaces"}

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import signal
 import socket
 import ssl
 import sys
@@ -16,13 +19,15 @@ import pytest
 import trustme
 from aiohttp import web
 
+from eipfailover.checks.base import CheckContext
 from eipfailover.checks.exec import ExecCheck
 from eipfailover.checks.http import HttpCheck
 from eipfailover.checks.tcp import TcpCheck
-from eipfailover.config import HttpCheckConfig
-from eipfailover.model import CheckStatus
+from eipfailover.config import ExecCheckConfig, HttpCheckConfig
+from eipfailover.model import Binding, CheckStatus
 
 from .conftest import HealthServer
+from .fakes import FakeProvider
 
 
 @pytest.fixture
@@ -184,27 +189,60 @@ def py(code: str) -> list[str]:
     return [sys.executable, "-c", code]
 
 
+def exec_check(argv: list[str], timeout: float = 5.0) -> ExecCheck:
+    return ExecCheck("exec", timeout, argv, {})
+
+
 async def test_exec_ok_and_fail() -> None:
-    assert (await ExecCheck("exec", 5.0, py("pass")).run()).ok
-    result = await ExecCheck("exec", 5.0, py("print('disk full'); raise SystemExit(3)")).run()
+    assert (await exec_check(py("pass")).run()).ok
+    result = await exec_check(py("print('disk full'); raise SystemExit(3)")).run()
     assert (result.status, result.detail) == (CheckStatus.FAIL, "exit status 3: disk full")
 
 
 async def test_exec_drains_large_output() -> None:
-    result = await ExecCheck("exec", 5.0, py("print('x' * 1_000_000); print('last'); raise SystemExit(1)")).run()
+    result = await exec_check(py("print('x' * 1_000_000); print('last'); raise SystemExit(1)")).run()
     assert result.detail == "exit status 1: last"
 
 
 async def test_exec_missing_program() -> None:
-    result = await ExecCheck("exec", 5.0, ["/nonexistent/check"]).run()
+    result = await exec_check(["/nonexistent/check"]).run()
     assert result.status is CheckStatus.ERROR
     assert result.detail == "cannot run /nonexistent/check: No such file or directory"
 
 
-async def test_exec_has_no_notify_socket(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("NOTIFY_SOCKET", "/run/systemd/notify")
-    check = ExecCheck("exec", 5.0, py("import os, sys; sys.exit(1 if 'NOTIFY_SOCKET' in os.environ else 0)"))
-    assert (await check.run()).ok
+async def test_exec_gets_a_minimal_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name, value in (("NOTIFY_SOCKET", "/run/systemd/notify"), ("AWS_SECRET_ACCESS_KEY", "do-not-leak"),
+                        ("ALIBABA_CLOUD_ACCESS_KEY_SECRET", "do-not-leak"),
+                        ("CREDENTIALS_DIRECTORY", "/run/credentials/eipfailover.service"), ("LANG", "C.UTF-8")):
+        monkeypatch.setenv(name, value)
+    out = tmp_path / "env.json"
+    config = ExecCheckConfig(type="exec", argv=py(f"import json, os; json.dump(dict(os.environ), "
+                                                  f"open({str(out)!r}, 'w'))"), env={"ROLE": "db"})
+    ctx = CheckContext(Binding(instance_id="i-a"), FakeProvider({}), None, "web", "web-a")  # type: ignore[arg-type]
+    assert (await ExecCheck.from_config(config, "probe", 5.0, ctx).run()).ok
+    env = json.loads(out.read_text())
+    env.pop("LC_CTYPE", None)  # Python may add it for the C locale
+    assert env == {"PATH": os.environ["PATH"], "LANG": "C.UTF-8", "ROLE": "db", "EIPFAILOVER_GROUP": "web",
+                   "EIPFAILOVER_TARGET": "web-a", "EIPFAILOVER_CHECK": "probe"}
+
+
+@pytest.mark.parametrize("parent", ["hangs", "exits"])
+async def test_exec_timeout_holds_when_a_child_leaves_the_process_group(tmp_path: Path, parent: str) -> None:
+    pidfile = tmp_path / "escaped.pid"
+    script = ("import subprocess, sys, time\n"  # a child in a session of its own, holding our output open
+              "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'], "
+              "start_new_session=True)\n"
+              f"open({str(pidfile)!r}, 'w').write(str(child.pid))\n"
+              + ("time.sleep(60)\n" if parent == "hangs" else "print('started'); sys.exit(0)\n"))
+    try:
+        start = time.monotonic()
+        result = await exec_check(py(script), timeout=0.5).run()
+        elapsed = time.monotonic() - start
+        expected = (CheckStatus.TIMEOUT, "no answer within 0.5s") if parent == "hangs" else (CheckStatus.OK, "")
+        assert (result.status, result.detail) == expected
+        assert elapsed < 2.0
+    finally:
+        os.kill(int(pidfile.read_text()), signal.SIGKILL)
 
 
 async def test_exec_timeout_kills_the_process_group(tmp_path: Path) -> None:
@@ -216,7 +254,7 @@ async def test_exec_timeout_kills_the_process_group(tmp_path: Path) -> None:
         "time.sleep(60)\n"
     )
     start = time.monotonic()
-    result = await ExecCheck("exec", 0.5, py(script)).run()
+    result = await exec_check(py(script), timeout=0.5).run()
     assert result.status is CheckStatus.TIMEOUT
     assert time.monotonic() - start < 2.0
     child = int(pidfile.read_text())

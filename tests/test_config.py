@@ -152,6 +152,24 @@ def test_duplicate_group_names() -> None:
     assert problems(data) == ["groups[1].name: duplicate group name 'web'"]
 
 
+@pytest.mark.parametrize("command", ["check-config", "run"])
+def test_an_eip_in_two_groups_is_refused_naming_it_and_both_groups(tmp_path: Path, command: str) -> None:
+    data = minimal(eips=["eipalloc-1", "eipalloc-2"])
+    data["groups"].append({**data["groups"][0], "name": "api", "eips": ["eipalloc-3", "eipalloc-1"]})
+    assert problems(data) == ["groups[1].eips[1]: 'eipalloc-1' is in groups 'web' and 'api': an EIP belongs to "
+                              "one group"]
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(data))
+    result = cli(command, "-c", str(path))
+    assert result.returncode == 2
+    assert "groups[1].eips[1]: 'eipalloc-1' is in groups 'web' and 'api'" in result.stderr
+
+
+def test_program_environments_are_validated() -> None:
+    data = minimal(hooks={"on_failover": ["/bin/true"], "env": {"BAD NAME": "x"}})
+    assert problems(data)[0].startswith("groups[0].hooks.env.BAD NAME")
+
+
 @pytest.mark.parametrize(("text", "expected"), [
     ("groups: [", "invalid YAML: line 1, column 10: expected the node content, but found '<stream end>'"),
     ("- just\n- a list\n", "(top level): expected a mapping of keys"),

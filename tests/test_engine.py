@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
 
 from eipfailover.config import parse_config
-from eipfailover.engine import FailoverRecord, GroupRunner, NullObserver, Observers
+from eipfailover.engine import GroupRunner
 from eipfailover.errors import ProviderError
+from eipfailover.events import FailoverRecord, NullObserver, Observers
 from eipfailover.model import (
     Action,
     Binding,
@@ -24,6 +26,7 @@ from eipfailover.model import (
     Trigger,
 )
 
+from .conftest import eventually
 from .fakes import FakeProvider, ScriptedCheck
 
 A, B, C = Binding(instance_id="i-a"), Binding(instance_id="i-b"), Binding(instance_id="i-c")
@@ -53,12 +56,13 @@ class Recorder(NullObserver):
         return [e for e in self.events if e[0] == kind]
 
 
-def group_config(targets: int = 2, eips: int = 1, **policy: Any) -> Any:
+def group_config(targets: int = 2, eips: int = 1, adopt_foreign: bool = False, **policy: Any) -> Any:
     names = "abc"[:targets]
     data = {
         "providers": {"fake": {"type": "aws", "region": "r"}},
         "groups": [{
             "name": "g", "provider": "fake", "eips": [f"e{i}" for i in range(1, eips + 1)],
+            "adopt_foreign": adopt_foreign,
             "policy": {"interval": 1, "timeout": 0.5, "rise": 2, "fall": 2, "cooldown": 0, **policy},
             "targets": [{"name": n, "binding": {"instance_id": f"i-{n}"},
                          "checks": [{"type": "tcp", "host": "h", "port": 1}]} for n in names],
@@ -68,11 +72,12 @@ def group_config(targets: int = 2, eips: int = 1, **policy: Any) -> Any:
 
 
 class World:
-    def __init__(self, placement: dict[str, Binding | None], targets: int = 2, **policy: Any) -> None:
+    def __init__(self, placement: dict[str, Binding | None], targets: int = 2, adopt_foreign: bool = False,
+                 **policy: Any) -> None:
         self.cloud = FakeProvider(placement)
         self.checks = {n: ScriptedCheck() for n in "abc"[:targets]}
         self.recorder = Recorder()
-        self.runner = GroupRunner(group_config(targets, len(placement), **policy), self.cloud,
+        self.runner = GroupRunner(group_config(targets, len(placement), adopt_foreign, **policy), self.cloud,
                                   {n: [c] for n, c in self.checks.items()}, Observers([self.recorder]))
 
     def set(self, **states: CheckStatus) -> None:
@@ -80,8 +85,11 @@ class World:
             self.checks[name].status = status
 
     async def ticks(self, n: int) -> None:
+        """``n`` rounds of a cloud read then a check round, each followed by the end of any failover it started."""
         for _ in range(n):
-            await self.runner.tick()
+            await self.runner.read_cloud()
+            await self.runner.wait_idle()
+            await self.runner.check_round()
             await self.runner.wait_idle()
 
 
@@ -135,13 +143,114 @@ async def test_detached_eip_is_adopted_by_the_best_healthy_target() -> None:
     assert w.cloud.moves() == [(("e1",), B)]
     assert w.recorder.of("started") == [("started", Trigger.AUTO, None, "b")]
     assert w.runner.last_failover is not None
-    assert w.runner.last_failover.reason == "adopt"
+    assert w.runner.last_failover.reason == "repair_detached"
 
 
-async def test_eip_on_a_foreign_instance_is_adopted() -> None:
-    w = World({"e1": Binding(instance_id="i-stranger")})
+async def test_an_eip_on_a_foreign_resource_is_left_alone_unless_adopt_foreign() -> None:
+    stranger = Binding(instance_id="i-stranger")
+    w = World({"e1": stranger})
+    await w.ticks(4)
+    assert w.cloud.moves() == []
+    assert w.runner.decision == Decision(Action.NONE, Reason.FOREIGN)
+    assert w.runner.location.foreign == ("e1",)
+    adopting = World({"e1": stranger}, adopt_foreign=True)
+    await adopting.ticks(2)
+    assert adopting.cloud.moves() == [(("e1",), A)]
+
+
+async def test_a_detached_eip_is_repaired_but_a_foreign_one_of_the_same_group_stays() -> None:
+    w = World({"e1": Binding(instance_id="i-stranger"), "e2": None, "e3": B})
     await w.ticks(2)
-    assert w.cloud.moves() == [(("e1",), A)]
+    assert w.cloud.moves() == [(("e2",), B)]  # to b, which already holds e3; never e1
+    assert w.runner.last_failover is not None
+    assert (w.runner.last_failover.reason, w.runner.last_failover.eips) == ("repair_detached", ("e2", "e3"))
+    await w.ticks(3)
+    assert len(w.cloud.moves()) == 1
+    assert w.runner.decision == Decision(Action.NONE, Reason.FOREIGN)
+
+
+async def test_repair_ignores_cooldown_and_max_failovers_and_does_not_count() -> None:
+    w = World({"e1": A}, cooldown=3600, max_failovers={"count": 1, "window": "1h"})
+    await w.ticks(2)
+    w.set(a=FAIL)
+    await w.ticks(2)
+    assert w.cloud.moves() == [(("e1",), B)]
+    assert w.runner.decision == Decision(Action.NONE, Reason.ACTIVE_HEALTHY, "b")
+    w.cloud.placement["e1"] = None  # detached (a failed two-step move, a slip of the hand)
+    await w.ticks(1)
+    assert w.cloud.moves() == [(("e1",), B), (("e1",), B)]
+    assert w.recorder.of("started")[-1] == ("started", Trigger.AUTO, None, "b")
+    assert len(w.runner.recent_moves) == 1  # the repair is not counted against max_failovers
+    w.cloud.placement["e1"] = None
+    await w.ticks(1)
+    assert len(w.cloud.moves()) == 3  # and again, at once
+
+
+async def test_adoption_goes_to_the_target_holding_the_other_eips_not_by_preference() -> None:
+    w = World({"e1": B, "e2": None})
+    await w.ticks(2)
+    assert w.cloud.moves() == [(("e2",), B)]  # e1 stays on b: no failback to a
+    assert (w.runner.placement, w.runner.active) == (Placement.ON_TARGET, "b")
+
+
+async def test_a_single_eip_is_adopted_where_the_group_was_last_active() -> None:
+    w = World({"e1": B})
+    await w.ticks(3)
+    assert w.runner.active == "b"
+    w.cloud.placement["e1"] = None
+    await w.ticks(1)
+    assert w.cloud.moves() == [(("e1",), B)]
+
+
+async def test_a_driver_bug_fails_the_failover_and_the_group_goes_on() -> None:
+    w = World({"e1": A})
+    await w.ticks(2)
+    w.set(a=FAIL)
+    w.cloud.faults["move"] = [KeyError("AllocationId")]
+    await w.ticks(2)
+    finished = w.recorder.of("finished")
+    assert finished[0][:3] == ("finished", "failure", "b")
+    assert "internal error: KeyError: 'AllocationId'" in finished[0][3]
+    assert w.runner.current is None
+    await w.runner.wait_idle()  # does not re-raise
+    await w.ticks(1)
+    assert w.cloud.placement["e1"] == B  # the next decision retried, and it worked
+
+
+async def test_a_read_that_straddles_a_failover_is_discarded() -> None:
+    w = World({"e1": A})
+    await w.ticks(2)
+    w.set(a=FAIL)
+    release = w.cloud.hold = asyncio.Event()
+    stale = asyncio.create_task(w.runner.read_cloud())  # reads e1 on a, then waits
+    await asyncio.sleep(0)
+    await w.runner.check_round()
+    await w.runner.check_round()  # a is DOWN: the failover starts from the last view
+    await w.runner.wait_idle()
+    assert w.cloud.moves() == [(("e1",), B)]
+    release.set()
+    await stale  # answers "e1 on a": stale, it must not be taken for the truth
+    assert w.runner.active == "b"
+    await w.runner.check_round()
+    await w.runner.wait_idle()
+    assert w.cloud.moves() == [(("e1",), B)]
+
+
+async def test_a_slow_cloud_does_not_delay_detection() -> None:
+    w = World({"e1": A}, interval="100ms", timeout="50ms", fall=3)
+    task = asyncio.create_task(w.runner.run())
+    await eventually(lambda: w.runner.targets["a"].health.state is TargetState.UP and w.runner.active == "a")
+    w.cloud.describe_delay = 5.0  # every read from now on takes 5 s
+    await asyncio.sleep(0.15)  # the read in flight now is slow
+    failed = time.monotonic()
+    w.set(a=FAIL)
+    await eventually(lambda: w.runner.targets["a"].health.state is TargetState.DOWN, timeout=4)
+    detected = time.monotonic() - failed
+    assert detected < 1.5  # (fall-1)*interval + timeout = 0.25 s, plus one interval; not the 5 s describe
+    # the decision used the freshest view it had (e1 on a, read before the slowdown): the failover is under way
+    await eventually(lambda: w.cloud.moves() == [(("e1",), B)], timeout=2)
+    w.runner.request_stop()
+    await asyncio.wait_for(task, 10)
 
 
 async def test_manual_failover_and_refusal() -> None:
@@ -194,7 +303,8 @@ async def test_one_failover_at_a_time() -> None:
     w.set(a=FAIL)
     w.cloud.move_delay = 0.3
     for _ in range(4):
-        await w.runner.tick()
+        await w.runner.read_cloud()
+        await w.runner.check_round()
     assert w.runner.decision == Decision(Action.NONE, Reason.IN_PROGRESS)
     await w.runner.wait_idle()
     assert w.cloud.moves() == [(("e1",), B)]
@@ -241,16 +351,16 @@ async def test_health_transitions_are_reported() -> None:
 async def test_the_loop_keeps_its_schedule_and_survives_a_failing_tick() -> None:
     w = World({"e1": A}, interval="100ms", timeout="50ms")
     calls = 0
-    real_tick = w.runner.tick
+    real_round = w.runner.check_round
 
-    async def flaky_tick() -> None:
+    async def flaky_round() -> None:
         nonlocal calls
         calls += 1
         if calls == 2:
             raise RuntimeError("bug")
-        await real_tick()
+        await real_round()
 
-    w.runner.tick = flaky_tick  # type: ignore[method-assign]
+    w.runner.check_round = flaky_round  # type: ignore[method-assign]
     task = asyncio.create_task(w.runner.run())
     await asyncio.sleep(0.55)
     w.runner.request_stop()
@@ -266,3 +376,12 @@ async def test_timeouts_and_errors_count_as_failures(status: CheckStatus) -> Non
     w.set(a=status)
     await w.ticks(2)
     assert w.cloud.moves() == [(("e1",), B)]
+
+
+async def test_unknown_results_never_fail_a_target_over() -> None:
+    w = World({"e1": A})
+    await w.ticks(2)
+    w.set(a=CheckStatus.UNKNOWN)  # the cloud API behind the check is throttled, for a long time
+    await w.ticks(10)
+    assert w.cloud.moves() == []
+    assert w.runner.targets["a"].health.state is TargetState.UP

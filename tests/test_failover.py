@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 
@@ -9,6 +10,7 @@ from eipfailover import failover
 from eipfailover.errors import ProviderError
 from eipfailover.model import Binding
 
+from .conftest import eventually
 from .fakes import FakeProvider
 
 A, B = Binding(instance_id="i-a"), Binding(instance_id="i-b")
@@ -63,9 +65,26 @@ async def test_retries_end_at_the_deadline() -> None:
     start = time.monotonic()
     outcome = await failover.execute(cloud, ["e1"], B, deadline=0.5, backoff=failover.Backoff(base=0.05, cap=0.1))
     assert not outcome.ok
-    assert outcome.error == "move failed: throttled"
+    assert outcome.code == "RequestLimitExceeded"
+    # the deadline ends either between attempts or in the middle of one: the cloud's error is named either way
+    assert outcome.error in ("move failed: throttled",
+                             "move did not complete within the 0.5s deadline (last error: throttled)")
     assert time.monotonic() - start < 0.6
     assert outcome.attempts > 3
+
+
+async def test_a_deadline_ending_mid_call_keeps_the_last_cloud_error() -> None:
+    class SlowAfterThrottling(FakeProvider):
+        async def move(self, eips: Sequence[str], to: Binding) -> None:
+            if self.moves():
+                self.move_delay = 10  # the retry hangs past the deadline
+            await super().move(eips, to)
+
+    cloud = SlowAfterThrottling({"e1": A})
+    cloud.faults["move"] = [throttle()]
+    outcome = await failover.execute(cloud, ["e1"], B, deadline=0.3, backoff=FAST)
+    assert (outcome.ok, outcome.code) == (False, "RequestLimitExceeded")
+    assert outcome.error == "move did not complete within the 0.3s deadline (last error: throttled)"
 
 
 async def test_a_hanging_move_is_cut_at_the_deadline() -> None:
@@ -122,3 +141,48 @@ def test_backoff_is_jittered_and_capped() -> None:
     assert 0.125 <= delays[0] <= 0.25
     assert all(1.0 <= d <= 2.0 for d in delays[4:])
     assert len({backoff.delay(3) for _ in range(20)}) > 1
+
+
+async def test_abort_cuts_a_two_step_move_and_reattaches_the_detached_eip() -> None:
+    cloud = FakeProvider({"e1": A}, two_step=True)
+    cloud.move_delay = 10  # unassociated at once, then a long wait before the associate
+    abort = asyncio.Event()
+    moving = asyncio.create_task(failover.execute(cloud, ["e1"], B, deadline=30, fallback=[A, B], abort=abort,
+                                                  backoff=FAST, verify_interval=0.01))
+    await eventually(lambda: cloud.placement["e1"] is None)  # in the detached window
+    cloud.move_delay = 0
+    abort.set()
+    outcome = await asyncio.wait_for(moving, 5)
+    assert not outcome.ok
+    assert outcome.error == "aborted: the daemon is stopping; re-attached e1 to i-b"  # finished where it was going
+    assert cloud.placement["e1"] == B
+
+
+async def test_abort_before_anything_is_detached_moves_nothing() -> None:
+    cloud = FakeProvider({"e1": A})
+    cloud.move_delay = 10  # an atomic move that hangs (a slow AssociateAddress)
+    abort = asyncio.Event()
+    moving = asyncio.create_task(failover.execute(cloud, ["e1"], B, deadline=30, fallback=[A, B], abort=abort))
+    await eventually(lambda: cloud.moves() != [])
+    abort.set()
+    outcome = await asyncio.wait_for(moving, 5)
+    assert (outcome.ok, outcome.error) == (False, "aborted: the daemon is stopping")
+    assert cloud.placement["e1"] == A
+    assert len(cloud.moves()) == 1
+
+
+async def test_a_driver_bug_mid_move_still_ends_with_the_eip_attached() -> None:
+    class Buggy(FakeProvider):
+        async def move(self, eips: Sequence[str], to: Binding) -> None:
+            if to == B:
+                for eip in eips:
+                    self.placement[eip] = None  # the first step went through
+                raise AttributeError("'NoneType' object has no attribute 'body'")
+            await super().move(eips, to)
+
+    cloud = Buggy({"e1": A})
+    outcome = await failover.execute(cloud, ["e1"], B, deadline=5, fallback=[A], backoff=FAST)
+    assert not outcome.ok
+    assert outcome.error == ("move failed: internal error: AttributeError: 'NoneType' object has no attribute "
+                             "'body'; re-attached e1 to i-a")
+    assert cloud.placement["e1"] == A

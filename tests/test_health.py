@@ -10,6 +10,7 @@ from eipfailover.model import CheckResult, CheckStatus, Health, TargetState
 OK = CheckResult(CheckStatus.OK, 0.01)
 FAIL = CheckResult(CheckStatus.FAIL, 0.01, "refused")
 TIMEOUT = CheckResult(CheckStatus.TIMEOUT, 0.5, "no answer")
+UNSURE = CheckResult(CheckStatus.UNKNOWN, 0.5, "throttled")
 U, UP, DOWN = TargetState.UNKNOWN, TargetState.UP, TargetState.DOWN
 
 
@@ -17,7 +18,8 @@ def run(results: str, rise: int = 2, fall: int = 3, start: Health | None = None)
     health = start or Health()
     states = []
     for i, ch in enumerate(results):
-        health = apply(health, OK if ch == "+" else FAIL, rise=rise, fall=fall, now=float(i))
+        result = {"+": OK, "-": FAIL, "?": UNSURE}[ch]
+        health = apply(health, result, rise=rise, fall=fall, now=float(i))
         states.append(health.state)
     return states
 
@@ -36,6 +38,11 @@ def run(results: str, rise: int = 2, fall: int = 3, start: Health | None = None)
     ("---+-++", 2, 3, [U, U, DOWN, DOWN, DOWN, DOWN, UP]),  # a failure resets the success count
     ("-", 1, 1, [DOWN]),  # fall 1: the first failure decides
     ("+-+-", 1, 1, [UP, DOWN, UP, DOWN]),  # no hysteresis at 1/1: it flaps, which is why defaults are 3/3
+    # unknown (the check could not tell, e.g. a throttled cloud API) is neither a pass nor a failure
+    ("++??????", 2, 3, [U, UP, UP, UP, UP, UP, UP, UP]),
+    ("++--?-", 2, 3, [U, UP, UP, UP, UP, DOWN]),  # it does not reset the failure count either
+    ("?" * 5, 2, 3, [U] * 5),
+    ("+?+", 2, 3, [U, U, UP]),
 ])
 def test_rise_fall(results: str, rise: int, fall: int, expected: list[TargetState]) -> None:
     assert run(results, rise, fall) == expected
@@ -56,5 +63,7 @@ def test_since_moves_only_on_state_change() -> None:
 def test_combine_requires_every_check() -> None:
     assert combine([OK, OK]).ok
     assert combine([OK, TIMEOUT, FAIL]) is TIMEOUT  # the first failure stands, with its detail
+    assert combine([UNSURE, FAIL]) is FAIL  # a real failure beats an unknown
+    assert combine([OK, UNSURE]) is UNSURE
     assert combine([]).ok
     assert combine([CheckResult(CheckStatus.OK, 0.2), CheckResult(CheckStatus.OK, 0.3)]).latency == 0.3

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -10,8 +13,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from eipfailover.config import HooksConfig
-from eipfailover.engine import FailoverRecord
-from eipfailover.hooks import HookObserver, render_argv
+from eipfailover.events import FailoverRecord
+from eipfailover.hooks import HookObserver, hook_values, substitute
 from eipfailover.model import Trigger
 
 
@@ -21,7 +24,8 @@ def record(n: int, group: str = "web") -> FailoverRecord:
 
 
 def test_render_argv_substitutes_without_a_shell() -> None:
-    argv = render_argv(["notify", "{group}:{from}->{to}", "{result}", "$(rm -rf /)", "{unknown}"], record(1))
+    argv = substitute(["notify", "{group}:{from}->{to}", "{result}", "$(rm -rf /)", "{unknown}"],
+                      hook_values(record(1)))
     assert argv == ["notify", "web:a->b", "success", "$(rm -rf /)", "{unknown}"]
 
 
@@ -75,3 +79,42 @@ async def test_groups_without_hooks_are_ignored() -> None:
     hooks = HookObserver({"web": HooksConfig()})
     hooks.on_failover_finished(record(1))
     assert hooks.queues == {}
+
+
+async def test_hooks_get_a_minimal_environment_with_the_failover(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "do-not-leak")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", "/run/credentials/eipfailover.service")
+    monkeypatch.setenv("LANG", "C.UTF-8")
+    out = tmp_path / "env.json"
+    script = f"import json, os; json.dump(dict(os.environ), open({str(out)!r}, 'w'))"
+    hooks = HookObserver({"web": HooksConfig(on_failover=[sys.executable, "-c", script],
+                                             env={"PAGER_ROUTE": "db-team"})})
+    hooks.on_failover_finished(record(7))
+    await hooks.drain(10)
+    env = json.loads(out.read_text())
+    env.pop("LC_CTYPE", None)  # Python may add it for the C locale
+    assert env == {"PATH": os.environ["PATH"], "LANG": "C.UTF-8", "PAGER_ROUTE": "db-team",
+                   "EIPFAILOVER_GROUP": "web", "EIPFAILOVER_FROM": "a", "EIPFAILOVER_TO": "b",
+                   "EIPFAILOVER_RESULT": "success", "EIPFAILOVER_REASON": "active_down",
+                   "EIPFAILOVER_TRIGGER": "auto", "EIPFAILOVER_FAILOVER_ID": "f7"}
+
+
+async def test_a_hook_whose_child_leaves_the_process_group_still_times_out(tmp_path: Path) -> None:
+    pidfile = tmp_path / "escaped.pid"
+    # the hook starts a child in a session of its own that keeps the hook's output open, then hangs
+    script = ("import subprocess, sys, time\n"
+              "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'], "
+              "start_new_session=True)\n"
+              f"open({str(pidfile)!r}, 'w').write(str(child.pid))\n"
+              "time.sleep(60)\n")
+    hooks = HookObserver({"web": HooksConfig(on_failover=[sys.executable, "-c", script], timeout=0.5)})
+    try:
+        with capture_logs() as logs:
+            start = time.monotonic()
+            hooks.on_failover_finished(record(1))
+            await hooks.drain(10)
+        assert time.monotonic() - start < 3
+        assert [(e["event"], e["error"]) for e in logs] == [("hook_failed", "killed after 0.5s")]
+    finally:
+        os.kill(int(pidfile.read_text()), signal.SIGKILL)

@@ -10,6 +10,7 @@ from eipfailover.model import (
     Binding,
     EipState,
     Health,
+    Location,
     ManualRequest,
     Placement,
     Reason,
@@ -71,18 +72,34 @@ CASES = [
      Action.NONE, Reason.MAINTENANCE, None),
     ("active down beats failback", snap(UP, DOWN, active="b", since=NOW - 61), AUTO,
      Action.FAILOVER, Reason.ACTIVE_DOWN, "a"),
-    # adopt
-    ("detached: adopt the best healthy", snap(DOWN, UP, UP, active=None, placement=Placement.DETACHED), POLICY,
-     Action.ADOPT, Reason.ADOPT, "b"),
-    ("foreign: adopt", snap(UP, UP, active=None, placement=Placement.FOREIGN), POLICY,
-     Action.ADOPT, Reason.ADOPT, "a"),
-    ("split: adopt", snap(UP, UP, active=None, placement=Placement.SPLIT), POLICY, Action.ADOPT, Reason.ADOPT, "a"),
+    ("cloud still moving an EIP holds", snap(DOWN, UP, placement=Placement.IN_TRANSITION, active=None), POLICY,
+     Action.NONE, Reason.IN_TRANSITION, None),
+    # repair and adopt
+    ("detached: repair to the best healthy", snap(DOWN, UP, UP, active=None, placement=Placement.DETACHED), POLICY,
+     Action.ADOPT, Reason.REPAIR, "b"),
+    ("detached: repair to the holder of the others", snap(UP, UP, UP, active=None, placement=Placement.DETACHED,
+                                                          holders=("c",)), POLICY, Action.ADOPT, Reason.REPAIR, "c"),
+    ("detached: an unhealthy holder is skipped", snap(UP, DOWN, UP, active=None, placement=Placement.DETACHED,
+                                                      holders=("b",)), POLICY, Action.ADOPT, Reason.REPAIR, "a"),
+    ("detached: where the group was last active", snap(UP, UP, active=None, placement=Placement.DETACHED,
+                                                       last_active="b"), POLICY, Action.ADOPT, Reason.REPAIR, "b"),
+    ("repair ignores cooldown", snap(UP, UP, active=None, placement=Placement.DETACHED, last_move_at=NOW - 1),
+     POLICY, Action.ADOPT, Reason.REPAIR, "a"),
+    ("repair ignores the rate limit", snap(UP, UP, active=None, placement=Placement.DETACHED,
+                                           recent_moves=(NOW - 1, NOW - 2, NOW - 3)),
+     POLICY, Action.ADOPT, Reason.REPAIR, "a"),
     ("detached, nothing healthy", snap(U, DOWN, active=None, placement=Placement.DETACHED), POLICY,
      Action.NONE, Reason.NO_HEALTHY_TARGET, None),
-    ("adopt waits out cooldown", snap(UP, UP, active=None, placement=Placement.DETACHED, last_move_at=NOW - 1),
-     POLICY, Action.NONE, Reason.COOLDOWN, "a"),
-    ("adopt not in maintenance", snap(UP, UP, active=None, placement=Placement.DETACHED, maintenance=True),
+    ("repair not in maintenance", snap(UP, UP, active=None, placement=Placement.DETACHED, maintenance=True),
      POLICY, Action.NONE, Reason.MAINTENANCE, None),
+    ("foreign: left alone", snap(UP, UP, active=None, placement=Placement.FOREIGN), POLICY,
+     Action.NONE, Reason.FOREIGN, None),
+    ("foreign with adopt_foreign: adopt", snap(UP, UP, active=None, placement=Placement.FOREIGN,
+                                               adopt_foreign=True), POLICY, Action.ADOPT, Reason.ADOPT, "a"),
+    ("split: adopt by the holder of the most", snap(UP, UP, active=None, placement=Placement.SPLIT,
+                                                    holders=("b", "a")), POLICY, Action.ADOPT, Reason.ADOPT, "b"),
+    ("adopt waits out cooldown", snap(UP, UP, active=None, placement=Placement.SPLIT, holders=("a", "b"),
+                                      last_move_at=NOW - 1), POLICY, Action.NONE, Reason.COOLDOWN, "a"),
     # manual
     ("manual to a healthy target", snap(UP, UP, manual=ManualRequest(to="b")), POLICY,
      Action.FAILOVER, Reason.MANUAL, "b"),
@@ -103,6 +120,18 @@ CASES = [
      Action.FAILOVER, Reason.MANUAL, "b"),
     ("manual waits for a running failover", snap(UP, UP, manual=ManualRequest(to="b"), in_progress=True), POLICY,
      Action.NONE, Reason.IN_PROGRESS, None),
+    ("manual refused while the cloud is unreadable", snap(UP, UP, manual=ManualRequest(to="b"), active=None,
+                                                          placement=Placement.UNKNOWN), POLICY,
+     Action.NONE, Reason.CLOUD_UNKNOWN, "b"),
+    ("manual forced while the cloud is unreadable", snap(UP, UP, manual=ManualRequest(to="b", force=True),
+                                                         active=None, placement=Placement.UNKNOWN), POLICY,
+     Action.FAILOVER, Reason.MANUAL, "b"),
+    ("manual refused while an EIP is in transition", snap(UP, UP, manual=ManualRequest(to="b"), active=None,
+                                                          placement=Placement.IN_TRANSITION), POLICY,
+     Action.NONE, Reason.IN_TRANSITION, "b"),
+    ("manual forced while an EIP is in transition", snap(UP, UP, manual=ManualRequest(to="b", force=True),
+                                                         active=None, placement=Placement.IN_TRANSITION), POLICY,
+     Action.FAILOVER, Reason.MANUAL, "b"),
 ]
 
 
@@ -116,6 +145,7 @@ def test_decide(snapshot: Snapshot, policy: PolicyConfig, action: Action, reason
 @pytest.mark.parametrize(("snapshot", "policy", "trigger"), [
     (snap(DOWN, UP), POLICY, Trigger.AUTO),
     (snap(UP, UP, active=None, placement=Placement.DETACHED), POLICY, Trigger.AUTO),
+    (snap(UP, UP, active=None, placement=Placement.SPLIT), POLICY, Trigger.AUTO),
     (snap(UP, UP, active="b", since=NOW - 61), AUTO, Trigger.FAILBACK),
     (snap(UP, UP, manual=ManualRequest(to="b")), POLICY, Trigger.MANUAL),
 ])
@@ -126,18 +156,27 @@ def test_trigger(snapshot: Snapshot, policy: PolicyConfig, trigger: Trigger) -> 
 A, B = Binding(instance_id="i-a"), Binding(network_interface_id="eni-b", private_ip="10.0.0.9")
 
 
+OTHER = Binding(instance_id="i-other")
+
+
 @pytest.mark.parametrize(("bound", "expected"), [
     ({"e1": Binding(instance_id="i-a", network_interface_id="eni-a1", private_ip="10.0.0.4"),
-      "e2": Binding(instance_id="i-a")}, (Placement.ON_TARGET, "a")),
-    ({"e1": Binding(network_interface_id="eni-b", private_ip="10.0.0.9")}, (Placement.ON_TARGET, "b")),
-    ({"e1": Binding(network_interface_id="eni-b", private_ip="10.0.0.8")}, (Placement.FOREIGN, None)),
-    ({"e1": Binding(instance_id="i-a"), "e2": None}, (Placement.DETACHED, None)),
-    ({"e1": Binding(instance_id="i-other")}, (Placement.FOREIGN, None)),
-    ({"e1": Binding(instance_id="i-a"), "e2": Binding(network_interface_id="eni-b", private_ip="10.0.0.9")},
-     (Placement.SPLIT, None)),
+      "e2": Binding(instance_id="i-a")}, Location(Placement.ON_TARGET, "a", ("a",))),
+    ({"e1": Binding(network_interface_id="eni-b", private_ip="10.0.0.9")}, Location(Placement.ON_TARGET, "b", ("b",))),
+    ({"e1": Binding(network_interface_id="eni-b", private_ip="10.0.0.8")}, Location(Placement.FOREIGN,
+                                                                                    foreign=("e1",))),
+    ({"e1": A, "e2": None}, Location(Placement.DETACHED, holders=("a",), detached=("e2",))),
+    ({"e1": OTHER}, Location(Placement.FOREIGN, foreign=("e1",))),
+    ({"e1": OTHER, "e2": None, "e3": B}, Location(Placement.DETACHED, holders=("b",), detached=("e2",),
+                                                  foreign=("e1",))),
+    ({"e1": A, "e2": B}, Location(Placement.SPLIT, holders=("a", "b"))),
+    ({"e1": A, "e2": B, "e3": B}, Location(Placement.SPLIT, holders=("b", "a"))),  # the holder of the most first
+    ({"e1": A, "e2": "pending"}, Location(Placement.IN_TRANSITION, holders=("a",), pending=("e2",))),
+    ({"e1": None, "e2": "pending"}, Location(Placement.IN_TRANSITION, detached=("e1",), pending=("e2",))),
     # an exact comparison: i-a is not found inside i-ab (resource-agents#1625)
-    ({"e1": Binding(instance_id="i-ab")}, (Placement.FOREIGN, None)),
+    ({"e1": Binding(instance_id="i-ab")}, Location(Placement.FOREIGN, foreign=("e1",))),
 ])
-def test_locate(bound: dict[str, Binding | None], expected: tuple[Placement, str | None]) -> None:
-    states = {eip: EipState(eip, "192.0.2.1", b) for eip, b in bound.items()}
+def test_locate(bound: dict[str, Binding | str | None], expected: Location) -> None:
+    states = {eip: EipState(eip, "192.0.2.1", A, pending=True) if b == "pending" else
+              EipState(eip, "192.0.2.1", b if isinstance(b, Binding) else None) for eip, b in bound.items()}
     assert locate(states, {"a": A, "b": B}) == expected

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from eipfailover.config import parse_config
+from eipfailover.engine import Engine
 from eipfailover.metrics import Metrics
 
 from .conftest import require_tool
@@ -84,6 +85,7 @@ def exported_names() -> set[str]:
             for t in ("a", "b")]}],
     })
     metrics = Metrics(config, {"aws": ("DescribeAddresses",)})
+    metrics.watch(Engine([]))
     return {s.name for family in metrics.registry.collect() for s in family.samples} | {
         f.name for f in metrics.registry.collect()}
 

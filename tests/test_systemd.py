@@ -22,13 +22,18 @@ from typing import Any
 import pytest
 import yaml
 
+from eipfailover.config import parse_config
 from eipfailover.demo import DaemonProcess
+from eipfailover.engine import Engine, GroupRunner
+from eipfailover.events import Observers
+from eipfailover.model import Binding
 from eipfailover.providers.alibaba import AlibabaProvider
 from eipfailover.providers.aws import AwsProvider
-from eipfailover.systemd import Notifier
+from eipfailover.systemd import Notifier, watchdog
 
 from .conftest import REGION, Ec2World, HealthServer, eventually, require_tool
 from .fake_aliyun import FakeAliyun, key_file
+from .fakes import FakeProvider, ScriptedCheck, SwallowingCheck
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "eipfailover.service"
@@ -99,6 +104,18 @@ def daemon(config: Path, notify: NotifySocket | None, **env: str) -> DaemonProce
     if notify is not None:
         environ["NOTIFY_SOCKET"] = str(notify.path)
     return DaemonProcess(config, environ, lambda at, event: None)
+
+
+def fake_runner(checks: dict[str, list[ScriptedCheck]]) -> GroupRunner:
+    """A group "g" on a fake cloud (its EIP on the first target), interval 200 ms."""
+    names = list(checks)
+    config = parse_config({"providers": {"fake": {"type": "aws", "region": "r"}}, "groups": [{
+        "name": "g", "provider": "fake", "eips": ["e1"], "policy": {"interval": "200ms", "timeout": "100ms",
+                                                                    "rise": 1, "fall": 2},
+        "targets": [{"name": n, "binding": {"instance_id": f"i-{n}"},
+                     "checks": [{"type": "tcp", "host": "h", "port": 1}]} for n in names]}]}).groups[0]
+    cloud = FakeProvider({"e1": Binding(instance_id=f"i-{names[0]}")})
+    return GroupRunner(config, cloud, checks, Observers([]))
 
 
 def test_notifier_is_a_no_op_without_a_socket() -> None:
@@ -205,8 +222,8 @@ class Proxy:
             writer.close()
 
 
-async def test_a_stalled_engine_stops_the_watchdog(ec2: Ec2World, health_servers: list[HealthServer],
-                                                   notify: NotifySocket, tmp_path: Path) -> None:
+async def test_a_hanging_cloud_keeps_the_watchdog_and_says_so_in_status(
+        ec2: Ec2World, health_servers: list[HealthServer], notify: NotifySocket, tmp_path: Path) -> None:
     proxy = Proxy(ec2.endpoint)
     endpoint = await proxy.start()
     data = aws_config(ec2, health_servers, endpoint)
@@ -216,16 +233,44 @@ async def test_a_stalled_engine_stops_the_watchdog(ec2: Ec2World, health_servers
     try:
         await proc.start_and_settle("web-a")
         await eventually(lambda: len(notify.times("WATCHDOG=1")) >= 3)
-        proxy.flowing.clear()  # DescribeAddresses now hangs: no check round completes
-        await asyncio.sleep(2.5)
+        proxy.flowing.clear()  # DescribeAddresses now hangs; the checks go on
+        await eventually(lambda: any("cloud unreadable" in s for s in notify.lines("STATUS=")), timeout=10)
+        (status,) = [s for s in notify.lines("STATUS=") if "cloud unreadable" in s]
+        assert status == "STATUS=web: cloud unreadable (EIPs last seen on web-a), 2/2 healthy"
         before = len(notify.times("WATCHDOG=1"))
-        await asyncio.sleep(1.5)
-        assert len(notify.times("WATCHDOG=1")) == before  # no ping while stalled
+        await eventually(lambda: len(notify.times("WATCHDOG=1")) >= before + 3, timeout=10)  # still alive
         proxy.flowing.set()
-        await eventually(lambda: len(notify.times("WATCHDOG=1")) > before, timeout=10)  # pings resume
+        await eventually(lambda: notify.lines("STATUS=")[-1] == "STATUS=web: web-a active, 2/2 healthy",
+                         timeout=30)
     finally:
+        proxy.flowing.set()
         await proc.stop()
         await proxy.stop()
+
+
+async def test_a_wedged_check_loop_stops_the_watchdog(notify: NotifySocket) -> None:
+    release = asyncio.Event()
+    engine = Engine([fake_runner({"a": [ScriptedCheck()], "b": [ScriptedCheck()]})])
+    notifier = Notifier({"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "400000"})
+    running = asyncio.create_task(engine.run())
+    pinging = asyncio.create_task(watchdog(notifier, engine))
+    try:
+        await eventually(lambda: len(notify.times("WATCHDOG=1")) >= 3)
+        checks = engine.runners["g"].targets["a"].checks
+        assert isinstance(checks, list)
+        checks.append(SwallowingCheck(release))  # a plugin bug: the check loop hangs
+        await asyncio.sleep(1.0)  # 3 intervals of 200 ms, and then some
+        before = len(notify.times("WATCHDOG=1"))
+        await asyncio.sleep(1.0)
+        assert len(notify.times("WATCHDOG=1")) == before  # no ping while wedged: systemd will restart it
+        release.set()
+        await eventually(lambda: len(notify.times("WATCHDOG=1")) > before, timeout=5)  # pings resume
+    finally:
+        release.set()
+        engine.request_stop()
+        await asyncio.wait_for(running, 5)
+        pinging.cancel()
+        notifier.close()
 
 
 async def test_sighup_with_a_broken_file_keeps_the_old_config(ec2: Ec2World, health_servers: list[HealthServer],

@@ -11,25 +11,32 @@ import asyncio
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import aiohttp
 
+from eipfailover.errors import ProviderError
 from eipfailover.model import Binding, CheckResult, CheckStatus
 from eipfailover.providers.base import Provider
 
 
 @dataclass(frozen=True, slots=True)
 class CheckContext:
-    """What a check may use besides its own config: the target's binding, the group's provider and the daemon's
-    shared HTTP session."""
+    """What a check may use besides its own config: the target's binding, the group's provider, the daemon's
+    shared HTTP session, and the names of the group and target it checks."""
 
     binding: Binding
     provider: Provider
     http: aiohttp.ClientSession
+    group: str = ""
+    target: str = ""
 
 
 class Check(ABC):
+    timeout_status: ClassVar[CheckStatus] = CheckStatus.TIMEOUT
+    """What a probe cut by the timeout reports: ``timeout`` (a failure), or ``unknown`` for checks that read a cloud
+    API, whose slowness says nothing about the target."""
+
     def __init__(self, name: str, timeout: float) -> None:
         self.name = name
         self.timeout = timeout
@@ -50,10 +57,16 @@ class Check(ABC):
             async with asyncio.timeout(self.timeout):
                 status, detail = await self.probe()
         except TimeoutError:
-            status, detail = CheckStatus.TIMEOUT, f"no answer within {self.timeout:g}s"
+            status, detail = self.timeout_status, f"no answer within {self.timeout:g}s"
         except Exception as exc:  # a check reports, it never raises
             status, detail = CheckStatus.ERROR, describe_exception(exc)
         return CheckResult(status, time.monotonic() - start, detail[:300])
+
+
+def cloud_unknown(exc: ProviderError) -> tuple[CheckStatus, str]:
+    """The result of a check whose cloud call failed: ``unknown`` when the API could not answer now (throttling, 5xx,
+    a timeout: control-plane trouble is not the target's), ``error`` otherwise (access denied, a wrong resource)."""
+    return (CheckStatus.UNKNOWN if exc.retryable else CheckStatus.ERROR), str(exc)
 
 
 def describe_exception(exc: BaseException) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from eipfailover.checks.base import Check, CheckContext
+from eipfailover.checks.base import Check, CheckContext, cloud_unknown
 from eipfailover.config import HaVipCheckConfig
 from eipfailover.errors import ProviderError
 from eipfailover.model import CheckStatus
@@ -10,6 +10,8 @@ from eipfailover.providers.alibaba import AlibabaProvider
 
 
 class HaVipCheck(Check):
+    timeout_status = CheckStatus.UNKNOWN
+
     def __init__(self, name: str, timeout: float, provider: AlibabaProvider, havip_id: str) -> None:
         super().__init__(name, timeout)
         self.provider = provider
@@ -28,7 +30,7 @@ class HaVipCheck(Check):
         try:
             state = await self.provider.describe_havip(self.havip_id)
         except ProviderError as exc:
-            return CheckStatus.ERROR, str(exc)
+            return cloud_unknown(exc)
         if state.status != "InUse":
             return CheckStatus.FAIL, f"HaVip {self.havip_id} is {state.status or 'in no state'}"
         if not state.master_instance_id:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from eipfailover.checks.base import Check, CheckContext
+from eipfailover.checks.base import Check, CheckContext, cloud_unknown
 from eipfailover.config import InstanceCheckConfig
 from eipfailover.errors import ProviderError
 from eipfailover.model import Binding, CheckStatus
@@ -10,6 +10,8 @@ from eipfailover.providers.base import Provider
 
 
 class InstanceCheck(Check):
+    timeout_status = CheckStatus.UNKNOWN
+
     def __init__(self, name: str, timeout: float, provider: Provider, binding: Binding) -> None:
         super().__init__(name, timeout)
         self.provider = provider
@@ -23,5 +25,5 @@ class InstanceCheck(Check):
         try:
             state = await self.provider.instance_state(self.binding)
         except ProviderError as exc:
-            return CheckStatus.ERROR, str(exc)
+            return cloud_unknown(exc)
         return (CheckStatus.OK, "") if state.running else (CheckStatus.FAIL, state.detail)

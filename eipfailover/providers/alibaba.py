@@ -14,12 +14,12 @@ are classified by their ``code``, not their class (a throttle without ``x-acs-re
 from __future__ import annotations
 
 import asyncio
-import json
+import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
+from alibabacloud_credentials.client import Client as CredentialClient
 from alibabacloud_tea_openapi.utils_models import Config as SdkConfig
 from alibabacloud_vpc20160428 import models as vpc
 from alibabacloud_vpc20160428.client import Client as VpcClient
@@ -29,6 +29,8 @@ from eipfailover.config import AlibabaProviderConfig
 from eipfailover.credentials import credential_file
 from eipfailover.errors import ProviderError
 from eipfailover.model import Binding, EipState
+from eipfailover.providers import tea_transport
+from eipfailover.providers.alibaba_auth import DefaultChainCredentials, KeyFileCredentials
 from eipfailover.providers.base import InstanceState, Provider
 
 T = TypeVar("T")
@@ -52,24 +54,6 @@ class HaVipState:
     eip_addresses: tuple[str, ...]
 
 
-def read_access_key(path: Path) -> tuple[str, str]:
-    """An AccessKey pair from a JSON file ``{"access_key_id": ..., "access_key_secret": ...}`` (the Alibaba CLI's
-    ``AccessKeyId``/``AccessKeySecret`` spelling works too)."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ProviderError(f"access key file {path}: {exc.strerror or exc}", retryable=False) from None
-    except ValueError as exc:
-        raise ProviderError(f"access key file {path} is not JSON: {exc}", retryable=False) from None
-    if not isinstance(data, dict):
-        raise ProviderError(f"access key file {path}: expected a JSON object", retryable=False)
-    key_id = data.get("access_key_id") or data.get("AccessKeyId")
-    secret = data.get("access_key_secret") or data.get("AccessKeySecret")
-    if not isinstance(key_id, str) or not isinstance(secret, str) or not key_id or not secret:
-        raise ProviderError(f"access key file {path}: needs access_key_id and access_key_secret", retryable=False)
-    return key_id, secret
-
-
 class AlibabaProvider(Provider):
     kind = "alibaba"
     operations = ("DescribeEipAddresses", "AssociateEipAddress", "AssociateEipAddressBatch",
@@ -79,17 +63,24 @@ class AlibabaProvider(Provider):
         super().__init__(name)
         self.config = config
         self.region = config.region
+        if config.ca_file is not None:
+            try:
+                ssl.create_default_context(cafile=str(config.ca_file))
+            except (OSError, ssl.SSLError) as exc:
+                raise ProviderError(f"alibaba provider {name!r}: ca_file {config.ca_file}: "
+                                    f"{getattr(exc, 'strerror', None) or exc}", retryable=False) from None
         key_file = credential_file(config.access_key_file, CREDENTIAL_NAME)
-        keys: dict[str, str] = {}
-        if key_file is not None:  # otherwise the SDK's default chain: environment, profile, ECS RAM role
-            keys["access_key_id"], keys["access_key_secret"] = read_access_key(key_file)
-        self._sdk_config = {**keys, "region_id": config.region, "protocol": config.protocol,
-                            "connect_timeout": int(config.connect_timeout * 1000),
-                            "read_timeout": int(config.read_timeout * 1000)}
+        source = KeyFileCredentials(key_file) if key_file is not None else DefaultChainCredentials()
+        self.credentials = source
+        self._sdk_config = {"credential": CredentialClient(provider=source), "region_id": config.region,
+                            "protocol": config.protocol, "connect_timeout": int(config.connect_timeout * 1000),
+                            "read_timeout": int(config.read_timeout * 1000),
+                            "ca": str(config.ca_file) if config.ca_file is not None else None}
         try:
             self.vpc = VpcClient(SdkConfig(endpoint=config.endpoint, **self._sdk_config))
-        except Exception as exc:  # the SDK raises plain exceptions for a bad credential chain
+        except Exception as exc:  # the SDK raises plain exceptions for a bad endpoint or region
             raise ProviderError(f"alibaba provider {name!r}: {exc}", retryable=False) from None
+        tea_transport.acquire()
         self._ecs: Any = None
         self._limit = asyncio.Semaphore(config.max_concurrency)
         self._call_timeout = config.connect_timeout + config.read_timeout + 1.0
@@ -97,6 +88,9 @@ class AlibabaProvider(Provider):
     @classmethod
     def from_config(cls, name: str, config: AlibabaProviderConfig) -> AlibabaProvider:
         return cls(name, config)
+
+    async def close(self) -> None:
+        await tea_transport.release()
 
     # --- calls and errors ---
     async def _call(self, operation: str, call: Callable[[], Awaitable[T]], about: str = "") -> T:
@@ -107,7 +101,7 @@ class AlibabaProvider(Provider):
                         return await call()
                 except TimeoutError:
                     raise ProviderError(f"Alibaba {operation} in {self.region}: no answer within "
-                                        f"{self._call_timeout:g}s", retryable=True) from None
+                                        f"{self._call_timeout:g}s", retryable=True, timed_out=True) from None
                 except TeaException as exc:
                     raise self._error(operation, exc, about) from None
 
@@ -117,8 +111,11 @@ class AlibabaProvider(Provider):
         code = getattr(exc, "code", None)
         status = int(getattr(exc, "status_code", 0) or 0)
         where = f" ({about})" if about else ""
+        inner = getattr(exc, "inner_exception", None)
+        if isinstance(inner, ProviderError):  # ours, from the credentials provider, wrapped by the SDK
+            return ProviderError(f"Alibaba {operation} in {self.region}{where}: {inner}", retryable=inner.retryable,
+                                 code=inner.code)
         if not code:  # transport: refused, reset, read timeout, an unparsable (HTML) answer
-            inner = getattr(exc, "inner_exception", None)
             detail = str(inner or getattr(exc, "message", "") or exc).splitlines()[0]
             return ProviderError(f"Alibaba {operation} in {self.region}{where}: {detail}", retryable=True)
         code = str(code)

@@ -19,11 +19,13 @@ from botocore.config import Config as BotoConfig
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
+    ConnectTimeoutError,
     NoCredentialsError,
     NoRegionError,
     ParamValidationError,
     PartialCredentialsError,
     ProfileNotFound,
+    ReadTimeoutError,
 )
 
 from eipfailover.config import AwsProviderConfig
@@ -99,7 +101,8 @@ class AwsProvider(Provider):
                 "instance role", retryable=True, code="NoCredentials",
             )
         retryable = not isinstance(exc, ParamValidationError)
-        return ProviderError(f"EC2 {operation} in {self.region}: {exc}", retryable=retryable)
+        return ProviderError(f"EC2 {operation} in {self.region}: {exc}", retryable=retryable,
+                             timed_out=isinstance(exc, ReadTimeoutError | ConnectTimeoutError))
 
     async def describe(self, eips: Sequence[str]) -> dict[str, EipState]:
         reply = await self._ec2("DescribeAddresses", AllocationIds=list(eips))

@@ -8,6 +8,7 @@ retries, the failover module owns retries and deadlines. Every cloud request is 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
@@ -20,7 +21,8 @@ from eipfailover.model import Binding, EipState
 T = TypeVar("T")
 RequestObserver = Callable[[str, str, str, float], None]
 """Called as ``(provider, operation, result, seconds)`` after every cloud request; ``result`` is ``ok``,
-``retryable`` or ``error`` (a bounded set, fit for a metric label)."""
+``retryable``, ``error``, ``timeout`` (no answer within the driver's timeouts) or ``cancelled`` (abandoned by the
+caller: a failover deadline, shutdown): a bounded set, fit for a metric label."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,11 +65,16 @@ class Provider(ABC):
         """Run one cloud request, timing it and reporting it to ``on_request``."""
         assert operation in self.operations, f"{operation} is missing from {type(self).__name__}.operations"
         start = time.monotonic()
-        result = "ok"
+        result = "error"
         try:
-            return await call()
+            value = await call()
+            result = "ok"
+            return value
         except ProviderError as exc:
-            result = "retryable" if exc.retryable else "error"
+            result = "timeout" if exc.timed_out else "retryable" if exc.retryable else "error"
+            raise
+        except asyncio.CancelledError:  # the caller gave up: its deadline, or shutdown
+            result = "cancelled"
             raise
         finally:
             if self.on_request is not None:
