@@ -38,6 +38,10 @@ def _parser() -> argparse.ArgumentParser:
                                                f"{DEFAULT_CONFIG} if it exists)")
     client.add_argument("--api", help=f"the daemon's API URL (default: from the config, else {DEFAULT_API})")
     client.add_argument("--token-file", type=Path, help="file holding the API token (default: api.token_file)")
+    client.add_argument("--ca-file", type=Path, help="CA to verify an HTTPS API with (default: api.tls.ca_file, "
+                                                     "else api.tls.cert_file, else the system's)")
+    client.add_argument("--proxy", help="HTTP proxy to reach the API through (default: none; http_proxy and "
+                                        "https_proxy are ignored, so that no proxy sees the token)")
     status = sub.add_parser("status", parents=[client], help="show every group, its targets and EIPs")
     status.add_argument("--json", action="store_true", help="print the API's JSON")
     failover = sub.add_parser("failover", parents=[client], help="move a group's EIPs now and wait for the result")
@@ -60,12 +64,15 @@ def _client(args: argparse.Namespace) -> ApiClient:
     from eipfailover.client import ApiClient
     from eipfailover.config import load_config
 
-    url, token_file = DEFAULT_API, None
+    url, token_file, ca_file = DEFAULT_API, None, None
     path = args.config or (DEFAULT_CONFIG if Path(DEFAULT_CONFIG).is_file() else None)
     if path is not None:
         config = load_config(path)
         url, token_file = config.api.url, config.api.token_file
-    return ApiClient(args.api or url, args.token_file or token_file)
+        if config.api.tls is not None:
+            ca_file = config.api.tls.ca_file or config.api.tls.cert_file
+    return ApiClient(args.api or url, args.token_file or token_file, ca_file=args.ca_file or ca_file,
+                     proxy=args.proxy)
 
 
 def _client_command(args: argparse.Namespace) -> int:

@@ -1,11 +1,15 @@
 """A small synchronous client of the daemon's HTTP API, for the CLI's ``status``, ``failover`` and
-``maintenance`` commands."""
+``maintenance`` commands.
+
+It never goes through ``http_proxy``/``https_proxy`` unless told to (``proxy``): the daemon is normally on this
+host, and a proxy would see the bearer token."""
 
 from __future__ import annotations
 
 import getpass
 import json
 import socket
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -25,10 +29,23 @@ class ApiCallError(EipFailoverError):
 
 
 class ApiClient:
-    def __init__(self, base_url: str, token_file: Path | None = None, timeout: float = 10.0) -> None:
+    def __init__(self, base_url: str, token_file: Path | None = None, timeout: float = 10.0, *,
+                 ca_file: Path | None = None, proxy: str | None = None) -> None:
+        """``ca_file``: the CA to verify an HTTPS API with (default: the system's); ``proxy``: an HTTP proxy URL
+        to go through (default: none, whatever the environment says)."""
         self.base_url = base_url.rstrip("/")
         self.token_file = token_file
         self.timeout = timeout
+        handlers: list[urllib.request.BaseHandler] = [
+            urllib.request.ProxyHandler({"http": proxy, "https": proxy} if proxy else {})]
+        if base_url.startswith("https:"):
+            try:
+                context = ssl.create_default_context(cafile=str(ca_file) if ca_file is not None else None)
+            except (OSError, ssl.SSLError) as exc:
+                raise ApiCallError(0, "ca_file", f"cannot use the CA file {ca_file}: "
+                                                 f"{getattr(exc, 'strerror', None) or exc}") from None
+            handlers.append(urllib.request.HTTPSHandler(context=context))
+        self.opener = urllib.request.build_opener(*handlers)
 
     def _token(self) -> str | None:
         if self.token_file is None:
@@ -51,7 +68,7 @@ class ApiClient:
                 headers["Authorization"] = f"Bearer {token}"
         request = urllib.request.Request(self.base_url + path, data=data, method=method, headers=headers)
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            with self.opener.open(request, timeout=self.timeout) as response:
                 result: dict[str, Any] = json.loads(response.read())
                 return result
         except urllib.error.HTTPError as exc:

@@ -144,8 +144,14 @@ class Daemon:
         self.notifier = Notifier()
         self.serving = asyncio.Event()
         """Set once the API listens and the engine runs (for in-process tests)."""
+        self.guards: dict[GuardKey, HaVipGuard] = {}
+        """The running HaVip takeover guards, by (group, target)."""
         self._reload = asyncio.Event()
         self._opened: list[Provider] = []
+
+    def request_reload(self) -> None:
+        """What SIGHUP does: reload the config file at the next turn of the main loop."""
+        self._reload.set()
 
     def _build(self, config: Config, parts: _Parts | None, http: aiohttp.ClientSession,
                observers: Observers) -> _Build:
@@ -245,7 +251,7 @@ class Daemon:
     async def _serve(self, engine: Engine, parts: _Parts, install_signals: bool) -> int:
         loop = asyncio.get_running_loop()
         handlers = {signal.SIGTERM: engine.request_stop, signal.SIGINT: lambda: self._interrupt(engine),
-                    signal.SIGHUP: self._reload.set} if install_signals else {}
+                    signal.SIGHUP: self.request_reload} if install_signals else {}
         for sig, handler in handlers.items():
             loop.add_signal_handler(sig, handler)
         log.info("daemon_starting", groups=[g.name for g in self.config.groups],
@@ -281,6 +287,7 @@ class Daemon:
     def _start_guards(self, parts: _Parts, guards: Mapping[GuardKey, HaVipGuard]) -> None:
         for key, guard in guards.items():
             parts.guards[key] = (guard, asyncio.create_task(guard.run(), name=f"havip-{key[0]}-{key[1]}"))
+        self.guards = {key: guard for key, (guard, _) in parts.guards.items()}
 
     async def _shutdown(self, engine: Engine, running: asyncio.Task[None], parts: _Parts) -> int:
         self.notifier.stopping()
@@ -341,6 +348,7 @@ class Daemon:
         wanted = set(_guard_keys(new))
         for key in [k for k in parts.guards if k not in wanted or k in built.guards]:
             guard, task = parts.guards.pop(key)
+            self.guards.pop(key, None)
             guard.stop()
             if key in built.guards:
                 built.guards[key].carry_over(guard)

@@ -77,12 +77,12 @@ class _Capped(asyncio.Protocol):
 class CappedSite(web.BaseSite):
     """A TCP site (like ``web.TCPSite``) that serves at most ``max_connections`` connections at once."""
 
-    def __init__(self, runner: web.AppRunner, host: str, port: int, *, max_connections: int = MAX_CONNECTIONS,
+    def __init__(self, runner: web.AppRunner, host: str, port: int, *, max_connections: int | None = None,
                  ssl_context: ssl.SSLContext | None = None) -> None:
         super().__init__(runner, ssl_context=ssl_context)
         self._app_runner = runner
         self._host, self._port = host, port
-        self.gate = _Gate(max_connections)
+        self.gate = _Gate(max_connections or MAX_CONNECTIONS)
 
     @property
     def name(self) -> str:

@@ -147,15 +147,29 @@ async def fake() -> AsyncIterator[FakeAliyun]:
     await world.stop()
 
 
+TOOL_MISSING = "not installed (Debian package"
+
+
 def require_tool(command: str, package: str) -> str:
-    """The path of a command from a Debian package: skipped where it is missing, a failure where CI requires it
-    (``EIPFAILOVER_REQUIRE_TOOLS``, set by .ci/run)."""
+    """The path of a command from a Debian package: skipped where it is missing (and said loudly at the end of the
+    run), a failure where CI requires it (``EIPFAILOVER_REQUIRE_TOOLS``, set by .ci/run)."""
     path = shutil.which(command)
     if path is None:
         if os.environ.get("EIPFAILOVER_REQUIRE_TOOLS"):
             pytest.fail(f"{command} is required here (Debian package {package})")
-        pytest.skip(f"{command} not installed (Debian package {package}); .ci/run installs it")
+        pytest.skip(f"{command} {TOOL_MISSING} {package}); .ci/run installs it")
     return path
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Tests skipped for a missing tool did not test anything: say so where nobody can miss it."""
+    missing = [r for r in terminalreporter.stats.get("skipped", []) if TOOL_MISSING in str(r.longrepr)]
+    if missing:
+        terminalreporter.section("TESTS SKIPPED FOR MISSING TOOLS: NOT RUN", sep="!", red=True, bold=True)
+        for report in missing:
+            terminalreporter.line(f"{report.nodeid}: {report.longrepr[2].removeprefix('Skipped: ')}", red=True)
+        terminalreporter.line(f"{len(missing)} test(s) did not run. `bash .ci/test` as root installs the tools; "
+                              "`bash .ci/run` requires them.", red=True, bold=True)
 
 
 async def eventually(condition: Callable[[], Awaitable[bool]] | Callable[[], bool], timeout: float = 10) -> None:

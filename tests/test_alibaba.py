@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import ssl
 import time
 from pathlib import Path
 
 import pytest
+import trustme
 
 from eipfailover import failover
 from eipfailover.checks.havip import HaVipCheck
 from eipfailover.checks.instance import InstanceCheck
 from eipfailover.errors import ProviderError
 from eipfailover.model import Binding, CheckStatus
+from eipfailover.providers import tea_transport
 from eipfailover.providers.alibaba import AlibabaProvider
 
+from .conftest import eventually
 from .fake_aliyun import ACCESS_KEY_ID, ACCESS_KEY_SECRET, FakeAliyun, Fault, key_file, provider_for
 
 REGION = "cn-hangzhou"
@@ -86,6 +91,50 @@ async def test_move_between_havips(fake: FakeAliyun, ali: AlibabaProvider) -> No
     assert outcome.ok, outcome.error
     assert (fake.eips["eip-1"].instance_id, fake.eips["eip-1"].instance_type) == ("havip-b", "HaVip")
     assert (await ali.describe_havip("havip-b")).eip_addresses == ("47.1.1.1",)
+
+
+async def test_move_between_clbs(fake: FakeAliyun, ali: AlibabaProvider) -> None:
+    fake.add_eip("eip-1", "47.1.1.1")
+    fake.add_resource("lb-a", "SlbInstance")
+    fake.add_resource("lb-b", "SlbInstance")
+    fake.bind("eip-1", "lb-a")
+    to = Binding(instance_id="lb-b", instance_type="SlbInstance")
+    outcome = await failover.execute(ali, ["eip-1"], to, deadline=10, verify_interval=0.05)
+    assert outcome.ok, outcome.error
+    assert (fake.eips["eip-1"].instance_id, fake.eips["eip-1"].instance_type) == ("lb-b", "SlbInstance")
+    unassociate = next(e for e in fake.log if e.action == "UnassociateEipAddress")
+    assert (unassociate.query["InstanceId"], unassociate.query["InstanceType"]) == ("lb-a", "SlbInstance")
+
+
+async def test_move_to_an_eni_in_cut_through_mode(fake: FakeAliyun, ali: AlibabaProvider) -> None:
+    fake.add_eip("eip-1", "47.1.1.1")
+    fake.add_resource("eni-a", "NetworkInterface", "10.0.0.5")
+    fake.add_resource("eni-b", "NetworkInterface", "10.0.1.5")
+    fake.bind("eip-1", "eni-a", private_ip="10.0.0.5", mode="BINDED")
+    to = Binding(instance_id="eni-b", instance_type="NetworkInterface", private_ip="10.0.1.5", mode="BINDED")
+    outcome = await failover.execute(ali, ["eip-1"], to, deadline=10, verify_interval=0.05)
+    assert outcome.ok, outcome.error
+    eip = fake.eips["eip-1"]
+    assert (eip.instance_id, eip.private_ip, eip.mode) == ("eni-b", "10.0.1.5", "BINDED")
+    associate = next(e for e in fake.log if e.action == "AssociateEipAddress")
+    assert (associate.query["Mode"], associate.query["PrivateIpAddress"]) == ("BINDED", "10.0.1.5")
+
+
+async def test_three_eips_move_between_enis_by_batch_in_multi_binded_mode(fake: FakeAliyun,
+                                                                         ali: AlibabaProvider) -> None:
+    fake.add_resource("eni-a", "NetworkInterface", "10.0.0.5")
+    fake.add_resource("eni-b", "NetworkInterface", "10.0.1.5")
+    for n in (1, 2, 3):
+        fake.add_eip(f"eip-{n}", f"47.1.1.{n}")
+        fake.bind(f"eip-{n}", "eni-a", mode="MULTI_BINDED")
+    to = Binding(instance_id="eni-b", instance_type="NetworkInterface", mode="MULTI_BINDED")
+    outcome = await failover.execute(ali, ["eip-1", "eip-2", "eip-3"], to, deadline=10, verify_interval=0.05)
+    assert outcome.ok, outcome.error
+    assert {(e.instance_id, e.mode) for e in fake.eips.values()} == {("eni-b", "MULTI_BINDED")}
+    batch = [e for e in fake.log if e.action == "AssociateEipAddressBatch"]
+    assert len(batch) == 1
+    assert (batch[0].query["BindedInstanceType"], batch[0].query["Mode"]) == ("NetworkInterface", "MULTI_BINDED")
+    assert "AssociateEipAddress" not in fake.actions()
 
 
 async def test_three_eips_move_between_nat_gateways_by_batch(fake: FakeAliyun, ali: AlibabaProvider) -> None:
@@ -246,3 +295,60 @@ async def test_ecs_instance_check(fake: FakeAliyun, ali: AlibabaProvider) -> Non
     havip = await InstanceCheck("instance", 5.0, ali, Binding(instance_id="havip-a", instance_type="HaVip")).run()
     assert havip.status is CheckStatus.ERROR
     assert "use a havip check" in havip.detail
+
+
+async def test_timed_out_and_cancelled_requests_are_counted_as_such(fake: FakeAliyun, ali: AlibabaProvider) -> None:
+    ecs_world(fake)
+    seen: list[tuple[str, str]] = []
+    ali.on_request = lambda provider, op, result, seconds: seen.append((op, result))
+    fake.faults["DescribeEipAddresses"] = [Fault(delay=1.5, code=None)]  # past the 1 s read timeout
+    with pytest.raises(ProviderError) as info:
+        await ali.describe(["eip-1"])
+    assert (info.value.timed_out, info.value.retryable) == (True, True)
+    fake.faults["DescribeEipAddresses"] = [Fault(delay=5, code=None)]
+    call = asyncio.create_task(ali.describe(["eip-1"]))
+    await eventually(lambda: len(fake.log) == 2)
+    call.cancel()  # the caller gives up (a failover deadline, a shutdown)
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    assert seen == [("DescribeEipAddresses", "timeout"), ("DescribeEipAddresses", "cancelled")]
+
+
+async def test_throttled_cloud_checks_are_unknown_not_failures(fake: FakeAliyun, ali: AlibabaProvider) -> None:
+    ecs_world(fake)
+    fake.add_havip("havip-a", "10.0.0.100", ["i-a", "i-b"], master="i-a")
+    fake.faults["DescribeInstanceStatus"] = [Fault(400, "Throttling.User")]
+    fake.faults["DescribeHaVips"] = [Fault(503, "ServiceUnavailable")]
+    instance = await InstanceCheck("instance", 5.0, ali, ECS_A).run()
+    havip = await HaVipCheck("havip", 5.0, ali, "havip-a").run()
+    assert (instance.status, havip.status) == (CheckStatus.UNKNOWN, CheckStatus.UNKNOWN)
+    assert "Throttling.User" in instance.detail
+    fake.faults["DescribeInstanceStatus"] = [Fault(delay=1.5, code=None)]
+    slow = await InstanceCheck("instance", 0.5, ali, ECS_A).run()  # the check's own timeout, on a slow API
+    assert (slow.status, slow.detail) == (CheckStatus.UNKNOWN, "no answer within 0.5s")
+    assert (await InstanceCheck("instance", 5.0, ali, ECS_A).run()).ok
+
+
+async def test_https_calls_share_one_tls_context_and_connection(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    world = FakeAliyun(region=REGION)
+    await world.start(ssl_context=server_context)
+    try:
+        ecs_world(world)
+        provider = provider_for(world, tmp_path, protocol="https", ca_file=ca_file)
+        for _ in range(5):
+            assert (await provider.describe(["eip-1"]))["eip-1"].bound_to == ECS_A
+        assert len({entry.connection for entry in world.log}) == 1  # one TCP+TLS connection, kept alive
+        assert [key for key in tea_transport.PooledTransport.contexts if key[0] == str(ca_file)] == [
+            (str(ca_file), None, None)]
+    finally:
+        await world.stop()
+
+
+def test_an_unusable_ca_file_is_a_clear_error(fake: FakeAliyun, tmp_path: Path) -> None:
+    with pytest.raises(ProviderError, match=r"alibaba provider 'ali': ca_file .*missing\.pem: No such file"):
+        provider_for(fake, tmp_path, protocol="https", ca_file=tmp_path / "missing.pem")

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
-from botocore.awsrequest import AWSResponse
-from botocore.exceptions import ConnectTimeoutError
+from botocore.exceptions import ConnectTimeoutError, ReadTimeoutError
 
 from eipfailover import failover
 from eipfailover.checks.instance import InstanceCheck
@@ -16,40 +16,8 @@ from eipfailover.errors import ProviderError
 from eipfailover.model import Binding, CheckStatus
 from eipfailover.providers.aws import AwsProvider
 
-from .conftest import REGION, Ec2World
-
-EC2_ERROR = ('<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error><Code>{code}</Code>'
-             "<Message>{message}</Message></Error></Errors><RequestID>req-1</RequestID></Response>")
-
-
-class _Raw:
-    def __init__(self, body: bytes) -> None:
-        self._body = body
-
-    def stream(self, **_: Any) -> Any:
-        yield self._body
-
-
-class Faults:
-    """Scripted faults injected below botocore's retry logic (a before-send hook), so its real retry and error
-    parsing run. Each entry is an exception to raise or ``(status, code)`` for an EC2 error reply."""
-
-    def __init__(self) -> None:
-        self.script: dict[str, list[Any]] = {}
-        self.sent: list[str] = []
-
-    def __call__(self, request: Any, event_name: str, **_: Any) -> AWSResponse | None:
-        action = event_name.rsplit(".", 1)[1]
-        self.sent.append(action)
-        queue = self.script.get(action)
-        if not queue:
-            return None
-        fault = queue.pop(0)
-        if isinstance(fault, Exception):
-            raise fault
-        status, code = fault
-        body = EC2_ERROR.format(code=code, message=f"injected {code}").encode()
-        return AWSResponse(request.url, status, {"Content-Type": "text/xml"}, _Raw(body))
+from .conftest import REGION, Ec2World, eventually
+from .ec2_faults import Faults
 
 
 @pytest.fixture
@@ -191,6 +159,34 @@ async def test_requests_are_reported(aws: AwsProvider, ec2: Ec2World) -> None:
     with pytest.raises(ProviderError):
         await aws.describe(["eipalloc-00000000000000000"])
     assert seen == [("aws", "DescribeAddresses", "ok"), ("aws", "DescribeAddresses", "error")]
+
+
+async def test_timed_out_and_cancelled_requests_are_counted_as_such(aws: AwsProvider, ec2: Ec2World,
+                                                                   faults: Faults) -> None:
+    seen: list[tuple[str, str]] = []
+    aws.on_request = lambda provider, op, result, seconds: seen.append((op, result))
+    faults.script["DescribeAddresses"] = [ReadTimeoutError(endpoint_url=ec2.endpoint)] * 2  # both attempts
+    with pytest.raises(ProviderError) as info:
+        await aws.describe([ec2.eip])
+    assert info.value.timed_out
+    release = threading.Event()
+    faults.script["DescribeAddresses"] = [lambda: release.wait(10)]
+    call = asyncio.create_task(aws.describe([ec2.eip]))
+    await eventually(lambda: len(faults.sent) == 3)
+    call.cancel()  # the caller gives up (a failover deadline, a shutdown)
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    release.set()
+    assert seen == [("DescribeAddresses", "timeout"), ("DescribeAddresses", "cancelled")]
+
+
+async def test_a_throttled_instance_check_is_unknown_not_a_failure(aws: AwsProvider, ec2: Ec2World,
+                                                                  faults: Faults) -> None:
+    faults.script["DescribeInstanceStatus"] = [(503, "RequestLimitExceeded")] * 2
+    result = await InstanceCheck("instance", 5.0, aws, Binding(instance_id=ec2.instance_a)).run()
+    assert result.status is CheckStatus.UNKNOWN
+    assert "RequestLimitExceeded" in result.detail
+    assert (await InstanceCheck("instance", 5.0, aws, Binding(instance_id=ec2.instance_a)).run()).ok
 
 
 def test_bad_profile_is_a_clear_error() -> None:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import yaml
 
@@ -18,16 +20,20 @@ from .conftest import REGION, Ec2World, HealthServer
 
 pytestmark = pytest.mark.e2e
 INTERVAL, TIMEOUT, FALL = 1.0, 0.5, 3
-POLICY = {"interval": INTERVAL, "timeout": TIMEOUT, "rise": 2, "fall": FALL, "cooldown": "5s", "failback": "manual"}
+FAILBACK_DELAY = 0.5
+POLICY = {"interval": INTERVAL, "timeout": TIMEOUT, "rise": 2, "fall": FALL, "cooldown": "2s", "failback": "manual",
+          "failback_delay": FAILBACK_DELAY}
 BOUND = (FALL - 1) * INTERVAL + TIMEOUT + 2.0  # (fall-1)*interval + timeout + 2 s
 
 
-def write_config(path: Path, ec2: Ec2World, servers: list[HealthServer], eip: str | None = None) -> Path:
+def write_config(path: Path, ec2: Ec2World, servers: list[HealthServer], eip: str | None = None,
+                 **policy: Any) -> Path:
     config: dict[str, Any] = {
         "log": {"format": "json", "level": "info"},
+        "api": {"listen": "127.0.0.1:0"},
         "providers": {"moto": {"type": "aws", "region": REGION, "endpoint_url": ec2.endpoint}},
         "groups": [{
-            "name": "web", "provider": "moto", "eips": [eip or ec2.eip], "policy": POLICY,
+            "name": "web", "provider": "moto", "eips": [eip or ec2.eip], "policy": {**POLICY, **policy},
             "targets": [
                 {"name": "web-a", "binding": {"instance_id": ec2.instance_a},
                  "checks": [{"type": "http", "url": servers[0].url}, {"type": "instance"}]},
@@ -87,18 +93,27 @@ async def test_failover_restart_and_no_failback(ec2: Ec2World, health_servers: l
         await second.wait_for("target_down", 10, target="web-a")
         await second.wait_for("target_up", 10, target="web-b")
 
-        # The primary comes back; failback is manual, so the EIP stays where it is.
+        # The primary comes back; failback is manual, so the EIP stays where it is, well past the failback delay
+        # (0.5 s) and the cooldown (2 s), which would have let an automatic failback happen by then ...
         restarted = time.monotonic()
         await health_servers[0].start()
         await second.wait_for("target_up", 10, after=restarted, target="web-a")
-        await asyncio.sleep(3)
+        await asyncio.sleep(FAILBACK_DELAY + 3 * INTERVAL)
         assert second.count("failover_started") == 0
         assert ec2.holder()["InstanceId"] == ec2.instance_b
+        # ... as a reload to failback: auto then shows: the same setup fails back at once
+        write_config(config, ec2, health_servers, failback="auto")
+        assert second.proc is not None
+        reloaded = time.monotonic()
+        second.proc.send_signal(signal.SIGHUP)
+        started = await second.wait_for("failover_started", 10, after=reloaded)
+        assert next(e for at, e in second.events if at == started)["trigger"] == "failback"
+        assert await asyncio.to_thread(poll_holder, ec2, ec2.instance_a, 5) is not None
     finally:
         assert await second.stop() == 0
 
 
-async def test_unknown_eip_is_reported_and_the_daemon_keeps_running(ec2: Ec2World,
+async def test_an_eip_it_cannot_read_keeps_it_running_but_unready(ec2: Ec2World,
                                                                     health_servers: list[HealthServer],
                                                                     tmp_path: Path) -> None:
     config = write_config(tmp_path / "c.yaml", ec2, health_servers, eip="eipalloc-00000000000000000")
@@ -106,11 +121,25 @@ async def test_unknown_eip_is_reported_and_the_daemon_keeps_running(ec2: Ec2Worl
     await proc.start()
     try:
         await proc.wait_for("cloud_read_failed", 30, code="InvalidAllocationID.NotFound")
-        await proc.wait_for("daemon_ready", 5)
-        await asyncio.sleep(2.5)
+        await proc.wait_for("daemon_ready", 5)  # READY=1 goes out: a restart loop would help nobody ...
+        address = next(e["address"] for _, e in proc.events if e["event"] == "api_listening")
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://{address}/readyz") as response:  # ... but it is not ready
+                assert response.status == 503
+                body = await response.json()
+            async with session.get(f"http://{address}/healthz") as response:  # and it is alive
+                assert response.status == 200
+        (group,) = body["groups"]
+        assert group["name"] == "web"
+        assert group["reason"].startswith("no successful cloud read yet: EC2 DescribeAddresses in us-east-1: "
+                                          "InvalidAllocationID.NotFound: ")
+        await health_servers[0].stop()  # the primary dies: the daemon cannot know where the EIP is, so it waits
+        await proc.wait_for("target_down", 10, target="web-a")
+        decision = [e for _, e in proc.events if e["event"] == "decision"][-1]
+        assert (decision["action"], decision["reason"]) == ("none", "cloud_unknown")
         assert proc.proc is not None
         assert proc.proc.returncode is None
-        assert proc.count("cloud_read_failed") == 1  # reported when it starts, not every tick
+        assert proc.count("cloud_read_failed") == 1  # reported when it starts, not every cycle
         assert proc.count("failover_started") == 0
     finally:
         assert await proc.stop() == 0

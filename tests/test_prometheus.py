@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +43,7 @@ def run(*argv: str, cwd: Path) -> str:
 
 
 def test_promtool_check_rules(promtool: str) -> None:
-    assert "SUCCESS: 10 rules found" in run(promtool, "check", "rules", str(RULES), cwd=ROOT)
+    assert "SUCCESS: 12 rules found" in run(promtool, "check", "rules", str(RULES), cwd=ROOT)
 
 
 def test_promtool_rule_tests(promtool: str, tmp_path: Path) -> None:
@@ -115,3 +117,14 @@ def test_dashboard_queries_only_exported_metrics() -> None:
                         "eipfailover_provider_requests", "eipfailover_provider_request_duration_seconds",
                         "eipfailover_last_failover_timestamp_seconds"}
     assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])
+
+
+def test_a_missing_tool_is_said_loudly_at_the_end_of_the_run() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "EIPFAILOVER_REQUIRE_TOOLS"}
+    env["PATH"] = str(Path(sys.executable).parent)  # the venv only: no promtool on it
+    result = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q",
+                             "tests/test_prometheus.py::test_promtool_check_rules"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stdout
+    assert "TESTS SKIPPED FOR MISSING TOOLS: NOT RUN" in result.stdout
+    assert "test_promtool_check_rules: promtool not installed (Debian package prometheus)" in result.stdout

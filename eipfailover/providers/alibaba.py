@@ -117,7 +117,8 @@ class AlibabaProvider(Provider):
                                  code=inner.code)
         if not code:  # transport: refused, reset, read timeout, an unparsable (HTML) answer
             detail = str(inner or getattr(exc, "message", "") or exc).splitlines()[0]
-            return ProviderError(f"Alibaba {operation} in {self.region}{where}: {detail}", retryable=True)
+            return ProviderError(f"Alibaba {operation} in {self.region}{where}: {detail}", retryable=True,
+                                 timed_out=isinstance(inner, tea_transport.TimedOut))
         code = str(code)
         retryable = (code in _RETRYABLE_CODES or code.startswith(("Throttling", "TaskConflict"))
                      or status >= 500)

@@ -33,6 +33,10 @@ from darabonba.utils.stream import BaseStream
 log = structlog.get_logger("eipfailover.providers.alibaba")
 
 SUPPORTED = ("1.0.",)
+
+
+class TimedOut(RetryError):  # type: ignore[misc]
+    """A transport failure that was a timeout (connect or read): the SDK wraps it like any other."""
 """darabonba-core versions whose ``async_do_action`` this replaces faithfully."""
 
 
@@ -94,6 +98,8 @@ class PooledTransport(DaraCore):  # type: ignore[misc]
                 answer.status_code, answer.status_message, answer.response = (
                     response.status, response.reason, response)
         except OSError as exc:  # aiohttp's client errors and timeouts are OSErrors: retryable, as in the SDK
+            if isinstance(exc, TimeoutError):
+                raise TimedOut(f"timed out: {exc or type(exc).__name__}") from None
             raise RetryError(str(exc)) from None
         return answer
 

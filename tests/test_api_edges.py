@@ -1,0 +1,290 @@
+"""The API at its edges: half-sent and split requests, connection floods, malformed credentials, 405s, TLS, the
+separate metrics listener, manual requests against an unreadable cloud, request bursts, the CLI and proxies, and
+schemathesis against the live API."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import ssl
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import schemathesis
+import trustme
+import yaml
+from aiohttp import web
+from schemathesis.engine import Status, events, from_schema
+
+from eipfailover import api, serve
+from eipfailover.providers.aws import AwsProvider
+
+from .api_daemon import TOKEN, Running, config_data, running_daemon
+from .conftest import Ec2World, HealthServer, eventually
+from .ec2_faults import Faults
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+async def running(ec2: Ec2World, health_servers: list[HealthServer], tmp_path: Path,
+                  monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Running]:
+    monkeypatch.setattr(serve, "HEAD_TIMEOUT", 1.0)
+    monkeypatch.setattr(serve, "MAX_CONNECTIONS", 8)
+    monkeypatch.setattr(api, "BODY_TIMEOUT", 1.0)
+    async with running_daemon(ec2, health_servers, tmp_path) as r:
+        yield r
+
+
+async def raw(running: Running) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    assert running.daemon.api_port is not None
+    return await asyncio.open_connection("127.0.0.1", running.daemon.api_port)
+
+
+def head(method: str, path: str, *, length: int | None = None, auth: bytes = b"Bearer " + TOKEN.encode()) -> bytes:
+    lines = [f"{method} {path} HTTP/1.1".encode(), b"Host: 127.0.0.1", b"Authorization: " + auth]
+    if length is not None:
+        lines += [b"Content-Type: application/json", f"Content-Length: {length}".encode()]
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+async def answer(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    status_line = await reader.readline()
+    data = await reader.read()
+    return int(status_line.split()[1]), data
+
+
+async def test_a_body_split_over_two_tcp_writes_is_read_whole(running: Running) -> None:
+    body = b'{"enabled": true}'
+    reader, writer = await raw(running)
+    writer.write(head("POST", "/v1/groups/web/maintenance", length=len(body)) + body[:7])
+    await writer.drain()
+    await asyncio.sleep(0.2)  # the server reads the first part on its own before the rest is sent
+    writer.write(body[7:])
+    writer.write_eof()
+    status, data = await answer(reader)
+    writer.close()
+    assert status == 200, data
+    assert running.runner.maintenance is True
+
+
+async def test_a_half_sent_request_head_is_closed_after_the_head_timeout(running: Running) -> None:
+    reader, writer = await raw(running)
+    writer.write(b"POST /v1/groups/web/maintenance HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # and nothing more
+    await writer.drain()
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the server (HEAD_TIMEOUT is 1 s here)
+    writer.close()
+
+
+async def test_a_body_that_never_arrives_is_a_408(running: Running) -> None:
+    reader, writer = await raw(running)
+    writer.write(head("POST", "/v1/groups/web/maintenance", length=100) + b'{"enabled"')
+    await writer.drain()
+    status, data = await asyncio.wait_for(answer(reader), 5)
+    writer.close()
+    assert status == 408
+    assert b'"error": "request_timeout"' in data
+
+
+async def test_connections_beyond_the_cap_get_a_503_and_are_closed(running: Running) -> None:
+    held = [await raw(running) for _ in range(8)]  # MAX_CONNECTIONS is 8 here; these send nothing yet
+    reader, writer = await raw(running)
+    status, data = await asyncio.wait_for(answer(reader), 5)
+    assert (status, b'"too_many_connections"' in data) == (503, True)
+    writer.close()
+    for _, w in held:
+        w.close()
+    async def served() -> bool:
+        return (await running.get("/healthz"))[0] == 200
+
+    await eventually(served)
+
+
+@pytest.mark.parametrize("auth", [b"Bearer \xff\xfe", b"Bearer " + TOKEN.encode() + b"\xc3", b"\x80", b""])
+async def test_a_malformed_credential_is_a_401(running: Running, auth: bytes) -> None:
+    body = b'{"enabled": true}'
+    reader, writer = await raw(running)
+    writer.write(head("POST", "/v1/groups/web/maintenance", length=len(body), auth=auth) + body)
+    status, data = await asyncio.wait_for(answer(reader), 5)
+    writer.close()
+    assert status == 401, data
+    assert b'"error": "unauthorized"' in data
+    assert running.runner.maintenance is False
+
+
+async def test_a_405_says_what_is_allowed(running: Running) -> None:
+    async with running.session.delete(running.url + "/v1/groups/web") as response:
+        assert response.status == 405
+        assert set(response.headers["Allow"].split(",")) == {"GET", "HEAD"}
+        assert (await response.json())["error"] == "method_not_allowed"
+
+
+async def test_a_burst_of_requests_makes_the_engine_do_no_cloud_io(running: Running) -> None:
+    """The API records intents and decides; it never makes the engine run checks or read the cloud."""
+    before = await running.scrape()
+    rounds, started = running.runner.ticks, asyncio.get_running_loop().time()
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=6)) as session:  # below the cap of 8
+        burst = Running(running.daemon, running.url, running.ec2, running.servers, session, running.token_file)
+        for round_ in range(5):
+            replies = await asyncio.gather(*(burst.post("/v1/groups/web/maintenance", {"enabled": i % 2 == 0})
+                                             for i in range(60)))
+            assert {status for status, _ in replies} == {200}, round_
+            assert (await burst.get("/healthz"))[0] == 200
+    elapsed = asyncio.get_running_loop().time() - started
+    after = await running.scrape()
+    key = ("eipfailover_provider_requests_total", (("operation", "DescribeAddresses"), ("provider", "moto"),
+                                                   ("result", "ok")))
+    describes = after[key] - before[key]
+    budget = elapsed / 0.5 + 2  # one read per interval (500 ms), whatever the requests
+    assert describes <= budget, (describes, elapsed)
+    assert running.runner.ticks - rounds <= budget
+
+
+async def test_manual_failover_against_an_unreadable_cloud_needs_force(running: Running) -> None:
+    provider = running.runner.provider
+    assert isinstance(provider, AwsProvider)
+    faults = Faults()
+    faults.script["DescribeAddresses"] = [(403, "UnauthorizedOperation")] * 10_000
+    provider.client.meta.events.register("before-send.ec2", faults)
+    await eventually(lambda: running.runner.cloud_error is not None)
+    status, body = await running.post("/v1/groups/web/failover", {"to": "web-b"})
+    assert (status, body["error"]) == (409, "cloud_unknown")
+    assert running.ec2.holder()["InstanceId"] == running.ec2.instance_a
+    status, body = await running.post("/v1/groups/web/failover", {"to": "web-b", "force": True})
+    assert status == 202, body
+    await eventually(lambda: running.ec2.holder()["InstanceId"] == running.ec2.instance_b)
+
+
+@pytest.fixture
+def tls_files(tmp_path: Path) -> tuple[Path, Path, Path]:
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    paths = (tmp_path / "api.crt", tmp_path / "api.key", tmp_path / "ca.crt")
+    cert.cert_chain_pems[0].write_to_path(str(paths[0]))
+    cert.private_key_pem.write_to_path(str(paths[1]))
+    ca.cert_pem.write_to_path(str(paths[2]))
+    return paths
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "eipfailover", *args], capture_output=True, text=True, timeout=60,
+                          check=False, env=env)
+
+
+async def test_the_api_over_tls_with_a_separate_metrics_listener(ec2: Ec2World, health_servers: list[HealthServer],
+                                                                 tmp_path: Path,
+                                                                 tls_files: tuple[Path, Path, Path]) -> None:
+    cert, key, ca = tls_files
+
+    def edit(data: dict[str, Any]) -> None:
+        data["api"].update(tls={"cert_file": str(cert), "key_file": str(key), "ca_file": str(ca)},
+                           metrics_listen="127.0.0.1:0")
+
+    trust = ssl.create_default_context(cafile=str(ca))
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=trust)) as session, \
+            running_daemon(ec2, health_servers, tmp_path, edit, session, scheme="https") as r:
+        assert (await r.get("/v1/groups/web"))[0] == 200
+        assert (await r.post("/v1/groups/web/maintenance", {"enabled": True}))[0] == 200
+        metrics = f"https://127.0.0.1:{r.daemon.metrics_port}"
+        async with session.get(metrics + "/metrics") as response:
+            assert response.status == 200
+            assert "eipfailover_target_up" in await response.text()
+        async with session.get(metrics + "/readyz") as response:
+            assert response.status == 200
+        for method, path in (("POST", "/v1/groups/web/failover"), ("GET", "/v1/groups")):
+            async with session.request(method, metrics + path) as response:
+                assert response.status == 404  # the changes and the status stay on the main listener
+        # the CLI takes the URL and the CA from the config
+        data = config_data(ec2, health_servers, r.token_file)
+        edit(data)
+        data["api"]["listen"] = f"127.0.0.1:{r.daemon.api_port}"
+        config = tmp_path / "cli.yaml"
+        config.write_text(yaml.safe_dump(data))
+        result = await asyncio.to_thread(cli, "status", "-c", str(config))
+        assert result.returncode == 0, result.stderr
+        assert "MAINTENANCE" in result.stdout
+        untrusted = await asyncio.to_thread(cli, "status", "--api", r.url)  # the system's CAs do not know it
+        assert untrusted.returncode == 1
+        assert "CERTIFICATE_VERIFY_FAILED" in untrusted.stderr
+        assert "Traceback" not in untrusted.stderr
+
+
+async def test_tls_files_that_cannot_be_used_stop_the_start(ec2: Ec2World, health_servers: list[HealthServer],
+                                                            tmp_path: Path) -> None:
+    data = config_data(ec2, health_servers, None)
+    data["api"]["tls"] = {"cert_file": str(tmp_path / "missing.crt"), "key_file": str(tmp_path / "missing.key")}
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(data))
+    result = await asyncio.to_thread(cli, "run", "-c", str(config))
+    assert result.returncode == 2
+    assert "api.tls: No such file or directory" in result.stdout
+
+
+@pytest.fixture
+async def proxy() -> AsyncIterator[tuple[str, list[str]]]:
+    """An HTTP proxy that records what it is asked and answers 502."""
+    seen: list[str] = []
+
+    async def record(request: web.Request) -> web.Response:
+        seen.append(f"{request.method} {request.url} {request.headers.get('Authorization', '')}")
+        return web.Response(status=502, text="proxy says no")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", record)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    yield f"http://127.0.0.1:{runner.addresses[0][1]}", seen
+    await runner.cleanup()
+
+
+async def test_the_cli_never_sends_the_token_through_a_proxy_unless_told(running: Running,
+                                                                        proxy: tuple[str, list[str]]) -> None:
+    url, seen = proxy
+    env = {k: v for k, v in os.environ.items() if k.lower() != "no_proxy"}
+    env.update(http_proxy=url, HTTP_PROXY=url, https_proxy=url)
+    args = ("maintenance", "web", "on", "--api", running.url, "--token-file", str(running.token_file))
+    result = await asyncio.to_thread(cli, *args, env=env)
+    assert result.returncode == 0, result.stderr
+    assert seen == []
+    told = await asyncio.to_thread(cli, *args, "--proxy", url, env=env)
+    assert told.returncode == 1
+    assert seen == [f"POST {running.url}/v1/groups/web/maintenance Bearer {TOKEN}"]
+
+
+SCHEMA = schemathesis.openapi.from_path(ROOT / "docs" / "openapi.yaml", config=schemathesis.Config.from_dict({
+    "seed": 1,
+    "continue-on-failure": True,
+    "generation": {"max-examples": 25, "deterministic": True, "database": "none"},
+    "phases": {"stateful": {"enabled": False}},
+    "auth": {"openapi": {"bearer": {"bearer": TOKEN}}},
+    "parameters": {"name": "web"},
+}))
+
+
+def fuzz(base_url: str) -> list[str]:
+    SCHEMA.config.update(base_url=base_url)
+    found = []
+    for event in from_schema(SCHEMA).execute():
+        if isinstance(event, events.ScenarioFinished) and event.status == Status.FAILURE:
+            for nodes in event.recorder.checks.values():
+                for node in nodes:
+                    if node.failure_info is not None:
+                        failure = node.failure_info.failure
+                        found.append(f"[{event.phase}] {event.label}: {failure.code} {failure.title}: "
+                                     f"{failure.message}\n    {node.failure_info.code_sample}")
+        elif isinstance(event, events.NonFatalError):
+            found.append(f"error {event.label}: {event.value!r}")
+        elif isinstance(event, events.FatalError):
+            raise event.exception
+    return sorted(set(found))
+
+
+async def test_schemathesis_finds_nothing_against_the_live_api(running: Running) -> None:
+    failures = await asyncio.to_thread(fuzz, running.url)
+    assert not failures, "\n".join(failures)

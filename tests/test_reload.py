@@ -1,0 +1,149 @@
+"""Reloads in-process: the state gauges show the carried-over state, removed groups' series go, HaVip guards keep
+their state; and the HaVip check and takeover guard loaded from a config and run by the daemon."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from eipfailover.config import load_config
+from eipfailover.daemon import Daemon
+
+from .api_daemon import config_data
+from .conftest import Ec2World, HealthServer, eventually
+from .fake_aliyun import FakeAliyun, key_file
+
+
+@asynccontextmanager
+async def daemon_on(path: Path) -> AsyncIterator[Daemon]:
+    daemon = Daemon(load_config(path), path)
+    task = asyncio.create_task(daemon.run(install_signals=False))
+    await asyncio.wait_for(daemon.serving.wait(), 30)
+    assert daemon.engine is not None
+    await asyncio.wait_for(daemon.engine.ready.wait(), 30)
+    try:
+        yield daemon
+    finally:
+        daemon.engine.request_stop()
+        assert await asyncio.wait_for(task, 30) == 0
+
+
+async def reload(daemon: Daemon, path: Path, data: dict[str, Any]) -> None:
+    before = daemon.config
+    path.write_text(yaml.safe_dump(data))
+    daemon.request_reload()
+    await eventually(lambda: daemon.config is not before)
+
+
+async def scrape(daemon: Daemon) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    async with aiohttp.ClientSession() as session, \
+            session.get(f"http://127.0.0.1:{daemon.api_port}/metrics") as response:
+        text = await response.text()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+async def test_after_a_reload_the_gauges_show_the_carried_state_and_removed_groups_are_gone(
+        ec2: Ec2World, health_servers: list[HealthServer], tmp_path: Path) -> None:
+    data = config_data(ec2, health_servers, None)
+    old = json.loads(json.dumps(data["groups"][0]))
+    old["name"], old["eips"] = "old", [ec2.new_eip(on_instance=ec2.instance_b)]
+    old["targets"].reverse()
+    data["groups"].append(old)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(data))
+    async with daemon_on(path) as daemon:
+        assert daemon.engine is not None
+        web = daemon.engine.runners["web"]
+        await eventually(lambda: all(t.health.state == "up" for t in web.targets.values()))
+        web.set_maintenance(True)
+        assert any(labels == (("group", "old"),) for (_, labels) in await scrape(daemon))
+
+        data["groups"][0]["policy"]["cooldown"] = "45s"  # web changes: it is rebuilt with its state
+        del data["groups"][1]  # old goes
+        await reload(daemon, path, data)
+        assert daemon.engine.runners["web"] is not web
+        metrics = await scrape(daemon)
+        for target in ("web-a", "web-b"):
+            assert metrics[("eipfailover_target_up", (("group", "web"), ("target", target)))] == 1
+        assert metrics[("eipfailover_maintenance", (("group", "web"),))] == 1
+        assert metrics[("eipfailover_eip_attached", (("group", "web"),))] == 1
+        assert metrics[("eipfailover_active_target", (("group", "web"), ("target", "web-a")))] == 1
+        assert [key for key in metrics if ("group", "old") in key[1]] == []
+
+
+def havip_config(fake: FakeAliyun, servers: list[HealthServer], tmp_path: Path, hook_out: Path) -> dict[str, Any]:
+    """Two zones, each a HaVip with an EIP-capable binding; zone-a's HaVip has a takeover guard over i-1/i-2."""
+    hook = [sys.executable, "-c", f"import json, sys; json.dump(sys.argv[1:], open({str(hook_out)!r}, 'w'))",
+            "{group}", "{target}", "{havip}", "{from}", "{to}"]
+    return {
+        "log": {"format": "json"}, "api": {"listen": "127.0.0.1:0"},
+        "providers": {"ali": {"type": "alibaba", "region": fake.region, "endpoint": fake.endpoint,
+                              "protocol": "http", "access_key_file": str(key_file(tmp_path)),
+                              "poll_interval": "100ms"}},
+        "groups": [{
+            "name": "web", "provider": "ali", "eips": ["eip-1"],
+            "policy": {"interval": "300ms", "timeout": "200ms", "rise": 2, "fall": 2, "cooldown": "30s"},
+            "targets": [
+                {"name": "zone-a", "binding": {"instance_id": "havip-a", "instance_type": "HaVip"},
+                 "checks": [{"type": "havip"}],
+                 "havip_takeover": {
+                     "members": [{"instance_id": f"i-{n}", "checks": [{"type": "http", "url": s.url}]}
+                                 for n, s in enumerate(servers, start=1)],
+                     "on_takeover": hook, "cooldown": "60s"}},
+                {"name": "zone-b", "binding": {"instance_id": "havip-b", "instance_type": "HaVip"},
+                 "checks": [{"type": "havip", "havip_id": "havip-b"}]},
+            ],
+        }],
+    }
+
+
+async def test_the_havip_check_and_guard_run_from_the_config_and_survive_reloads(
+        fake: FakeAliyun, health_servers: list[HealthServer], tmp_path: Path) -> None:
+    fake.add_eip("eip-1", "47.1.1.1")
+    fake.add_havip("havip-a", "10.0.0.100", ["i-1", "i-2"], master="i-1")
+    fake.add_havip("havip-b", "10.0.8.100", ["i-3", "i-4"], master="i-3")
+    fake.bind("eip-1", "havip-a")
+    hook_out = tmp_path / "hook.json"
+    data = havip_config(fake, health_servers, tmp_path, hook_out)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(data))
+    async with daemon_on(path) as daemon:
+        assert daemon.engine is not None
+        runner = daemon.engine.runners["web"]
+        await eventually(lambda: all(t.health.state == "up" for t in runner.targets.values()))
+        assert runner.active == "zone-a"
+        guard = daemon.guards[("web", "zone-a")]
+        await eventually(lambda: all(h.state == "up" for h in guard.health.values()))
+
+        # zone-a's master dies (its service; the host still advertises): the guard forces it off the HaVip
+        await health_servers[0].stop()
+        await eventually(lambda: hook_out.exists(), timeout=10)
+        assert json.loads(hook_out.read_text()) == ["web", "zone-a", "havip-a", "i-1", "i-2"]
+        await eventually(lambda: fake.havips["havip-a"].master == "i-2", timeout=5)
+        taken_at = guard.last_takeover_at
+        assert taken_at is not None
+        assert runner.active == "zone-a"  # the EIP follows the HaVip: no EIP move was needed
+        assert "AssociateEipAddress" not in fake.actions()
+
+        # a reload that does not touch the guard keeps it as it is
+        data["groups"][0]["policy"]["cooldown"] = "45s"
+        await reload(daemon, path, data)
+        assert daemon.guards[("web", "zone-a")] is guard
+        # one that changes it rebuilds it with its cooldown and the health of unchanged members
+        takeover = data["groups"][0]["targets"][0]["havip_takeover"]
+        takeover["cooldown"] = "90s"
+        await reload(daemon, path, data)
+        rebuilt = daemon.guards[("web", "zone-a")]
+        assert rebuilt is not guard
+        assert rebuilt.last_takeover_at == taken_at
+        assert rebuilt.health["i-2"].state == "up"
