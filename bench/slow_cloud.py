@@ -20,13 +20,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from eipfailover.config import parse_config  # noqa: E402
-from eipfailover.engine import GroupRunner  # noqa: E402
-from eipfailover.events import Observers  # noqa: E402
-from eipfailover.model import Binding, CheckStatus, TargetState  # noqa: E402
-from tests.fakes import FakeProvider, ScriptedCheck  # noqa: E402
+from eipfailover.config import parse_config
+from eipfailover.engine import GroupRunner
+from eipfailover.events import Observers
+from eipfailover.model import Binding, CheckStatus, TargetState
+from tests.fakes import FakeProvider, ScriptedCheck
 
 A, B = Binding(instance_id="i-a"), Binding(instance_id="i-b")
+
+
+def state(runner: GroupRunner) -> TargetState:
+    return runner.targets["a"].health.state
 
 
 async def one_round(delay: float) -> tuple[float, float]:
@@ -39,7 +43,9 @@ async def one_round(delay: float) -> tuple[float, float]:
     checks = {"a": ScriptedCheck(), "b": ScriptedCheck()}
     runner = GroupRunner(config, cloud, {n: [c] for n, c in checks.items()}, Observers([]))
     task = asyncio.create_task(runner.run())
-    while runner.targets["a"].health.state is not TargetState.UP or runner.active != "a":
+    while True:  # settled: a is UP and holds the EIP
+        if state(runner) is TargetState.UP and runner.active == "a":
+            break
         await asyncio.sleep(0.01)
     cloud.describe_delay = delay
     await asyncio.sleep(random.uniform(0, 1))
@@ -48,7 +54,7 @@ async def one_round(delay: float) -> tuple[float, float]:
     down = moved = None
     while moved is None:
         now = time.monotonic()
-        if down is None and runner.targets["a"].health.state is TargetState.DOWN:
+        if down is None and state(runner) is TargetState.DOWN:
             down = now - died
         if cloud.placement["e1"] == B:
             moved = now - died

@@ -23,11 +23,11 @@ import trustme
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import alibabacloud_tea_openapi.client as openapi  # noqa: E402
-from darabonba.core import DaraCore  # noqa: E402
+import alibabacloud_tea_openapi.client as openapi
+from darabonba.core import DaraCore
 
-from eipfailover.providers import tea_transport  # noqa: E402
-from tests.fake_aliyun import FakeAliyun, provider_for  # noqa: E402
+from eipfailover.providers import tea_transport
+from tests.fake_aliyun import FakeAliyun, provider_for
 
 
 async def ticker(lags: list[float], stop: asyncio.Event) -> None:

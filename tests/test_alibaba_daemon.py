@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import yaml
 from structlog.testing import capture_logs
@@ -84,6 +85,38 @@ async def test_started_with_a_detached_or_detaching_eip_reconciles(
         assert waited, events
         settled = [e for e in events[:started] if e["event"] == "eips_located"]
         assert settled[-1]["placement"] == "detached"  # decided on the settled state, not the transition
+
+
+async def test_a_manual_failover_while_an_eip_is_in_transition_needs_force(
+        fake: FakeAliyun, health_servers: list[HealthServer], tmp_path: Path) -> None:
+    world(fake)
+    fake.transition = 6.0  # someone (or something) is moving the EIP, slowly
+    fake.bind("eip-1", "i-a", status="Associating")
+    token = tmp_path / "token"
+    token.write_text("t0k3n")
+    data = config_data(fake, health_servers, tmp_path)
+    data["api"]["token_file"] = str(token)
+    daemon = Daemon(parse_config(data))
+    task = asyncio.create_task(daemon.run(install_signals=False))
+    try:
+        await asyncio.wait_for(daemon.serving.wait(), 30)
+        assert daemon.engine is not None
+        runner = daemon.engine.runners["web"]
+        await eventually(lambda: all(t.health.state == "up" for t in runner.targets.values()))
+        url = f"http://127.0.0.1:{daemon.api_port}/v1/groups/web/failover"
+        async with aiohttp.ClientSession(headers={"Authorization": "Bearer t0k3n"}) as session:
+            async with session.post(url, json={"to": "web-b"}) as response:
+                assert response.status == 409
+                assert (await response.json())["error"] == "in_transition"
+            assert "UnassociateEipAddress" not in fake.actions()
+            async with session.post(url, json={"to": "web-b", "force": True}) as response:
+                assert response.status == 202  # forced: the move waits for the transition, then goes
+        assert runner.current is not None
+    finally:
+        assert daemon.engine is not None
+        daemon.engine.request_stop()
+        daemon.engine.abort()
+        assert await asyncio.wait_for(task, 60) == 0
 
 
 @pytest.mark.e2e

@@ -106,8 +106,8 @@ async def test_failover_restart_and_no_failback(ec2: Ec2World, health_servers: l
         assert second.proc is not None
         reloaded = time.monotonic()
         second.proc.send_signal(signal.SIGHUP)
-        started = await second.wait_for("failover_started", 10, after=reloaded)
-        assert next(e for at, e in second.events if at == started)["trigger"] == "failback"
+        failback_at = await second.wait_for("failover_started", 10, after=reloaded)
+        assert next(e for at, e in second.events if at == failback_at)["trigger"] == "failback"
         assert await asyncio.to_thread(poll_holder, ec2, ec2.instance_a, 5) is not None
     finally:
         assert await second.stop() == 0

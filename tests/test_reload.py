@@ -39,7 +39,7 @@ async def daemon_on(path: Path) -> AsyncIterator[Daemon]:
 
 async def reload(daemon: Daemon, path: Path, data: dict[str, Any]) -> None:
     before = daemon.config
-    path.write_text(yaml.safe_dump(data))
+    await asyncio.to_thread(path.write_text, yaml.safe_dump(data))
     daemon.request_reload()
     await eventually(lambda: daemon.config is not before)
 
