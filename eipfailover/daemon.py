@@ -309,7 +309,12 @@ class Daemon:
         elif running.exception() is not None:
             log.error("engine_failed", error=repr(running.exception()))
             code = EXIT_FAILURE
-        await asyncio.gather(*(task for _, task in parts.guards.values()), *parts.closing, return_exceptions=True)
+        if code == EXIT_FAILURE:  # what still waits for a move we gave up on would wait for it
+            for task in parts.closing:
+                task.cancel()
+        pending = [*(task for _, task in parts.guards.values()), *parts.closing]
+        if pending:
+            await asyncio.wait(pending, timeout=5.0)
         await parts.hooks.drain(5.0)
         log.info("daemon_stopped", exit_code=code)
         return code

@@ -137,7 +137,8 @@ async def _secure(provider: Provider, eips: Sequence[str], failed: Outcome, fall
         await asyncio.sleep(verify_interval)
     stray = [e for e in eips if states[e].bound_to is None]
     if not stray:
-        return _failed(failed, "", states)
+        where = ", ".join(f"{e} on {states[e].bound_to}" for e in eips)
+        return _failed(failed, f"none detached ({where})", states)
     errors = []
     for i, binding in enumerate(fallback):
         share = max(remaining() / (len(fallback) - i), 0.001)

@@ -195,7 +195,7 @@ class Reason(StrEnum):
     CLOUD_UNKNOWN = "cloud_unknown"
     IN_TRANSITION = "eip_in_transition"
     IN_PROGRESS = "failover_in_progress"
-    STOPPING = "daemon_stopping"
+    STOPPING = "stopping"  # the daemon is stopping, or the group is being replaced by a reload
     FAILBACK = "failback"
     FAILBACK_PENDING = "failback_pending"
     MANUAL = "manual"

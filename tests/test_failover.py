@@ -166,7 +166,7 @@ async def test_abort_before_anything_is_detached_moves_nothing() -> None:
     await eventually(lambda: cloud.moves() != [])
     abort.set()
     outcome = await asyncio.wait_for(moving, 5)
-    assert (outcome.ok, outcome.error) == (False, "aborted: the daemon is stopping")
+    assert (outcome.ok, outcome.error) == (False, "aborted: the daemon is stopping; none detached (e1 on i-a)")
     assert cloud.placement["e1"] == A
     assert len(cloud.moves()) == 1
 

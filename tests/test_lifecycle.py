@@ -65,6 +65,24 @@ def attached(fake: FakeAliyun, eip: str = "eip-1") -> bool:
     return fake.eips[eip].status == "InUse"
 
 
+async def test_sigterm_during_a_failover_lets_it_finish(fake: FakeAliyun, health_servers: list[HealthServer],
+                                                        tmp_path: Path) -> None:
+    world(fake, transition=1.5)
+    proc = start(write(tmp_path / "c.yaml", config_data(fake, health_servers, tmp_path)))
+    await proc.start_and_settle("web-a", "web-b")
+    await health_servers[0].stop()
+    await proc.wait_for("failover_started", 10)
+    await eventually(lambda: fake.eips["eip-1"].status == "Unassociating")
+    assert proc.proc is not None
+    proc.proc.send_signal(signal.SIGTERM)
+    stopping = time.monotonic()
+    assert await proc.wait(30) == 0
+    print(f"\nSIGTERM during a failover: exit 0 after {time.monotonic() - stopping:.2f}s")
+    assert proc.count("failover_verified") == 1
+    assert proc.count("stop_timeout") == 0  # it finished within stop_timeout: nothing was aborted
+    assert (fake.eips["eip-1"].instance_id, fake.eips["eip-1"].status) == ("i-b", "InUse")
+
+
 async def test_a_stop_outlasting_stop_timeout_re_attaches_the_detached_eip(
         fake: FakeAliyun, health_servers: list[HealthServer], tmp_path: Path) -> None:
     world(fake, transition=0.5)
@@ -98,8 +116,10 @@ async def test_a_second_sigint_names_the_eips_at_risk_and_the_next_start_repairs
     assert proc.proc is not None
     proc.proc.send_signal(signal.SIGINT)
     await proc.wait_for("daemon_stopping", 5)
+    interrupting = time.monotonic()
     proc.proc.send_signal(signal.SIGINT)
     assert await proc.wait(10) == 130
+    assert time.monotonic() - interrupting < 2  # at once, not after the move
     interrupted = event(proc, await proc.wait_for("daemon_interrupted", 1))
     assert interrupted["eips_may_be_detached"] == {"web": ["eip-1"]}
     assert fake.eips["eip-1"].status == "Unassociating"  # left on its way to detached

@@ -147,3 +147,46 @@ async def test_the_havip_check_and_guard_run_from_the_config_and_survive_reloads
         assert rebuilt is not guard
         assert rebuilt.last_takeover_at == taken_at
         assert rebuilt.health["i-2"].state == "up"
+
+
+def ecs_config(fake: FakeAliyun, servers: list[HealthServer], tmp_path: Path) -> dict[str, Any]:
+    fake.add_eip("eip-1", "47.1.1.1")
+    for instance in ("i-a", "i-b"):
+        fake.add_resource(instance)
+    fake.bind("eip-1", "i-a")
+    return {
+        "log": {"format": "json"}, "api": {"listen": "127.0.0.1:0"},
+        "providers": {"ali": {"type": "alibaba", "region": fake.region, "endpoint": fake.endpoint,
+                              "protocol": "http", "access_key_file": str(key_file(tmp_path)),
+                              "poll_interval": "100ms"}},
+        "groups": [{"name": "web", "provider": "ali", "eips": ["eip-1"],
+                    "policy": {"interval": "300ms", "timeout": "200ms", "rise": 2, "fall": 2},
+                    "targets": [{"name": n, "binding": {"instance_id": i}, "checks": [{"type": "http", "url": s.url}]}
+                                for n, i, s in (("web-a", "i-a", servers[0]), ("web-b", "i-b", servers[1]))]}],
+    }
+
+
+async def test_a_stop_during_a_reload_hand_over_leaves_no_runner_behind(
+        fake: FakeAliyun, health_servers: list[HealthServer], tmp_path: Path) -> None:
+    fake.transition = 1.0
+    data = ecs_config(fake, health_servers, tmp_path)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(data))
+    daemon = Daemon(load_config(path), path)
+    task = asyncio.create_task(daemon.run(install_signals=False))
+    await asyncio.wait_for(daemon.serving.wait(), 30)
+    assert daemon.engine is not None
+    engine = daemon.engine
+    old = engine.runners["web"]
+    await eventually(lambda: all(t.health.state == "up" for t in old.targets.values()))
+    await health_servers[0].stop()
+    await eventually(lambda: old.current is not None, timeout=10)  # the move is under way
+    data["groups"][0]["policy"]["cooldown"] = "9s"
+    await reload(daemon, path, data)  # returns at once: web is handed over when its move ends
+    assert engine.runners["web"] is old
+    engine.request_stop()  # ... but the daemon stops first
+    assert await asyncio.wait_for(task, 30) == 0
+    assert engine.runners["web"] is old  # the replacement never started
+    leftovers = [t for t in asyncio.all_tasks() if t.get_name().startswith(("group-", "failover-"))]
+    assert leftovers == []
+    assert (fake.eips["eip-1"].status, fake.eips["eip-1"].instance_id) == ("InUse", "i-b")

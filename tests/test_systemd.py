@@ -32,7 +32,6 @@ from eipfailover.providers.aws import AwsProvider
 from eipfailover.systemd import Notifier, watchdog
 
 from .conftest import REGION, Ec2World, HealthServer, eventually, require_tool
-from .fake_aliyun import FakeAliyun, key_file
 from .fakes import FakeProvider, ScriptedCheck, SwallowingCheck
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -336,63 +335,6 @@ async def test_sighup_with_a_changed_file_adds_a_group_and_moves_nothing(
         assert groups["api"]["active_target"] == "web-b"
     finally:
         assert await proc.stop() == 0
-
-
-def alibaba_daemon_config(fake: FakeAliyun, servers: list[HealthServer], tmp_path: Path, transition: float) -> Path:
-    """A daemon config on the fake Alibaba API with slow transitions: eip-1 on i-a (web-a), standby i-b (web-b)."""
-    fake.transition = transition
-    fake.add_eip("eip-1", "47.1.1.1")
-    fake.add_resource("i-a")
-    fake.add_resource("i-b")
-    fake.bind("eip-1", "i-a")
-    return write(tmp_path / "c.yaml", {
-        "log": {"format": "json"}, "api": {"listen": "127.0.0.1:0"},
-        "providers": {"ali": {"type": "alibaba", "region": fake.region, "endpoint": fake.endpoint,
-                              "protocol": "http", "access_key_file": str(key_file(tmp_path)),
-                              "poll_interval": "100ms"}},
-        "groups": [{"name": "web", "provider": "ali", "eips": ["eip-1"],
-                    "policy": {"interval": "500ms", "timeout": "250ms", "rise": 2, "fall": 2},
-                    "targets": [{"name": n, "binding": {"instance_id": i},
-                                 "checks": [{"type": "http", "url": s.url}]}
-                                for n, i, s in (("web-a", "i-a", servers[0]), ("web-b", "i-b", servers[1]))]}],
-    })
-
-
-async def test_sigterm_during_a_failover_finishes_it(fake: FakeAliyun, health_servers: list[HealthServer],
-                                                     tmp_path: Path) -> None:
-    config = alibaba_daemon_config(fake, health_servers, tmp_path, transition=1.5)
-    proc = daemon(config, None)
-    try:
-        await proc.start_and_settle("web-a", "web-b")
-        await health_servers[0].stop()
-        await proc.wait_for("failover_started", 10)
-        await eventually(lambda: fake.eips["eip-1"].status == "Unassociating")
-        assert proc.proc is not None
-        proc.proc.send_signal(signal.SIGTERM)
-        stopping = time.monotonic()
-        assert await proc.wait(30) == 0
-        print(f"\nSIGTERM during a failover: exit 0 after {time.monotonic() - stopping:.2f}s")
-    finally:
-        if proc.proc is not None and proc.proc.returncode is None:
-            await proc.stop()
-    assert proc.count("failover_verified") == 1
-    assert (fake.eips["eip-1"].instance_id, fake.eips["eip-1"].status) == ("i-b", "InUse")
-
-
-async def test_a_second_sigint_exits_at_once(fake: FakeAliyun, health_servers: list[HealthServer],
-                                             tmp_path: Path) -> None:
-    config = alibaba_daemon_config(fake, health_servers, tmp_path, transition=5.0)
-    proc = daemon(config, None)
-    await proc.start_and_settle("web-a", "web-b")
-    await health_servers[0].stop()
-    await proc.wait_for("failover_started", 10)
-    assert proc.proc is not None
-    proc.proc.send_signal(signal.SIGINT)
-    await proc.wait_for("daemon_stopping", 5)
-    start = time.monotonic()
-    proc.proc.send_signal(signal.SIGINT)
-    assert await proc.wait(10) == 130
-    assert time.monotonic() - start < 2
 
 
 # --- the unit file ---
