@@ -277,12 +277,13 @@ class Api:
     # --- changes ---
     async def failover(self, request: web.Request) -> web.Response:
         self._authorize(request)
-        runner = self._runner(request)
-        if self.engine.stop.is_set() or runner.stopping:
-            raise ApiError(503, "stopping", "the daemon is stopping or reloading this group; try again")
+        self._runner(request)  # an unknown group is a 404 before the body is read
         body = await self._body(request, FailoverBody)
+        runner = self._runner(request)  # the group as it is now: a reload may have replaced it meanwhile
         if body.to is not None and body.to not in runner.targets:
             raise ApiError(404, "unknown_target", f"group {runner.name!r} has no target named {body.to!r}")
+        if self.engine.stop.is_set() or runner.stopping:
+            raise ApiError(503, "stopping", "the daemon is stopping, or reloading this group; try again")
         if runner.manual is not None:
             raise ApiError(409, "failover_pending", "a manual failover of this group is already waiting")
         requested_by = request.headers.get("X-Requested-By") or f"api@{request.remote}"
@@ -290,6 +291,7 @@ class Api:
                             requested_by=requested_by[:200])
         decision, _ = runner.plan(replace(runner.snapshot(), manual=req), time.monotonic())
         if decision.action is Action.NONE:
+            runner.refuse(req, decision)
             code = _CODES.get(decision.reason, decision.reason.value)
             raise ApiError(409, code, _REFUSALS.get(decision.reason, code))
         runner.request_failover(req)
@@ -299,7 +301,8 @@ class Api:
 
     async def maintenance(self, request: web.Request) -> web.Response:
         self._authorize(request)
-        runner = self._runner(request)
+        self._runner(request)
         body = await self._body(request, MaintenanceBody)
+        runner = self._runner(request)  # the group as it is now (carried over to its replacement if reloading)
         runner.set_maintenance(body.enabled)
         return web.json_response({"group": runner.name, "maintenance": runner.maintenance})

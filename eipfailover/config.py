@@ -440,8 +440,8 @@ class Config(_Model):
     api: ApiConfig = ApiConfig()
     stop_timeout: Duration = 20.0
     """On SIGTERM or SIGINT, how long a running failover may take to finish. Then it is aborted: it makes no further
-    move, and any EIP it has detached is re-attached (for at most as long again) before the daemon exits (status 1
-    if that did not complete). The unit's ``TimeoutStopSec`` must exceed twice this."""
+    move, and any EIP it has detached is re-attached (within the group's ``failover_deadline``) before the daemon
+    exits (status 1 if that failed). The unit's ``TimeoutStopSec`` must exceed this plus ``failover_deadline``."""
     providers: dict[Name, ProviderConfig] = Field(min_length=1)
     groups: list[GroupConfig] = Field(min_length=1)
 

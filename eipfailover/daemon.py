@@ -114,10 +114,6 @@ class _Build:
     guards: dict[GuardKey, HaVipGuard]
     token: str | None
 
-    async def discard(self) -> None:
-        for provider in self.fresh.values():
-            await provider.close()
-
 
 @dataclass
 class _Parts:
@@ -148,6 +144,8 @@ class Daemon:
         """The running HaVip takeover guards, by (group, target)."""
         self._reload = asyncio.Event()
         self._opened: list[Provider] = []
+        self._building: dict[str, Provider] = {}
+        self._announced = False  # READY=1 went out: a reload may say RELOADING=1 and READY=1 again
 
     def request_reload(self) -> None:
         """What SIGHUP does: reload the config file at the next turn of the main loop."""
@@ -156,38 +154,42 @@ class Daemon:
     def _build(self, config: Config, parts: _Parts | None, http: aiohttp.ClientSession,
                observers: Observers) -> _Build:
         """Build what ``config`` needs. With ``parts`` (a reload), reuse every provider whose config is unchanged,
-        and build runners and guards only for the groups and targets that changed."""
+        and build runners and guards only for the groups and targets that changed. New providers go to
+        ``self._opened`` at once: if the build fails, :meth:`_close_unused` closes them."""
         old = self.config if parts is not None else None
         by_name: dict[str, Provider] = {}
         fresh: dict[str, Provider] = {}
+        self._building = fresh
         built = _Build(by_name, fresh, [], {}, None)
-        try:
-            for name, cfg in config.providers.items():
-                if old is not None and name in self.providers and old.providers.get(name) == cfg:
-                    by_name[name] = self.providers[name]
-                else:
-                    cls = registry.load(providers.REGISTRY, cfg.type, Provider)
-                    by_name[name] = fresh[name] = cls.from_config(name, cfg)
-                    self._opened.append(fresh[name])
-            old_groups = {g.name: g for g in old.groups} if old is not None else {}
-            for group in config.groups:
-                provider = by_name[group.provider]
-                if old_groups.get(group.name) != group or group.provider in fresh:
-                    built.runners.append(GroupRunner(group, provider, build_checks(group, provider, http),
-                                                     observers))
-            for key in _guard_keys(config):
-                group = next(g for g in config.groups if g.name == key[0])
-                provider = by_name[group.provider]
-                running = parts.guards.get(key) if parts is not None else None
-                if running is None or running[0].spec != _guard_spec(group, key[1], provider):
-                    built.guards[key] = build_guard(group, key[1], provider, http)
-            built.token = read_token(config.api.token_file)
-            _check_tls(config)
-        except BaseException:
-            for provider in fresh.values():
-                self._opened.remove(provider)
-            raise
+        for name, cfg in config.providers.items():
+            if old is not None and name in self.providers and old.providers.get(name) == cfg:
+                by_name[name] = self.providers[name]
+            else:
+                cls = registry.load(providers.REGISTRY, cfg.type, Provider)
+                by_name[name] = fresh[name] = cls.from_config(name, cfg)
+                self._opened.append(fresh[name])
+        old_groups = {g.name: g for g in old.groups} if old is not None else {}
+        for group in config.groups:
+            provider = by_name[group.provider]
+            if old_groups.get(group.name) != group or group.provider in fresh:
+                built.runners.append(GroupRunner(group, provider, build_checks(group, provider, http),
+                                                 observers))
+        for key in _guard_keys(config):
+            group = next(g for g in config.groups if g.name == key[0])
+            provider = by_name[group.provider]
+            running = parts.guards.get(key) if parts is not None else None
+            if running is None or running[0].spec != _guard_spec(group, key[1], provider):
+                built.guards[key] = build_guard(group, key[1], provider, http)
+        built.token = read_token(config.api.token_file)
+        _check_tls(config)
         return built
+
+    async def _close_unused(self) -> None:
+        """Close the providers that a failed reload built: nothing uses them."""
+        for provider in self._building.values():
+            self._opened.remove(provider)
+            await provider.close()
+        self._building = {}
 
     async def run(self, *, install_signals: bool = True) -> int:
         """Run until SIGTERM or SIGINT (or :meth:`Engine.request_stop`); return the process exit code."""
@@ -271,6 +273,7 @@ class Daemon:
                     log.info("daemon_ready", groups=len(engine.runners), cloud_unreadable=sorted(blind))
                     parts.status.update()
                     self.notifier.ready()
+                    self._announced = True
                 if waiters["reload"] in done and not engine.stop.is_set():
                     self._reload.clear()
                     await self.reload(engine, parts)
@@ -301,13 +304,15 @@ class Daemon:
                 log.warning("stop_timeout", seconds=timeout, aborting=engine.at_risk(),
                             detail="no further move; EIPs left detached are re-attached first")
                 engine.abort()
-                if not await _finished(running, timeout):
-                    log.error("eips_may_be_detached", eips=engine.at_risk(), seconds=timeout,
-                              detail="the next start repairs detached EIPs first")
+                # the critical section: securing what the move detached is bounded by its failover_deadline
+                last_resort = max(g.policy.failover_deadline for g in self.config.groups) + 30.0
+                if not await _finished(running, last_resort):
                     running.cancel()
-                    code = EXIT_FAILURE
         elif running.exception() is not None:
             log.error("engine_failed", error=repr(running.exception()))
+            code = EXIT_FAILURE
+        if engine.at_risk():
+            log.error("eips_may_be_detached", eips=engine.at_risk(), detail="the next start repairs them first")
             code = EXIT_FAILURE
         if code == EXIT_FAILURE:  # what still waits for a move we gave up on would wait for it
             for task in parts.closing:
@@ -324,8 +329,11 @@ class Daemon:
         Unchanged groups keep running untouched; changed ones are replaced with their state (health of unchanged
         targets, maintenance, move history) carried over, each as soon as its own running failover ends; nothing
         moves because of the reload itself."""
-        self.notifier.reloading()
+        announce = self._announced  # before the first READY=1, a reload must not tell systemd the start is done
+        if announce:
+            self.notifier.reloading()
         log.info("reload_started", config=str(self.config_path))
+        self._building = {}
         try:
             if self.config_path is None:
                 raise EipFailoverError("the daemon was not started from a config file")
@@ -333,8 +341,10 @@ class Daemon:
             built = self._build(new, parts, parts.http, parts.observers)
         except (EipFailoverError, ValueError, OSError, ssl.SSLError) as exc:
             log.error("reload_failed", error=str(exc), kept="the running config")
+            await self._close_unused()
             parts.metrics.config_reloads.labels("failure").inc()
-            self.notifier.ready()
+            if announce:
+                self.notifier.ready()
             return
         old_groups = {g.name for g in self.config.groups}
         removed = sorted(old_groups - {g.name for g in new.groups})
@@ -377,7 +387,8 @@ class Daemon:
         log.info("reload_done", changed=[r.name for r in built.runners], removed=removed, unchanged=unchanged,
                  havip_guards_rebuilt=[f"{g}/{t}" for g, t in built.guards])
         parts.metrics.config_reloads.labels("success").inc()
-        self.notifier.ready()
+        if announce:
+            self.notifier.ready()
 
     async def _close_when_idle(self, provider: Provider, users: Iterable[GroupRunner], parts: _Parts) -> None:
         await asyncio.gather(*(r.wait_idle() for r in users))

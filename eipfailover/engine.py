@@ -80,6 +80,8 @@ class GroupRunner:
         self.bindings = {name: t.binding for name, t in self.targets.items()}
         self.location: Location = UNKNOWN_LOCATION
         """Where the EIPs were last seen (kept while the cloud cannot be read)."""
+        self.managed: Location = UNKNOWN_LOCATION
+        """The same for the EIPs the group acts on: all of them, or, when foreign ones are left alone, the others."""
         self.eip_states: Mapping[str, EipState] = {}
         self.cloud_error: ProviderError | None = None
         self.last_read_ok_at: float | None = None
@@ -91,6 +93,8 @@ class GroupRunner:
         self.decision: Decision | None = None
         self.current: FailoverRecord | None = None
         self.last_failover: FailoverRecord | None = None
+        self.left_detached: tuple[str, ...] = ()
+        """The EIPs the last failover may have left detached (it could not re-attach them, or not tell)."""
         self.ticks = 0
         self.last_tick_at: float | None = None
         self.started_at: float | None = None
@@ -118,7 +122,8 @@ class GroupRunner:
 
     @property
     def active(self) -> str | None:
-        return self.location.active if self.placement is not Placement.UNKNOWN else None
+        """The target holding the EIPs the group acts on (None while the view is not current)."""
+        return self.managed.active if self.placement is not Placement.UNKNOWN else None
 
     @property
     def in_progress(self) -> bool:
@@ -170,7 +175,8 @@ class GroupRunner:
         if old.config.eips == self.config.eips and old.provider is self.provider:
             self.eip_states, self.cloud_error = old.eip_states, old.cloud_error
             self.last_read_ok_at = old.last_read_ok_at
-            self.location = locate(old.eip_states, self.bindings) if old.eip_states else UNKNOWN_LOCATION
+            if old.eip_states:
+                self._take(old.eip_states)
             self._fresh = old._fresh and bool(old.eip_states)
         old_targets = {t.name: t for t in old.config.targets}
         for target in self.config.targets:
@@ -240,14 +246,20 @@ class GroupRunner:
             self.observers.on_health(self.name, target.name, before, target.health, combined)
 
     def _see(self, states: Mapping[str, EipState]) -> None:
-        """Take ``states`` as the cloud's current view."""
-        location = locate(states, self.bindings)
-        changed = location != self.location or _bindings(states) != _bindings(self.eip_states)
-        self.location, self.eip_states, self._fresh = location, states, True
-        if location.active is not None:
-            self.last_active = location.active
-        if changed:
-            self.observers.on_placement(self.name, location, states)
+        """Take ``states`` as the cloud's current view, and tell the observers if the EIPs are somewhere new."""
+        before = self.location, _bindings(self.eip_states)
+        self._take(states)
+        if (self.location, _bindings(states)) != before:
+            self.observers.on_placement(self.name, self.location, states)
+
+    def _take(self, states: Mapping[str, EipState]) -> None:
+        self.location, self.eip_states, self._fresh = locate(states, self.bindings), states, True
+        self.managed = self.location
+        if self.location.foreign and not self.config.adopt_foreign:
+            others = {e: s for e, s in states.items() if e not in self.location.foreign}
+            self.managed = locate(others, self.bindings) if others else self.location
+        if self.managed.active is not None:
+            self.last_active = self.managed.active
 
     def cloud_problem(self, now: float) -> str | None:
         """Why this group cannot see the cloud now (None if it can): no successful read yet, or the last one older
@@ -261,13 +273,13 @@ class GroupRunner:
         return None
 
     def snapshot(self) -> Snapshot:
-        placement = self.placement
+        known = self.placement is not Placement.UNKNOWN
         return Snapshot(
             targets=tuple(self.targets),
             health={name: t.health for name, t in self.targets.items()},
-            placement=placement,
+            placement=self.managed.placement if known else Placement.UNKNOWN,
             active=self.active,
-            holders=self.location.holders if placement is not Placement.UNKNOWN else (),
+            holders=self.managed.holders if known else (),
             last_active=self.last_active,
             adopt_foreign=self.config.adopt_foreign,
             maintenance=self.maintenance,
@@ -307,9 +319,14 @@ class GroupRunner:
         if decision.action is not Action.NONE:
             self._start_failover(decision, now, request, eips)
         elif request is not None:
-            refused = self._record(decision.target or request.to or "", Trigger.MANUAL, request, eips)
-            self.observers.on_failover_finished(replace(
-                refused, result="skipped", error=f"refused: {decision.reason.value}", finished_at=time.time()))
+            self.refuse(request, decision)
+
+    def refuse(self, request: ManualRequest, decision: Decision) -> None:
+        """Record an operator's request that is not carried out (in the history, the log and the metrics)."""
+        refused = self._record(decision.target or request.to or "", Trigger.MANUAL, request,
+                               self.movable(request.force))
+        self.observers.on_failover_finished(replace(
+            refused, result="skipped", error=f"refused: {decision.reason.value}", finished_at=time.time()))
 
     def _record(self, to: str, trigger: Trigger, request: ManualRequest | None, eips: tuple[str, ...],
                 reason: str = "") -> FailoverRecord:
@@ -324,8 +341,10 @@ class GroupRunner:
                         eips: tuple[str, ...]) -> None:
         assert decision.target is not None
         assert decision.trigger is not None
-        self.last_move_at = now
-        if decision.trigger is not Trigger.MANUAL and decision.reason is not Reason.REPAIR:
+        counted = decision.reason is not Reason.REPAIR  # a repair neither waits for the holds nor arms them
+        if counted:
+            self.last_move_at = now
+        if counted and decision.trigger is not Trigger.MANUAL:
             window = self.config.policy.max_failovers.window
             self.recent_moves = [t for t in self.recent_moves if now - t < window] + [now]
         record = self._record(decision.target, decision.trigger, request, eips, decision.reason.value)
@@ -334,7 +353,7 @@ class GroupRunner:
         self._epoch += 1
         self.observers.on_failover_started(record)
         states = self.eip_states if self._fresh else None
-        self._task = asyncio.create_task(self._failover(record, states, self._fallback(record)),
+        self._task = asyncio.create_task(self._failover(record, states, self._fallback(record), counted),
                                          name=f"failover-{self.name}-{record.id}")
 
     def _fallback(self, record: FailoverRecord) -> list[Binding]:
@@ -347,7 +366,7 @@ class GroupRunner:
         return [self.bindings[n] for n in (*order, record.to_target)]
 
     async def _failover(self, record: FailoverRecord, states: Mapping[str, EipState] | None,
-                        fallback: list[Binding]) -> None:
+                        fallback: list[Binding], counted: bool) -> None:
         try:
             outcome = await failover.execute(
                 self.provider, record.eips, self.bindings[record.to_target],
@@ -358,13 +377,14 @@ class GroupRunner:
             outcome = failover.Outcome(False, 0, f"internal error: {describe_exception(exc)}")
         done = replace(record, result="success" if outcome.ok else "failure", error=outcome.error,
                        finished_at=time.time(), attempts=outcome.attempts)
-        self.last_move_at = time.monotonic()  # the cooldown runs from the end of the move
-        self.current, self.last_failover = None, done
+        if counted:
+            self.last_move_at = time.monotonic()  # the cooldown runs from the end of the move
+        self.current, self.last_failover, self.left_detached = None, done, outcome.detached
         self._moving = False
         self._epoch += 1
         self.observers.on_failover_finished(done)
-        if outcome.ok and outcome.states is not None:
-            self._see(outcome.states)  # the verification's describe: the freshest view there is
+        if outcome.ok and outcome.states is not None:  # the verification's describe: the freshest view there is
+            self._see({**self.eip_states, **outcome.states})  # (of the EIPs it moved: the others as last seen)
             self._decide(time.monotonic())
         else:
             self._fresh = False  # wait for a new read before deciding anything
@@ -426,18 +446,25 @@ class Engine:
         """Called with a group's name once a removed group has finished its last failover."""
         self.ready = asyncio.Event()
         self.stop = asyncio.Event()
-        self._loops: set[asyncio.Task[None]] = set()
+        self._loops: dict[GroupRunner, asyncio.Task[None]] = {}
         self._handovers: dict[str, asyncio.Task[None]] = {}
+        self._changed = asyncio.Event()
 
     def _start(self, runner: GroupRunner, phase: float = 0.0) -> None:
         self.runners[runner.name] = runner
-        task = asyncio.create_task(runner.run(phase), name=f"group-{runner.name}")
-        self._loops.add(task)
-        task.add_done_callback(self._loops.discard)
+        self._loops[runner] = asyncio.create_task(runner.run(phase), name=f"group-{runner.name}")
+        self._changed.set()
+
+    def _retire(self, runner: GroupRunner) -> None:
+        """Stop a runner's loops now: a check round or a cloud read under way is abandoned (both only read)."""
+        runner.request_stop()
+        loop = self._loops.pop(runner, None)
+        if loop is not None:
+            loop.cancel()
 
     async def run(self) -> None:
         """Run every group until :meth:`request_stop`; then let running failovers finish (the caller bounds that
-        wait, and may :meth:`abort` them)."""
+        wait, and may :meth:`abort` them). Check rounds and cloud reads under way are abandoned at once."""
         # groups start spread over their interval, so that their checks do not all fire at the same instant
         count = len(self.runners)
         for i, runner in enumerate(list(self.runners.values())):
@@ -449,47 +476,67 @@ class Engine:
             watcher.cancel()
             for handover in self._handovers.values():
                 handover.cancel()
-            for runner in self.runners.values():
-                runner.request_stop()
-            await asyncio.gather(*self._loops, return_exceptions=True)
+            loops = list(self._loops.values())
+            for runner in list(self._loops):
+                self._retire(runner)
+            await asyncio.gather(*loops, return_exceptions=True)
         await asyncio.gather(*(r.wait_idle() for r in self.runners.values()))
 
     def replace(self, name: str, runner: GroupRunner | None) -> None:
         """Replace group ``name`` with ``runner`` (None: remove it), carrying its state over. The old runner stops
-        at once; if it is moving EIPs, it stays (visible, with its failover) until the move ends, then hands over.
-        No other group waits for it."""
+        at once; if it is moving EIPs it stays (visible, with its failover) until the move ends, then hands over.
+        A runner whose EIPs a stopping group is still moving (a group renamed by the reload) starts once that
+        move ends. No other group waits."""
         pending = self._handovers.pop(name, None)
         if pending is not None:
             pending.cancel()
         old = self.runners.get(name)
-        if old is None:
+        if old is not None:
+            self._retire(old)
+        eips = set(runner.config.eips) if runner is not None else set()
+        moving = [r for r in self.runners.values()
+                  if r.in_progress and (r is old or (r.stopping and eips & set(r.config.eips)))]
+        if moving:
             if runner is not None:
-                self._start(runner)
-            return
-        old.request_stop()
-        if old.in_progress:
-            self._handovers[name] = asyncio.create_task(self._hand_over_when_idle(old, runner))
+                log.info("group_waiting", group=name, detail="starts once a move of its EIPs ends",
+                         waiting_for=[r.name for r in moving])
+            self._handovers[name] = asyncio.create_task(self._hand_over_when_idle(name, old, runner, moving))
         else:
-            self._hand_over(old, runner)
+            self._hand_over(name, old, runner)
 
-    async def _hand_over_when_idle(self, old: GroupRunner, runner: GroupRunner | None) -> None:
-        await old.wait_idle()
-        self._handovers.pop(old.name, None)
-        self._hand_over(old, runner)
+    async def _hand_over_when_idle(self, name: str, old: GroupRunner | None, runner: GroupRunner | None,
+                                   moving: list[GroupRunner]) -> None:
+        await asyncio.gather(*(r.wait_idle() for r in moving))
+        self._handovers.pop(name, None)
+        self._hand_over(name, old, runner)
 
-    def _hand_over(self, old: GroupRunner, runner: GroupRunner | None) -> None:
+    def _hand_over(self, name: str, old: GroupRunner | None, runner: GroupRunner | None) -> None:
         if self.stop.is_set():
             return
-        del self.runners[old.name]
+        if old is not None and self.runners.get(name) is old:
+            del self.runners[name]
         if runner is not None:
-            runner.carry_over(old)
+            if old is not None:
+                runner.carry_over(old)
             self._start(runner)
-        elif self.on_removed is not None:
-            self.on_removed(old.name)
+        elif old is not None and self.on_removed is not None:
+            self.on_removed(name)
+        self._changed.set()
 
     async def _watch_ready(self) -> None:
-        await asyncio.gather(*(r.reconciled.wait() for r in list(self.runners.values())))
-        self.ready.set()
+        """Set ``ready`` once every group that runs has reconciled (groups replaced meanwhile included)."""
+        while True:
+            waiting = [r for r in self.runners.values() if not r.stopping and not r.reconciled.is_set()]
+            if not waiting:
+                self.ready.set()
+                return
+            self._changed.clear()
+            events = [asyncio.ensure_future(e.wait()) for e in (*(r.reconciled for r in waiting), self._changed)]
+            try:
+                await asyncio.wait(events, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for event in events:
+                    event.cancel()
 
     def stalled(self, now: float, *, strict: bool = False) -> list[str]:
         """The groups whose last completed check round is older than 3 intervals (a wedged loop). Before its first
@@ -509,8 +556,10 @@ class Engine:
         return {name: problem for name, problem in problems.items() if problem is not None}
 
     def at_risk(self) -> dict[str, list[str]]:
-        """The EIPs of every failover still running (they may be detached if the process ends now)."""
-        return {r.name: list(r.current.eips) for r in self.runners.values() if r.current is not None}
+        """The EIPs that may be detached if the process ends now: those of every failover still running, and those
+        a finished one could not secure."""
+        return {r.name: list(r.current.eips if r.current is not None else r.left_detached)
+                for r in self.runners.values() if r.current is not None or r.left_detached}
 
     def abort(self) -> None:
         """Cut every running failover short (each re-attaches what it detached)."""

@@ -3,8 +3,9 @@
 Retries use jittered exponential backoff on ``asyncio.sleep``; only retryable :class:`ProviderError`\\ s are
 retried. The move is done when ``describe`` reports every EIP on the binding (and settled), not when the API call
 returns. If it fails, or is aborted (the daemon is stopping), on a cloud where a move is two steps (Alibaba), EIPs
-may have been left detached: the *secure* step then waits for the cloud to settle and re-attaches every detached EIP
-to the first fallback binding that takes it. The failover is still reported as failed, with what was done.
+may have been left detached: the *secure* step then waits for the calls already sent to be answered and for the
+cloud to settle, and re-attaches every detached EIP to the first fallback binding that takes it. The failover is
+still reported as failed, with what was done. (Where moves are atomic, AWS, nothing can be left detached.)
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ class Outcome:
     """After a failure: where stray EIPs were put back."""
     code: str | None = None
     """The cloud's error code of the last failed call, if it sent one."""
+    detached: tuple[str, ...] = ()
+    """After a failure: the EIPs that may be left detached (found so, or not known to be attached)."""
 
 
 class _Aborted(Exception):
@@ -84,9 +87,13 @@ async def execute(
     except _Aborted:  # cut short: an EIP it detached goes where it was going first, the move being decided
         outcome = Outcome(False, 0, "aborted: the daemon is stopping", states)
         fallback = [to, *(b for b in fallback if b != to)] if fallback else []
-    if outcome.ok or not fallback:
+    if outcome.ok or not fallback or provider.atomic_moves:
         return outcome
-    return await _secure(provider, eips, outcome, fallback, deadline, backoff, verify_interval)
+    try:
+        return await _secure(provider, eips, outcome, fallback, deadline, backoff, verify_interval)
+    except Exception as exc:  # a driver bug in the secure step: report it, the engine's next read repairs
+        return _failed(outcome, f"securing the EIPs failed: internal error: {describe_exception(exc)}", None,
+                       tuple(eips))
 
 
 async def _abortable(work: Awaitable[Outcome], abort: asyncio.Event | None) -> Outcome:
@@ -111,13 +118,15 @@ async def _abortable(work: Awaitable[Outcome], abort: asyncio.Event | None) -> O
 
 async def _secure(provider: Provider, eips: Sequence[str], failed: Outcome, fallback: Sequence[Binding],
                   deadline: float, backoff: Backoff, verify_interval: float) -> Outcome:
-    """Wait until no EIP is in transition, then re-attach the detached ones, trying each fallback binding with an
-    equal share of the time left."""
+    """Wait for the calls the move sent to get their answers, then until no EIP is in transition, then re-attach
+    the detached ones, trying each fallback binding with an equal share of the time left."""
     end = time.monotonic() + deadline
 
     def remaining() -> float:
         return end - time.monotonic()
 
+    if not await provider.settle(remaining()):
+        return _failed(failed, f"calls to the cloud still unanswered after {deadline:g}s", None, tuple(eips))
     states: Mapping[str, EipState] | None = None
     while True:
         try:
@@ -128,12 +137,14 @@ async def _secure(provider: Provider, eips: Sequence[str], failed: Outcome, fall
             problem = "EIPs still in transition: " + ", ".join(e for e, s in states.items() if s.pending)
         except ProviderError as exc:
             if not exc.retryable:
-                return _failed(failed, f"cannot check for detached EIPs: {exc}", states)
+                return _failed(failed, f"cannot check for detached EIPs: {exc}", states, tuple(eips))
             problem = f"cannot check for detached EIPs: {exc}"
         except TimeoutError:
             problem = "cannot check for detached EIPs: no answer from the cloud"
+        except Exception as exc:  # a driver bug: keep trying while there is time (it may be passing)
+            problem = f"cannot check for detached EIPs: internal error: {describe_exception(exc)}"
         if remaining() <= verify_interval:
-            return _failed(failed, f"{problem} after {deadline:g}s", states)
+            return _failed(failed, f"{problem} after {deadline:g}s", states, tuple(eips))
         await asyncio.sleep(verify_interval)
     stray = [e for e in eips if states[e].bound_to is None]
     if not stray:
@@ -148,12 +159,13 @@ async def _secure(provider: Provider, eips: Sequence[str], failed: Outcome, fall
                            back.states, reattached_to=binding, code=failed.code)
         errors.append(f"{binding}: {back.error}")
         states = back.states or states
-    return _failed(failed, f"re-attaching {', '.join(stray)} failed: " + "; ".join(errors), states)
+    return _failed(failed, f"re-attaching {', '.join(stray)} failed: " + "; ".join(errors), states, tuple(stray))
 
 
-def _failed(failed: Outcome, more: str, states: Mapping[str, EipState] | None) -> Outcome:
+def _failed(failed: Outcome, more: str, states: Mapping[str, EipState] | None,
+            detached: tuple[str, ...] = ()) -> Outcome:
     error = f"{failed.error}; {more}" if more else failed.error
-    return Outcome(False, failed.attempts, error, states, code=failed.code)
+    return Outcome(False, failed.attempts, error, states, code=failed.code, detached=detached)
 
 
 async def _move_and_verify(provider: Provider, eips: Sequence[str], to: Binding, deadline: float,
@@ -193,7 +205,7 @@ async def _move_and_verify(provider: Provider, eips: Sequence[str], to: Binding,
             async with asyncio.timeout(max(remaining(), 0.001)):
                 states = await provider.describe(eips)
             pending = _pending(eips, to, states)
-        except (ProviderError, TimeoutError):
+        except Exception:  # unknown: retry them all; the verification below reports what is wrong
             pass
 
     last_seen = ""

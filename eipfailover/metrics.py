@@ -126,14 +126,18 @@ class Metrics(NullObserver):
 
     # --- engine events ---
     def on_check(self, group: str, target: str, check: str, result: CheckResult) -> None:
+        if group not in self.groups:  # the last word of a group that is gone: do not bring its series back
+            return
         self.checks.labels(group, target, check, result.status.value).inc()
         self.check_duration.labels(group, target, check).observe(result.latency)
 
     def on_decision(self, group: str, decision: Decision) -> None:
-        if decision.reason in _HELD:
+        if group in self.groups and decision.reason in _HELD:
             self.failovers.labels(group, "auto", "skipped").inc()
 
     def on_failover_finished(self, record: FailoverRecord) -> None:
+        if record.group not in self.groups:
+            return
         self.failovers.labels(record.group, record.trigger.value, record.result).inc()
         if record.result != "skipped" and record.finished_at is not None:
             self.failover_duration.labels(record.group).observe(record.duration or 0.0)

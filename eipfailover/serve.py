@@ -34,36 +34,83 @@ class _Gate:
 
 
 class _Capped(asyncio.Protocol):
-    """Admits a connection to aiohttp's protocol only while fewer than ``limit`` are open."""
+    """Admits a connection to aiohttp's protocol only while fewer than ``limit`` are open. With ``tls``, it does the
+    TLS handshake itself (within :data:`HEAD_TIMEOUT`), so that connections still in their handshake are counted
+    and bounded too."""
 
-    def __init__(self, factory: Callable[[], asyncio.Protocol], gate: _Gate) -> None:
+    def __init__(self, factory: Callable[[], asyncio.Protocol], gate: _Gate, tls: ssl.SSLContext | None) -> None:
         self._factory = factory
         self._gate = gate
+        self._tls = tls
         self._inner: asyncio.Protocol | None = None
+        self._counted = False
+        self._handshake: asyncio.Task[None] | None = None
+        self._early: list[bytes] = []  # what arrives between the end of the handshake and the admission
+        self._eof = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self._gate.active >= self._gate.limit:
             self._gate.refused += 1
             assert isinstance(transport, asyncio.WriteTransport)
-            transport.write(_BUSY)
+            if self._tls is None:  # over TLS a plain-text answer would be garbage: just close
+                transport.write(_BUSY)
             transport.close()
             return
         self._gate.active += 1
+        self._counted = True
+        if self._tls is None:
+            self._admit(transport)
+        else:
+            self._handshake = asyncio.ensure_future(self._start_tls(transport))
+
+    async def _start_tls(self, transport: asyncio.BaseTransport) -> None:
+        loop = asyncio.get_running_loop()
+        assert self._tls is not None
+        try:
+            secure = await loop.start_tls(transport, self, self._tls, server_side=True,  # type: ignore[arg-type]
+                                          ssl_handshake_timeout=HEAD_TIMEOUT)
+        except (OSError, ssl.SSLError, asyncio.CancelledError):
+            transport.close()
+            self._release()
+            return
+        if secure is None:
+            self._release()
+            return
+        self._admit(secure)
+
+    def _admit(self, transport: asyncio.BaseTransport) -> None:
         self._inner = self._factory()
         self._inner.connection_made(transport)
+        early, self._early = self._early, []
+        for data in early:
+            self._inner.data_received(data)
+        if self._eof:
+            self._inner.eof_received()
+
+    def _release(self) -> None:
+        if self._counted:
+            self._counted = False
+            self._gate.active -= 1
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._release()
+        if self._handshake is not None and not self._handshake.done():
+            self._handshake.cancel()
         if self._inner is not None:
-            self._gate.active -= 1
             inner, self._inner = self._inner, None
             inner.connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         if self._inner is not None:
             self._inner.data_received(data)
+        else:
+            self._early.append(data)
 
     def eof_received(self) -> bool | None:
-        return None if self._inner is None else self._inner.eof_received()
+        if self._inner is None:
+            self._eof = True
+            return True  # keep the transport open until the inner protocol has seen everything
+        return self._inner.eof_received()
 
     def pause_writing(self) -> None:
         if self._inner is not None:
@@ -75,18 +122,20 @@ class _Capped(asyncio.Protocol):
 
 
 class CappedSite(web.BaseSite):
-    """A TCP site (like ``web.TCPSite``) that serves at most ``max_connections`` connections at once."""
+    """A TCP site (like ``web.TCPSite``) that serves at most ``max_connections`` connections at once, TLS ones
+    counted from their first byte."""
 
     def __init__(self, runner: web.AppRunner, host: str, port: int, *, max_connections: int | None = None,
                  ssl_context: ssl.SSLContext | None = None) -> None:
-        super().__init__(runner, ssl_context=ssl_context)
+        super().__init__(runner)
         self._app_runner = runner
         self._host, self._port = host, port
+        self._tls = ssl_context
         self.gate = _Gate(max_connections or MAX_CONNECTIONS)
 
     @property
     def name(self) -> str:
-        scheme = "https" if self._ssl_context else "http"
+        scheme = "https" if self._tls else "http"
         return f"{scheme}://{self._host}:{self._port}"
 
     async def start(self) -> None:
@@ -94,8 +143,8 @@ class CappedSite(web.BaseSite):
         server = self._app_runner.server
         assert server is not None
         self._server = await asyncio.get_running_loop().create_server(
-            lambda: _Capped(server, self.gate), self._host, self._port, ssl=self._ssl_context,
-            backlog=self._backlog, reuse_address=True)
+            lambda: _Capped(server, self.gate, self._tls), self._host, self._port, backlog=self._backlog,
+            reuse_address=True)
 
 
 def app_runner(app: web.Application) -> web.AppRunner:

@@ -28,6 +28,7 @@ class FakeProvider(Provider):
         self.move_delay = 0.0
         self.two_step = two_step
         """Moves detach first, then wait ``move_delay``, then attach (like Alibaba); otherwise they are atomic."""
+        self.atomic_moves = not two_step
         self.describe_delay = 0.0
         self.hold: asyncio.Event | None = None
         """The next describe answers what it saw only once this event is set."""

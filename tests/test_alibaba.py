@@ -354,3 +354,27 @@ async def test_https_calls_share_one_tls_context_and_connection(tmp_path: Path) 
 def test_an_unusable_ca_file_is_a_clear_error(fake: FakeAliyun, tmp_path: Path) -> None:
     with pytest.raises(ProviderError, match=r"alibaba provider 'ali': ca_file .*missing\.pem: No such file"):
         provider_for(fake, tmp_path, protocol="https", ca_file=tmp_path / "missing.pem")
+
+
+async def test_a_move_returns_only_once_every_call_it_sent_is_answered(
+        fake: FakeAliyun, tmp_path: Path) -> None:
+    """eip-1's unassociate is refused for good, eip-2's is slow but goes through: the move waits for both answers,
+    so the secure step sees eip-2 detaching and re-attaches it; no EIP is detached behind the failover's back."""
+    for eip, ip in (("eip-1", "47.1.1.1"), ("eip-2", "47.1.1.2")):
+        fake.add_eip(eip, ip)
+    fake.add_resource("i-a", "Nat")
+    fake.add_resource("i-b", "Nat")
+    fake.bind("eip-1", "i-a")
+    fake.bind("eip-2", "i-a")
+    fake.faults["UnassociateEipAddress"] = [
+        Fault(403, "Forbidden.RAM", "not allowed", match={"AllocationId": "eip-1"}),
+        Fault(code=None, delay=1.0, match={"AllocationId": "eip-2"}),
+    ]
+    provider = provider_for(fake, tmp_path)
+    a, b = Binding(instance_id="i-a", instance_type="Nat"), Binding(instance_id="i-b", instance_type="Nat")
+    outcome = await failover.execute(provider, ["eip-1", "eip-2"], b, deadline=5, fallback=[a, b],
+                                     verify_interval=0.05)
+    assert not outcome.ok
+    assert outcome.error.endswith("; re-attached eip-2 to Nat i-a")
+    states = {e: (fake.eips[e].status, fake.eips[e].instance_id) for e in ("eip-1", "eip-2")}
+    assert all(s == "InUse" for s, _ in states.values()), f"failover said: {outcome.error!r}; now: {states}"

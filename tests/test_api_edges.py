@@ -5,6 +5,7 @@ schemathesis against the live API."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import ssl
 import subprocess
@@ -22,6 +23,8 @@ from aiohttp import web
 from schemathesis.engine import Status, events, from_schema
 
 from eipfailover import api, serve
+from eipfailover.config import load_config
+from eipfailover.daemon import Daemon
 from eipfailover.providers.aws import AwsProvider
 
 from .api_daemon import TOKEN, Running, config_data, running_daemon
@@ -288,3 +291,130 @@ def fuzz(base_url: str) -> list[str]:
 async def test_schemathesis_finds_nothing_against_the_live_api(running: Running) -> None:
     failures = await asyncio.to_thread(fuzz, running.url)
     assert not failures, "\n".join(failures)
+
+
+async def test_a_refused_manual_request_is_recorded_as_skipped(
+        ec2: Ec2World, health_servers: list[HealthServer], tmp_path: Path) -> None:
+    """A request the API refuses (409) is counted as skipped and kept in the history, like one the engine refuses."""
+    async with running_daemon(ec2, health_servers, tmp_path) as r:
+        status, body = await r.post("/v1/groups/web/failover", {"to": "web-a", "reason": "just checking"})
+        assert (status, body["error"]) == (409, "manual_already_active")
+        samples = await r.scrape()
+        key = ("eipfailover_failovers_total", (("group", "web"), ("result", "skipped"), ("trigger", "manual")))
+        assert samples[key] == 1.0, "a refused manual request is not counted as skipped"
+        (record,) = (await r.get("/v1/history"))[1]["failovers"]
+        assert (record["result"], record["error"], record["reason"]) == (
+            "skipped", "refused: manual_already_active", "just checking")
+
+
+@contextlib.asynccontextmanager
+async def daemon_from_file(ec2: Ec2World, servers: list[HealthServer], tmp_path: Path,
+                           ) -> AsyncIterator[tuple[Daemon, Path, dict[str, Any], str]]:
+    token_file = tmp_path / "api-token"
+    token_file.write_text(TOKEN)
+    data = config_data(ec2, servers, token_file)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(data))
+    daemon = Daemon(load_config(path), path)
+    task = asyncio.create_task(daemon.run(install_signals=False))
+    await asyncio.wait_for(daemon.serving.wait(), 30)
+    assert daemon.engine is not None
+    await asyncio.wait_for(daemon.engine.ready.wait(), 30)
+    engine = daemon.engine
+    await eventually(lambda: all(t.health.state == "up" for t in engine.runners["web"].targets.values()))
+    try:
+        yield daemon, path, data, f"http://127.0.0.1:{daemon.api_port}"
+    finally:
+        engine.request_stop()
+        assert await asyncio.wait_for(task, 30) == 0
+
+
+async def slow_body(first: bytes, rest: bytes, gate: asyncio.Event) -> AsyncIterator[bytes]:
+    yield first
+    await gate.wait()
+    yield rest
+
+
+async def test_maintenance_posted_across_a_reload_reaches_the_group_that_runs(
+        ec2: Ec2World, health_servers: list[HealthServer], tmp_path: Path) -> None:
+    """A POST whose body is still arriving when a reload replaces the group acts on the group that runs then."""
+    async with daemon_from_file(ec2, health_servers, tmp_path) as (daemon, path, data, url):
+        assert daemon.engine is not None
+        gate = asyncio.Event()
+        async with aiohttp.ClientSession() as session:
+            post = asyncio.create_task(session.post(
+                url + "/v1/groups/web/maintenance", data=slow_body(b'{"enabled":', b" true}", gate),
+                headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}))
+            await asyncio.sleep(0.3)  # the handler waits for the rest of the body
+            old = daemon.engine.runners["web"]
+            data["groups"][0]["policy"]["cooldown"] = "31s"
+            path.write_text(yaml.safe_dump(data))
+            daemon.request_reload()
+            await eventually(lambda: daemon.engine is not None and daemon.engine.runners["web"] is not old, 5)
+            gate.set()
+            async with await post as response:
+                answer = (response.status, await response.json())
+        assert answer == (200, {"group": "web", "maintenance": True})
+        assert daemon.engine.runners["web"].maintenance is True, "the API said maintenance is on; the group runs off"
+
+
+async def test_a_failover_posted_across_a_reload_is_decided_by_the_group_that_runs(
+        ec2: Ec2World, health_servers: list[HealthServer], tmp_path: Path) -> None:
+    """The same for a manual failover: it is decided by the group that runs, and carried out."""
+    async with daemon_from_file(ec2, health_servers, tmp_path) as (daemon, path, data, url):
+        assert daemon.engine is not None
+        gate = asyncio.Event()
+        async with aiohttp.ClientSession() as session:
+            post = asyncio.create_task(session.post(
+                url + "/v1/groups/web/failover", data=slow_body(b'{"to":', b' "web-b"}', gate),
+                headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}))
+            await asyncio.sleep(0.3)
+            old = daemon.engine.runners["web"]
+            data["groups"][0]["policy"]["cooldown"] = "31s"
+            path.write_text(yaml.safe_dump(data))
+            daemon.request_reload()
+            await eventually(lambda: daemon.engine is not None and daemon.engine.runners["web"] is not old, 5)
+            gate.set()
+            async with await post as response:
+                answer = (response.status, await response.json())
+        assert answer[0] == 202, answer
+        await eventually(lambda: ec2.holder()["InstanceId"] == ec2.instance_b)
+
+
+async def test_tls_connections_that_never_handshake_are_capped_and_timed_out(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With TLS, connections are counted and timed from their first byte: ones that never send a ClientHello are
+    refused beyond the cap and closed after the head timeout, like silent plain-HTTP ones."""
+    monkeypatch.setattr(serve, "HEAD_TIMEOUT", 1.0)
+    ca = trustme.CA()
+    pem, ca_file = tmp_path / "c.pem", tmp_path / "ca.pem"
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(pem))
+    ca.cert_pem.write_to_path(str(ca_file))
+    async def hello(request: web.Request) -> web.Response:
+        return web.Response(text="hi")
+
+    app = web.Application()
+    app.router.add_get("/", hello)
+    runner = serve.app_runner(app)
+    await runner.setup()
+    site = serve.CappedSite(runner, "127.0.0.1", 0, ssl_context=serve.server_tls(pem, pem), max_connections=4)
+    await site.start()
+    port = runner.addresses[0][1]
+    conns = [await asyncio.open_connection("127.0.0.1", port) for _ in range(20)]
+    try:
+        await asyncio.sleep(3)  # three head timeouts
+        still_open = 0
+        for reader, _ in conns:
+            try:
+                await asyncio.wait_for(reader.read(), 0.05)
+            except TimeoutError:
+                still_open += 1
+        assert still_open == 0, f"{still_open}/20 silent TLS connections open after 3 s (cap 4, head timeout 1 s)"
+        async with aiohttp.ClientSession() as session:  # and the listener still serves
+            trust = ssl.create_default_context(cafile=str(ca_file))
+            async with session.get(f"https://127.0.0.1:{port}/", ssl=trust) as response:
+                assert (response.status, await response.text()) == (200, "hi")
+    finally:
+        for _, writer in conns:
+            writer.close()
+        await runner.cleanup()

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from typing import Any
 
 import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
+from eipfailover import engine as engine_module
 from eipfailover.config import parse_config
-from eipfailover.engine import GroupRunner
+from eipfailover.engine import Engine, GroupRunner
 from eipfailover.errors import ProviderError
 from eipfailover.events import FailoverRecord, NullObserver, Observers
+from eipfailover.metrics import Metrics
 from eipfailover.model import (
     Action,
     Binding,
@@ -166,7 +171,8 @@ async def test_a_detached_eip_is_repaired_but_a_foreign_one_of_the_same_group_st
     assert (w.runner.last_failover.reason, w.runner.last_failover.eips) == ("repair_detached", ("e2", "e3"))
     await w.ticks(3)
     assert len(w.cloud.moves()) == 1
-    assert w.runner.decision == Decision(Action.NONE, Reason.FOREIGN)
+    assert w.runner.decision == Decision(Action.NONE, Reason.ACTIVE_HEALTHY, "b")  # the others are on b
+    assert w.runner.location.foreign == ("e1",)
 
 
 async def test_repair_ignores_cooldown_and_max_failovers_and_does_not_count() -> None:
@@ -316,8 +322,7 @@ async def test_failed_failover_is_reported_and_held_by_cooldown() -> None:
     w.set(a=FAIL)
     w.cloud.faults["move"] = [ProviderError("denied", retryable=False, code="UnauthorizedOperation")]
     await w.ticks(2)
-    assert w.recorder.of("finished") == [("finished", "failure", "b",
-                                                  "move failed: denied; none detached (e1 on i-a)")]
+    assert w.recorder.of("finished") == [("finished", "failure", "b", "move failed: denied")]
     await w.ticks(3)
     assert len(w.cloud.moves()) == 1
     assert w.runner.decision == Decision(Action.NONE, Reason.COOLDOWN, "b")
@@ -351,23 +356,23 @@ async def test_health_transitions_are_reported() -> None:
 
 async def test_the_loop_keeps_its_schedule_and_survives_a_failing_tick() -> None:
     w = World({"e1": A}, interval="100ms", timeout="50ms")
-    calls = 0
+    calls: list[float] = []
     real_round = w.runner.check_round
 
     async def flaky_round() -> None:
-        nonlocal calls
-        calls += 1
-        if calls == 2:
+        calls.append(time.monotonic())
+        if len(calls) == 2:
             raise RuntimeError("bug")
         await real_round()
 
     w.runner.check_round = flaky_round  # type: ignore[method-assign]
     task = asyncio.create_task(w.runner.run())
-    await asyncio.sleep(0.55)
+    await eventually(lambda: len(calls) >= 6)  # the loop went on after the failing round
     w.runner.request_stop()
     await asyncio.wait_for(task, 1)
-    assert calls in (6, 7)  # at 0, 0.1, ... 0.5 s (+ the one after the stop, when timing is tight)
-    assert w.runner.ticks == calls - 1
+    assert w.runner.ticks == len(calls) - 1  # every round but the failing one completed
+    gaps = [b - a for a, b in itertools.pairwise(calls)]
+    assert min(gaps) > 0.08  # on the 100 ms schedule: a late or failing round never makes the next one burst
 
 
 @pytest.mark.parametrize("status", [CheckStatus.TIMEOUT, CheckStatus.ERROR])
@@ -386,3 +391,171 @@ async def test_unknown_results_never_fail_a_target_over() -> None:
     await w.ticks(10)
     assert w.cloud.moves() == []
     assert w.runner.targets["a"].health.state is TargetState.UP
+
+
+def named_group(name: str, eips: list[str], **policy: Any) -> Any:
+    data = {
+        "providers": {"fake": {"type": "aws", "region": "r"}},
+        "groups": [{
+            "name": name, "provider": "fake", "eips": eips,
+            "policy": {"interval": "100ms", "timeout": "50ms", "rise": 2, "fall": 2, "cooldown": 0, **policy},
+            "targets": [{"name": n, "binding": {"instance_id": f"i-{n}"},
+                         "checks": [{"type": "tcp", "host": "h", "port": 1}]} for n in "ab"],
+        }],
+    }
+    return parse_config(data).groups[0]
+
+
+def runner(name: str, cloud: FakeProvider, a: CheckStatus = OK, b: CheckStatus = OK,
+           recorder: Recorder | None = None, **policy: Any) -> tuple[GroupRunner, dict[str, ScriptedCheck]]:
+    checks = {"a": ScriptedCheck(status=a), "b": ScriptedCheck(status=b)}
+    r = GroupRunner(named_group(name, list(cloud.placement), **policy), cloud, {n: [c] for n, c in checks.items()},
+                    Observers([recorder or Recorder()]))
+    return r, checks
+
+
+async def test_a_repair_does_not_arm_the_cooldown() -> None:
+    """A repair is exempt from the holds and does not arm them: the next real failover does not wait out the
+    cooldown (here an hour) because of it."""
+    w = World({"e1": None}, cooldown=3600)
+    await w.ticks(2)
+    assert w.cloud.moves() == [(("e1",), A)]  # repaired onto a (both healthy: by preference)
+    w.set(a=FAIL)
+    await w.ticks(3)
+    assert w.cloud.moves()[-1] == (("e1",), B), f"active a is DOWN but the failover is held: {w.runner.decision}"
+
+
+async def test_a_group_renamed_during_its_move_starts_when_the_move_ends() -> None:
+    """A reload that renames a group (removes 'web', adds 'web2' with the same EIPs) while 'web' is moving: 'web2'
+    starts only once that move ends, never moving the same EIP at the same time."""
+    cloud = FakeProvider({"e1": A}, two_step=True)
+    web, checks = runner("web", cloud)
+    engine = Engine([web])
+    running = asyncio.create_task(engine.run())
+    try:
+        await eventually(lambda: web.active == "a" and all(t.health.state.value == "up"
+                                                             for t in web.targets.values()), 5)
+        cloud.move_delay = 2.0
+        checks["a"].status = FAIL
+        await eventually(lambda: web.in_progress, 5)
+        web2, _ = runner("web2", cloud, a=FAIL)
+        engine.replace("web", None)
+        engine.replace("web2", web2)
+        await asyncio.sleep(1.0)  # web's move is still under way (2 s)
+        assert web.in_progress
+        assert len(cloud.moves()) == 1, f"a second group moved the same EIP during the first's move: {cloud.moves()}"
+        assert "web2" not in engine.runners
+        await eventually(lambda: "web2" in engine.runners, 5)  # once web's move has ended
+        assert not web.in_progress
+    finally:
+        engine.request_stop()
+        await running
+
+
+async def test_a_stop_abandons_a_hanging_cloud_read_at_once(monkeypatch: Any) -> None:
+    """A stop with no failover running ends at once: a cloud read under way (here one that never answers) is
+    abandoned, not waited for."""
+    monkeypatch.setattr(engine_module, "_DESCRIBE_TIMEOUT", 3.0)
+    cloud = FakeProvider({"e1": A})
+    web, _ = runner("web", cloud)
+    engine = Engine([web])
+    running = asyncio.create_task(engine.run())
+    await eventually(lambda: web.active == "a", 5)
+    cloud.hold = asyncio.Event()  # the next describe hangs (a cloud that accepts and never answers)
+    await eventually(lambda: cloud.hold is None, 5)
+    engine.request_stop()
+    t0 = time.monotonic()
+    await running
+    took = time.monotonic() - t0
+    assert engine.at_risk() == {}
+    assert took < 1.0, f"the stop waited {took:.1f}s for a describe, with no failover running"
+
+
+async def test_a_group_replaced_before_its_first_round_still_makes_the_engine_ready() -> None:
+    """Groups start spread over their interval; a reload during that first interval that replaces a group which
+    has not run yet must not keep the engine from becoming ready (READY=1)."""
+    web, _ = runner("web", FakeProvider({"e1": A}), interval="2s", timeout="1s")
+    api, _ = runner("api", FakeProvider({"e2": A}), interval="2s", timeout="1s")  # starts after 1 s
+    engine = Engine([web, api])
+    running = asyncio.create_task(engine.run())
+    try:
+        await asyncio.sleep(0.2)
+        api2, _ = runner("api", FakeProvider({"e2": A}), interval="2s", timeout="1s", cooldown="5s")
+        engine.replace("api", api2)
+        await eventually(lambda: web.reconciled.is_set() and api2.reconciled.is_set(), 5)
+        await asyncio.sleep(2.5)
+        assert engine.ready.is_set(), "every group has reconciled, but the engine never becomes ready"
+    finally:
+        engine.request_stop()
+        await running
+
+
+async def test_after_a_move_the_foreign_eip_stays_in_the_view() -> None:
+    """The verification's describe covers only the EIPs the move took: the foreign one stays in the view as last
+    seen (and in eipfailover_eips_foreign)."""
+    stranger = Binding(instance_id="i-stranger")
+    w = World({"e1": stranger, "e2": None, "e3": B})
+    await w.ticks(2)
+    assert w.cloud.moves() == [(("e2",), B)]  # the repair; e1 stays where it is
+    assert w.runner.location.foreign == ("e1",), f"foreign EIP dropped from the view: {w.runner.location}"
+
+
+async def test_after_a_move_an_unforced_manual_request_leaves_the_foreign_eip() -> None:
+    stranger = Binding(instance_id="i-stranger")
+    w = World({"e1": stranger, "e2": None, "e3": B})
+    await w.ticks(2)
+    w.runner.request_failover(ManualRequest(to="a", id="m1"))
+    await w.runner.wait_idle()
+    assert w.cloud.placement["e1"] == stranger, f"the foreign EIP was taken without force: {w.cloud.moves()}"
+
+
+async def test_a_foreign_eip_does_not_hold_back_the_failover_of_the_others() -> None:
+    """A foreign EIP is left alone; the group's other EIPs still fail over."""
+    stranger = Binding(instance_id="i-stranger")
+    w = World({"e1": A, "e2": stranger})
+    await w.ticks(2)
+    w.set(a=FAIL)
+    await w.ticks(3)
+    assert w.cloud.placement["e1"] == B, f"active a DOWN, b UP, nothing moved: {w.runner.decision}"
+
+
+class SlowCheck(ScriptedCheck):
+    def __init__(self, delay: float) -> None:
+        super().__init__("tcp")
+        self.delay = delay
+
+    async def probe(self) -> tuple[CheckStatus, str]:
+        await asyncio.sleep(self.delay)
+        return CheckStatus.OK, ""
+
+
+async def test_a_removed_group_does_not_get_its_series_back_from_its_last_round() -> None:
+    """A removed group's check round under way is dropped with it: it cannot bring the group's series back."""
+    data = {
+        "providers": {"fake": {"type": "aws", "region": "r"}},
+        "groups": [{
+            "name": "web", "provider": "fake", "eips": ["e1"],
+            "policy": {"interval": "1s", "timeout": "500ms", "rise": 1, "fall": 1, "cooldown": 0},
+            "targets": [{"name": n, "binding": {"instance_id": f"i-{n}"},
+                         "checks": [{"type": "tcp", "host": "h", "port": 1}]} for n in "ab"],
+        }],
+    }
+    config = parse_config(data)
+    metrics = Metrics(config, {})
+    cloud = FakeProvider({"e1": A})
+    checks = {"a": SlowCheck(0.4), "b": SlowCheck(0.4)}
+    web = GroupRunner(config.groups[0], cloud, {n: [c] for n, c in checks.items()}, Observers([metrics]))
+    engine = Engine([web], on_removed=metrics.remove_group)
+    metrics.watch(engine)
+    running = asyncio.create_task(engine.run())
+    try:
+        await eventually(lambda: web.ticks >= 1, 5)
+        await asyncio.sleep(0.7)  # the next round is under way (it takes 0.4 s, every 1 s)
+        engine.replace("web", None)
+        await asyncio.sleep(0.6)  # the round in flight ends
+        text = generate_latest(metrics.registry).decode()
+        groups = {s.labels.get("group") for f in text_string_to_metric_families(text) for s in f.samples}
+        assert "web" not in groups, [line for line in text.splitlines() if 'group="web"' in line][:4]
+    finally:
+        engine.request_stop()
+        await running

@@ -166,7 +166,7 @@ async def test_abort_before_anything_is_detached_moves_nothing() -> None:
     await eventually(lambda: cloud.moves() != [])
     abort.set()
     outcome = await asyncio.wait_for(moving, 5)
-    assert (outcome.ok, outcome.error) == (False, "aborted: the daemon is stopping; none detached (e1 on i-a)")
+    assert (outcome.ok, outcome.error) == (False, "aborted: the daemon is stopping")
     assert cloud.placement["e1"] == A
     assert len(cloud.moves()) == 1
 
@@ -180,9 +180,34 @@ async def test_a_driver_bug_mid_move_still_ends_with_the_eip_attached() -> None:
                 raise AttributeError("'NoneType' object has no attribute 'body'")
             await super().move(eips, to)
 
-    cloud = Buggy({"e1": A})
+    cloud = Buggy({"e1": A}, two_step=True)  # a driver of a cloud whose moves detach first (Alibaba)
     outcome = await failover.execute(cloud, ["e1"], B, deadline=5, fallback=[A], backoff=FAST)
     assert not outcome.ok
     assert outcome.error == ("move failed: internal error: AttributeError: 'NoneType' object has no attribute "
                              "'body'; re-attached e1 to i-a")
+    assert cloud.placement["e1"] == A
+
+
+async def test_a_driver_bug_in_the_describe_before_a_retry_is_survived() -> None:
+    """A two-step move detaches e1, then fails retryably; the describe before the retry raises a driver bug: the
+    move goes on and ends with e1 attached."""
+    cloud = FakeProvider({"e1": A}, two_step=True)
+    cloud.faults["move"] = [ProviderError("throttled", retryable=True, code="Throttling")]
+    cloud.faults["describe"] = [KeyError("EipAddresses")]
+    outcome = await failover.execute(cloud, ["e1"], B, deadline=5, fallback=[A, B], backoff=FAST,
+                                     verify_interval=0.01)
+    assert outcome.ok, outcome.error
+    assert cloud.placement["e1"] == B
+
+
+async def test_a_driver_bug_in_the_secure_step_is_survived() -> None:
+    """The move detaches e1 and fails for good; the secure step's first describe raises a driver bug: it tries
+    again, and re-attaches e1."""
+    cloud = FakeProvider({"e1": A}, two_step=True)
+    cloud.faults["move"] = [ProviderError("denied", retryable=False, code="Forbidden")]
+    cloud.faults["describe"] = [RuntimeError("Session is closed")]
+    outcome = await failover.execute(cloud, ["e1"], B, deadline=5, fallback=[A, B], backoff=FAST,
+                                     verify_interval=0.01)
+    assert not outcome.ok
+    assert outcome.error == "move failed: denied; re-attached e1 to i-a"
     assert cloud.placement["e1"] == A

@@ -195,3 +195,69 @@ async def test_a_stop_right_after_a_reload_during_a_move_ends_cleanly(
     assert [e["event"] for t, e in proc.events if t > stopped] == []  # nothing ran after the stop
     assert proc.count("failover_verified") == 1
     assert (fake.eips["eip-1"].status, fake.eips["eip-1"].instance_id) == ("InUse", "i-b")
+
+
+async def test_sigterm_with_no_failover_but_a_slow_describe_exits_0_at_once(
+        fake: FakeAliyun, health_servers: list[HealthServer], tmp_path: Path) -> None:
+    """No failover runs; only a cloud read is slow (it answers after 4 s): the stop drops it and exits 0 at once."""
+    world(fake, transition=0.3)
+    proc = start(write(tmp_path / "c.yaml", config_data(fake, health_servers, tmp_path, stop_timeout="1s")))
+    await proc.start_and_settle("web-a", "web-b")
+    fake.faults["DescribeEipAddresses"] = [Fault(code=None, delay=4.0) for _ in range(100)]
+    seen = len(fake.log)
+    await eventually(lambda: any(e.action == "DescribeEipAddresses" for e in fake.log[seen:]), 5)
+    assert proc.proc is not None
+    proc.proc.send_signal(signal.SIGTERM)
+    t0 = time.monotonic()
+    code = await proc.wait(30)
+    took = time.monotonic() - t0
+    assert took < 3
+    fake.faults.clear()
+    logged = [e["event"] for _, e in proc.events if e["event"] in ("stop_timeout", "eips_may_be_detached")]
+    assert (code, logged) == (0, []), f"exit {code} after {took:.1f}s, logged {logged}, no failover was running"
+
+
+async def test_a_failed_reload_closes_the_provider_it_built(
+        fake: FakeAliyun, health_servers: list[HealthServer], tmp_path: Path) -> None:
+    """A reload that builds a new Alibaba provider, then is refused (an unreadable api.token_file), closes that
+    provider: nothing is left open at exit (no unclosed pooled session)."""
+    world(fake, transition=0.3)
+    data = config_data(fake, health_servers, tmp_path)
+    config = write(tmp_path / "c.yaml", data)
+    proc = start(config)
+    await proc.start_and_settle("web-a", "web-b")
+    data["providers"]["ali"]["poll_interval"] = "200ms"  # a changed provider: a fresh AlibabaProvider is built
+    data["api"]["token_file"] = str(tmp_path / "missing-token")  # ... then the build fails
+    write(config, data)
+    assert proc.proc is not None
+    proc.proc.send_signal(signal.SIGHUP)
+    await proc.wait_for("reload_failed", 5)
+    reads = len(fake.log)
+    await eventually(lambda: len(fake.log) > reads + 3)  # a few cloud reads through the pooled session
+    assert await proc.stop() == 0
+    leaks = [e.get("event") for _, e in proc.events if "Unclosed" in str(e)]
+    assert leaks == [], leaks
+
+
+async def test_a_stop_that_cuts_a_move_waits_for_the_call_it_sent_then_secures_the_eip(
+        fake: FakeAliyun, health_servers: list[HealthServer], tmp_path: Path) -> None:
+    """stop_timeout shorter than one SDK call: the abort does not abandon the UnassociateEipAddress it sent (the
+    cloud carries it out); the secure step waits for its answer, sees the EIP detaching, and re-attaches it before
+    the process exits."""
+    world(fake, transition=0.3)
+    fake.faults["UnassociateEipAddress"] = [Fault(code=None, delay=3.0)]  # a slow answer; the call is carried out
+    proc = start(write(tmp_path / "c.yaml", config_data(fake, health_servers, tmp_path, stop_timeout="1s")))
+    await proc.start_and_settle("web-a", "web-b")
+    await health_servers[0].stop()
+    await proc.wait_for("failover_started", 10)
+    await eventually(lambda: "UnassociateEipAddress" in fake.actions(), 5)
+    assert proc.proc is not None
+    proc.proc.send_signal(signal.SIGTERM)
+    code = await proc.wait(20)
+    eip = fake.eips["eip-1"]
+    warned = proc.count("eips_may_be_detached")
+    failed = [e.get("error") for _, e in proc.events if e["event"] == "failover_failed"]
+    assert (code, eip.status, eip.instance_id) == (0, "InUse", "i-b"), (
+        f"exit {code}, eips_may_be_detached logged {warned}x, failover_failed {failed}; the EIP is now "
+        f"{eip.status} on {eip.instance_id!r}")
+    assert failed == ["aborted: the daemon is stopping; re-attached eip-1 to EcsInstance i-b"]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -58,6 +58,8 @@ class AlibabaProvider(Provider):
     kind = "alibaba"
     operations = ("DescribeEipAddresses", "AssociateEipAddress", "AssociateEipAddressBatch",
                   "UnassociateEipAddress", "DescribeHaVips", "UnassociateHaVip", "DescribeInstanceStatus")
+    mutating = frozenset({"AssociateEipAddress", "AssociateEipAddressBatch", "UnassociateEipAddress",
+                          "UnassociateHaVip"})
 
     def __init__(self, name: str, config: AlibabaProviderConfig) -> None:
         super().__init__(name)
@@ -148,14 +150,14 @@ class AlibabaProvider(Provider):
             raise ProviderError(f"EIP transition in progress: {'; '.join(busy)}", retryable=True,
                                 code="IncorrectEipStatus")
         elsewhere = {e: s.bound_to for e, s in states.items() if s.bound_to is not None and not to.matches(s.bound_to)}
-        await asyncio.gather(*(self._unassociate(e, b) for e, b in elsewhere.items() if b is not None))
+        await _all(self._unassociate(e, b) for e, b in elsewhere.items() if b is not None)
         if elsewhere:
             await self._wait_available(list(elsewhere))
         attach = [e for e in eips if states[e].bound_to is None or e in elsewhere]
         if len(attach) > 1 and to.instance_type in _BATCHABLE and to.private_ip is None:
             await self._associate_batch(attach, to)
         else:
-            await asyncio.gather(*(self._associate(e, to) for e in attach))
+            await _all(self._associate(e, to) for e in attach)
 
     async def _unassociate(self, eip: str, current: Binding) -> None:
         request = vpc.UnassociateEipAddressRequest(
@@ -236,6 +238,15 @@ class AlibabaProvider(Provider):
                                               instance_type="EcsInstance", force="True" if force else "False")
         await self._call("UnassociateHaVip", lambda: self.vpc.unassociate_ha_vip_async(request),
                          f"instance {instance_id} from HaVip {havip_id}")
+
+
+async def _all(calls: Iterable[Awaitable[None]]) -> None:
+    """Run ``calls`` together and return only when every one has its answer: a move never returns (or raises)
+    while one of its own calls is still changing the cloud. The first permanent error wins, else the first."""
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    errors = [r for r in results if isinstance(r, BaseException)]
+    if errors:
+        raise min(errors, key=lambda e: isinstance(e, ProviderError) and e.retryable)
 
 
 def _eip_state(item: Any) -> EipState:

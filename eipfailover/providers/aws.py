@@ -45,6 +45,8 @@ _HEALTHY_STATUS = frozenset({"ok", "initializing", "not-applicable", "insufficie
 class AwsProvider(Provider):
     kind = "aws"
     operations = ("DescribeAddresses", "AssociateAddress", "DescribeInstanceStatus", "DescribeNetworkInterfaces")
+    mutating = frozenset({"AssociateAddress"})
+    atomic_moves = True
 
     def __init__(self, name: str, config: AwsProviderConfig) -> None:
         super().__init__(name)

@@ -36,10 +36,17 @@ class Provider(ABC):
     """The config ``type`` this driver implements."""
     operations: ClassVar[tuple[str, ...]] = ()
     """Every cloud API operation the driver may call (for metrics' label sets and least-privilege policies)."""
+    atomic_moves: bool = False
+    """True if a move never detaches an EIP on the way (AWS's reassociation): no EIP can be left detached by it."""
+    mutating: ClassVar[frozenset[str]] = frozenset()
+    """The operations that change the cloud. Once sent, such a call is never abandoned: a caller that gives up (a
+    deadline, a stop) leaves it to finish, and :meth:`settle` waits for its answer, so that what it did is known
+    before anyone looks at the cloud again."""
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.on_request: RequestObserver | None = None
+        self._in_flight: set[asyncio.Future[Any]] = set()
 
     @classmethod
     @abstractmethod
@@ -62,8 +69,24 @@ class Provider(ABC):
         """Release clients and threads."""
 
     async def request(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
-        """Run one cloud request, timing it and reporting it to ``on_request``."""
+        """Run one cloud request, timing it and reporting it to ``on_request``. A :attr:`mutating` one runs to its
+        answer even if the caller is cancelled (the cancellation reaches the caller at once)."""
         assert operation in self.operations, f"{operation} is missing from {type(self).__name__}.operations"
+        if operation not in self.mutating:
+            return await self._timed(operation, call)
+        sent: asyncio.Future[T] = asyncio.ensure_future(self._timed(operation, call))
+        self._in_flight.add(sent)
+        sent.add_done_callback(_forget(self._in_flight))
+        return await asyncio.shield(sent)
+
+    async def settle(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` for every mutating call already sent to get its answer; True if none is left."""
+        if not self._in_flight:
+            return True
+        _, pending = await asyncio.wait(set(self._in_flight), timeout=max(timeout, 0.001))
+        return not pending
+
+    async def _timed(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
         start = time.monotonic()
         result = "error"
         try:
@@ -79,3 +102,14 @@ class Provider(ABC):
         finally:
             if self.on_request is not None:
                 self.on_request(self.name, operation, result, time.monotonic() - start)
+
+
+def _forget(in_flight: set[asyncio.Future[Any]]) -> Callable[[asyncio.Future[Any]], None]:
+    """A done-callback that drops a finished call from ``in_flight`` and consumes its outcome (whoever was waiting
+    for it may have given up: its error is reported through ``on_request``, not as a never-retrieved exception)."""
+    def done(future: asyncio.Future[Any]) -> None:
+        in_flight.discard(future)
+        if not future.cancelled():
+            future.exception()
+
+    return done
