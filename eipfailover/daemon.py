@@ -305,7 +305,7 @@ class Daemon:
                             detail="no further move; EIPs left detached are re-attached first")
                 engine.abort()
                 # the critical section: securing what the move detached is bounded by its failover_deadline
-                last_resort = max(g.policy.failover_deadline for g in self.config.groups) + 30.0
+                last_resort = max(r.config.policy.failover_deadline for r in engine.runners.values()) + 10.0
                 if not await _finished(running, last_resort):
                     running.cancel()
         elif running.exception() is not None:
@@ -356,10 +356,7 @@ class Daemon:
         parts.hooks.configure({g.name: g.hooks for g in new.groups})
         stale = [p for name, p in self.providers.items() if built.providers.get(name) is not p]
         users = {id(p): [r for r in engine.runners.values() if r.provider is p] for p in stale}
-        for name in removed:
-            engine.replace(name, None)
-        for runner in built.runners:
-            engine.replace(runner.name, runner)
+        engine.apply({**dict.fromkeys(removed), **{r.name: r for r in built.runners}})
         wanted = set(_guard_keys(new))
         for key in [k for k in parts.guards if k not in wanted or k in built.guards]:
             guard, task = parts.guards.pop(key)

@@ -52,6 +52,8 @@ log = structlog.get_logger("eipfailover.engine")
 
 _DESCRIBE_TIMEOUT = 30.0
 """A safety net around one ``describe``; the driver's own connect/read timeouts normally end it far sooner."""
+REPAIR_BACKOFF_CAP = 30.0
+"""After failed repairs, the longest wait before the next one (it starts at one interval and doubles)."""
 STALE_INTERVALS = 3
 """A group whose last completed check round, or last successful cloud read, is older than this many intervals is
 stalled, or blind."""
@@ -94,7 +96,10 @@ class GroupRunner:
         self.current: FailoverRecord | None = None
         self.last_failover: FailoverRecord | None = None
         self.left_detached: tuple[str, ...] = ()
-        """The EIPs the last failover may have left detached (it could not re-attach them, or not tell)."""
+        """The EIPs the last failover may have left detached (it could not re-attach them, or not tell), until a
+        cloud read shows them attached."""
+        self.repair_failures = 0
+        self.repair_hold_until: float | None = None
         self.ticks = 0
         self.last_tick_at: float | None = None
         self.started_at: float | None = None
@@ -254,12 +259,16 @@ class GroupRunner:
 
     def _take(self, states: Mapping[str, EipState]) -> None:
         self.location, self.eip_states, self._fresh = locate(states, self.bindings), states, True
+        self.left_detached = tuple(e for e in self.left_detached
+                                   if e not in states or states[e].bound_to is None or states[e].pending)
         self.managed = self.location
         if self.location.foreign and not self.config.adopt_foreign:
             others = {e: s for e, s in states.items() if e not in self.location.foreign}
             self.managed = locate(others, self.bindings) if others else self.location
         if self.managed.active is not None:
             self.last_active = self.managed.active
+        if self.managed.placement is not Placement.DETACHED:
+            self.repair_failures, self.repair_hold_until = 0, None
 
     def cloud_problem(self, now: float) -> str | None:
         """Why this group cannot see the cloud now (None if it can): no successful read yet, or the last one older
@@ -282,6 +291,8 @@ class GroupRunner:
             holders=self.managed.holders if known else (),
             last_active=self.last_active,
             adopt_foreign=self.config.adopt_foreign,
+            foreign=bool(self.location.foreign) if known else False,
+            repair_hold_until=self.repair_hold_until,
             maintenance=self.maintenance,
             in_progress=self.in_progress,
             last_move_at=self.last_move_at,
@@ -353,7 +364,8 @@ class GroupRunner:
         self._epoch += 1
         self.observers.on_failover_started(record)
         states = self.eip_states if self._fresh else None
-        self._task = asyncio.create_task(self._failover(record, states, self._fallback(record), counted),
+        self._task = asyncio.create_task(self._failover(record, states, self._fallback(record),
+                                                        decision.reason),
                                          name=f"failover-{self.name}-{record.id}")
 
     def _fallback(self, record: FailoverRecord) -> list[Binding]:
@@ -366,7 +378,7 @@ class GroupRunner:
         return [self.bindings[n] for n in (*order, record.to_target)]
 
     async def _failover(self, record: FailoverRecord, states: Mapping[str, EipState] | None,
-                        fallback: list[Binding], counted: bool) -> None:
+                        fallback: list[Binding], reason: Reason) -> None:
         try:
             outcome = await failover.execute(
                 self.provider, record.eips, self.bindings[record.to_target],
@@ -377,8 +389,13 @@ class GroupRunner:
             outcome = failover.Outcome(False, 0, f"internal error: {describe_exception(exc)}")
         done = replace(record, result="success" if outcome.ok else "failure", error=outcome.error,
                        finished_at=time.time(), attempts=outcome.attempts)
-        if counted:
-            self.last_move_at = time.monotonic()  # the cooldown runs from the end of the move
+        now = time.monotonic()
+        if reason is Reason.REPAIR:  # not counted; a failed one makes the next wait, doubling from an interval
+            self.repair_failures = 0 if outcome.ok else self.repair_failures + 1
+            backoff = min(self.config.policy.interval * 2 ** (self.repair_failures - 1), REPAIR_BACKOFF_CAP)
+            self.repair_hold_until = now + backoff if self.repair_failures else None
+        else:
+            self.last_move_at = now  # the cooldown runs from the end of the move
         self.current, self.last_failover, self.left_detached = None, done, outcome.detached
         self._moving = False
         self._epoch += 1
@@ -483,26 +500,32 @@ class Engine:
         await asyncio.gather(*(r.wait_idle() for r in self.runners.values()))
 
     def replace(self, name: str, runner: GroupRunner | None) -> None:
-        """Replace group ``name`` with ``runner`` (None: remove it), carrying its state over. The old runner stops
-        at once; if it is moving EIPs it stays (visible, with its failover) until the move ends, then hands over.
-        A runner whose EIPs a stopping group is still moving (a group renamed by the reload) starts once that
-        move ends. No other group waits."""
-        pending = self._handovers.pop(name, None)
-        if pending is not None:
-            pending.cancel()
-        old = self.runners.get(name)
-        if old is not None:
-            self._retire(old)
-        eips = set(runner.config.eips) if runner is not None else set()
-        moving = [r for r in self.runners.values()
-                  if r.in_progress and (r is old or (r.stopping and eips & set(r.config.eips)))]
-        if moving:
+        """:meth:`apply` for one group."""
+        self.apply({name: runner})
+
+    def apply(self, changes: Mapping[str, GroupRunner | None]) -> None:
+        """A reload: replace each named group with its new runner (None: remove it), carrying its state over. Every
+        old runner stops at once; one that is moving EIPs stays (visible, with its failover) until the move ends,
+        then hands over. A runner whose EIPs some stopping group is still moving (a rename, or an EIP given to
+        another group) starts once that move ends. No other group waits."""
+        for name in changes:
+            pending = self._handovers.pop(name, None)
+            if pending is not None:
+                pending.cancel()
+            if name in self.runners:
+                self._retire(self.runners[name])
+        for name, runner in changes.items():
+            old = self.runners.get(name)
+            eips = set(runner.config.eips) if runner is not None else set()
+            moving = [r for r in self.runners.values()
+                      if r.in_progress and (r is old or (r.stopping and eips & set(r.config.eips)))]
+            if not moving:
+                self._hand_over(name, old, runner)
+                continue
             if runner is not None:
                 log.info("group_waiting", group=name, detail="starts once a move of its EIPs ends",
                          waiting_for=[r.name for r in moving])
             self._handovers[name] = asyncio.create_task(self._hand_over_when_idle(name, old, runner, moving))
-        else:
-            self._hand_over(name, old, runner)
 
     async def _hand_over_when_idle(self, name: str, old: GroupRunner | None, runner: GroupRunner | None,
                                    moving: list[GroupRunner]) -> None:
@@ -519,7 +542,7 @@ class Engine:
             if old is not None:
                 runner.carry_over(old)
             self._start(runner)
-        elif old is not None and self.on_removed is not None:
+        elif self.on_removed is not None:  # gone: also a group that was still waiting to start
             self.on_removed(name)
         self._changed.set()
 
@@ -556,10 +579,17 @@ class Engine:
         return {name: problem for name, problem in problems.items() if problem is not None}
 
     def at_risk(self) -> dict[str, list[str]]:
-        """The EIPs that may be detached if the process ends now: those of every failover still running, and those
-        a finished one could not secure."""
-        return {r.name: list(r.current.eips if r.current is not None else r.left_detached)
-                for r in self.runners.values() if r.current is not None or r.left_detached}
+        """The EIPs that may be detached if the process ends now: those of every failover still running (where a
+        move detaches first; otherwise those it is repairing), and those a finished one could not secure."""
+        risky = {}
+        for r in self.runners.values():
+            moving = r.current.eips if r.current is not None else ()
+            if r.provider.atomic_moves and r.current is not None and r.current.from_target is not None:
+                moving = ()  # an atomic move of attached EIPs cannot leave them detached
+            eips = sorted({*moving, *r.left_detached})
+            if eips:
+                risky[r.name] = eips
+        return risky
 
     def abort(self) -> None:
         """Cut every running failover short (each re-attaches what it detached)."""

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from eipfailover.checks.base import describe_exception
 from eipfailover.errors import ProviderError
 from eipfailover.model import Binding, EipState
-from eipfailover.providers.base import Provider
+from eipfailover.providers.base import Provider, own_calls
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,23 +77,35 @@ async def execute(
     """Move ``eips`` to ``to`` and verify, within ``deadline`` seconds. ``states`` is the latest describe, used to
     skip EIPs already in place.
 
-    Setting ``abort`` stops the move at once (the call in flight is cancelled). After a failure, EIPs found detached
-    are re-attached to the first binding of ``fallback`` that takes them; after an abort, to ``to`` first, then to
-    the fallback bindings. That takes at most another ``deadline``, which ``abort`` does not cut: the detached window
-    is a critical section. Never raises, whatever the driver raises: failures come back in the outcome."""
+    Setting ``abort`` stops the move at once (cloud calls it has sent still get their answer). After a failure, EIPs
+    found detached are re-attached to the first binding of ``fallback`` that takes them; after an abort, to ``to``
+    first, then to the fallback bindings. That takes at most another ``deadline``, which ``abort`` does not cut: the
+    detached window is a critical section. Never raises, whatever the driver raises: failures come back in the
+    outcome."""
+    with own_calls():  # securing waits for this move's calls, not for other groups'
+        return await _execute(provider, eips, to, deadline, states, fallback, abort, backoff, verify_interval)
+
+
+async def _execute(provider: Provider, eips: Sequence[str], to: Binding, deadline: float,
+                   states: Mapping[str, EipState] | None, fallback: Sequence[Binding], abort: asyncio.Event | None,
+                   backoff: Backoff, verify_interval: float) -> Outcome:
+    # what may be left detached if the cloud cannot be read afterwards: any EIP, where a move detaches first;
+    # otherwise only those that already were (a repair)
+    exposed = tuple(e for e in eips if not provider.atomic_moves or states is None or e not in states
+                    or states[e].bound_to is None or states[e].pending)
     try:
         outcome = await _abortable(_move_and_verify(provider, eips, to, deadline, states, backoff, verify_interval),
                                    abort)
     except _Aborted:  # cut short: an EIP it detached goes where it was going first, the move being decided
         outcome = Outcome(False, 0, "aborted: the daemon is stopping", states)
         fallback = [to, *(b for b in fallback if b != to)] if fallback else []
-    if outcome.ok or not fallback or provider.atomic_moves:
+    if outcome.ok or not fallback:
         return outcome
     try:
-        return await _secure(provider, eips, outcome, fallback, deadline, backoff, verify_interval)
+        return await _secure(provider, eips, outcome, fallback, deadline, backoff, verify_interval, exposed)
     except Exception as exc:  # a driver bug in the secure step: report it, the engine's next read repairs
         return _failed(outcome, f"securing the EIPs failed: internal error: {describe_exception(exc)}", None,
-                       tuple(eips))
+                       exposed)
 
 
 async def _abortable(work: Awaitable[Outcome], abort: asyncio.Event | None) -> Outcome:
@@ -117,16 +129,17 @@ async def _abortable(work: Awaitable[Outcome], abort: asyncio.Event | None) -> O
 
 
 async def _secure(provider: Provider, eips: Sequence[str], failed: Outcome, fallback: Sequence[Binding],
-                  deadline: float, backoff: Backoff, verify_interval: float) -> Outcome:
+                  deadline: float, backoff: Backoff, verify_interval: float, exposed: tuple[str, ...]) -> Outcome:
     """Wait for the calls the move sent to get their answers, then until no EIP is in transition, then re-attach
-    the detached ones, trying each fallback binding with an equal share of the time left."""
+    the detached ones, trying each fallback binding with an equal share of the time left. ``exposed``: the EIPs
+    that may be detached if the cloud cannot tell."""
     end = time.monotonic() + deadline
 
     def remaining() -> float:
         return end - time.monotonic()
 
     if not await provider.settle(remaining()):
-        return _failed(failed, f"calls to the cloud still unanswered after {deadline:g}s", None, tuple(eips))
+        return _failed(failed, f"calls to the cloud still unanswered after {deadline:g}s", None, exposed)
     states: Mapping[str, EipState] | None = None
     while True:
         try:
@@ -137,14 +150,14 @@ async def _secure(provider: Provider, eips: Sequence[str], failed: Outcome, fall
             problem = "EIPs still in transition: " + ", ".join(e for e, s in states.items() if s.pending)
         except ProviderError as exc:
             if not exc.retryable:
-                return _failed(failed, f"cannot check for detached EIPs: {exc}", states, tuple(eips))
+                return _failed(failed, f"cannot check for detached EIPs: {exc}", states, exposed)
             problem = f"cannot check for detached EIPs: {exc}"
         except TimeoutError:
             problem = "cannot check for detached EIPs: no answer from the cloud"
         except Exception as exc:  # a driver bug: keep trying while there is time (it may be passing)
             problem = f"cannot check for detached EIPs: internal error: {describe_exception(exc)}"
         if remaining() <= verify_interval:
-            return _failed(failed, f"{problem} after {deadline:g}s", states, tuple(eips))
+            return _failed(failed, f"{problem} after {deadline:g}s", states, exposed)
         await asyncio.sleep(verify_interval)
     stray = [e for e in eips if states[e].bound_to is None]
     if not stray:
@@ -152,6 +165,8 @@ async def _secure(provider: Provider, eips: Sequence[str], failed: Outcome, fall
         return _failed(failed, f"none detached ({where})", states)
     errors = []
     for i, binding in enumerate(fallback):
+        if i and not await provider.settle(remaining()):  # the last attempt's calls first: then the next binding
+            break
         share = max(remaining() / (len(fallback) - i), 0.001)
         back = await _move_and_verify(provider, stray, binding, share, states, backoff, verify_interval)
         if back.ok:

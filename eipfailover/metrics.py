@@ -158,8 +158,9 @@ class StateCollector(Collector):
         return {
             "target_up": GaugeMetricFamily(P + "target_up", "1 if the target is confirmed UP (rise/fall), else 0.",
                                            labels=["group", "target"]),
-            "active_target": GaugeMetricFamily(P + "active_target", "1 for the target that holds all of the "
-                                               "group's EIPs (as last seen).", labels=["group", "target"]),
+            "active_target": GaugeMetricFamily(P + "active_target", "1 for the target that holds the group's EIPs "
+                                               "(as last seen; EIPs on a foreign resource, left alone, aside).",
+                                               labels=["group", "target"]),
             "maintenance": GaugeMetricFamily(P + "maintenance", "1 while the group is in maintenance.",
                                              labels=["group"]),
             "eip_attached": GaugeMetricFamily(P + "eip_attached", "1 when every EIP of the group is on one of its "
@@ -181,7 +182,7 @@ class StateCollector(Collector):
             name, location = runner.name, runner.location
             for target in runner.targets.values():
                 f["target_up"].add_metric([name, target.name], float(target.health.state is TargetState.UP))
-                f["active_target"].add_metric([name, target.name], float(target.name == location.active))
+                f["active_target"].add_metric([name, target.name], float(target.name == runner.managed.active))
             f["maintenance"].add_metric([name], float(runner.maintenance))
             f["eip_attached"].add_metric([name], float(location.placement is Placement.ON_TARGET))
             f["eips_foreign"].add_metric([name], float(len(location.foreign)))

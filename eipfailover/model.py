@@ -188,6 +188,7 @@ class Reason(StrEnum):
     NO_HEALTHY_TARGET = "no_healthy_target"
     ADOPT = "adopt"
     REPAIR = "repair_detached"
+    REPAIR_BACKOFF = "repair_backoff"  # the last repair failed: the next one waits a little (doubling, capped)
     FOREIGN = "eip_on_foreign_resource"
     COOLDOWN = "cooldown"
     RATE_LIMITED = "rate_limited"
@@ -230,6 +231,8 @@ class Snapshot:
     holders: tuple[str, ...] = ()  # targets holding at least one EIP, the most first
     last_active: str | None = None  # the target that last held every EIP
     adopt_foreign: bool = False  # take EIPs back from resources outside the group
+    foreign: bool = False  # some EIP is on a resource outside the group (left out of placement and active)
+    repair_hold_until: float | None = None  # after a failed repair, no other before this time
     maintenance: bool = False
     in_progress: bool = False
     last_move_at: float | None = None

@@ -7,7 +7,9 @@ Rules, in order:
 3. An operator's request is served first: it ignores cooldown, rate limit and maintenance, never its target's
    health unless forced.
 4. In maintenance nothing moves automatically.
-5. A detached EIP is repaired at once (no cooldown, no ``max_failovers``): every second detached is downtime.
+5. A detached EIP is repaired at once (no cooldown, no ``max_failovers``): every second detached is downtime. Only
+   a repair that failed makes the next one wait, an interval doubling up to 30 s, so that a cloud that refuses it
+   is not hammered.
 6. EIPs on a resource outside the group are left alone and reported, unless the group sets ``adopt_foreign``;
    EIPs split across targets (or foreign ones, with ``adopt_foreign``) are adopted.
 7. A confirmed-DOWN active target fails over to the most preferred healthy standby.
@@ -82,7 +84,7 @@ def manual(s: Snapshot, request: ManualRequest) -> Decision:
         target = candidates[0] if candidates else None
     if target is None:
         return Decision(Action.NONE, Reason.MANUAL_TARGET_UNHEALTHY)
-    if target == s.active and s.placement is Placement.ON_TARGET:
+    if target == s.active and s.placement is Placement.ON_TARGET and not (request.force and s.foreign):
         return Decision(Action.NONE, Reason.MANUAL_ALREADY_ACTIVE, target)
     if s.health[target].state is not TargetState.UP and not request.force:
         return Decision(Action.NONE, Reason.MANUAL_TARGET_UNHEALTHY, target)
@@ -109,6 +111,8 @@ def decide(s: Snapshot, now: float, policy: PolicyConfig) -> Decision:
         if target is None:
             return Decision(Action.NONE, Reason.NO_HEALTHY_TARGET)
         if s.placement is Placement.DETACHED:
+            if s.repair_hold_until is not None and now < s.repair_hold_until:
+                return Decision(Action.NONE, Reason.REPAIR_BACKOFF, target)
             return Decision(Action.ADOPT, Reason.REPAIR, target, Trigger.AUTO)
         return _automatic(Action.ADOPT, Reason.ADOPT, target, Trigger.AUTO, s, now, policy)
 

@@ -3,8 +3,9 @@
 aiohttp closes a connection whose request head is incomplete only after its keep-alive timeout (an hour by
 default) and has no cap on connections, so a client that half-sends requests would exhaust file descriptors. Here
 the keep-alive timeout doubles as the head deadline (:data:`HEAD_TIMEOUT`), and :class:`CappedSite` answers a
-connection beyond :data:`MAX_CONNECTIONS` with a canned ``503`` and closes it. Request bodies have their own deadline
-in the handlers (``api.BODY_TIMEOUT``).
+connection beyond :data:`MAX_CONNECTIONS` with a canned ``503`` (over TLS: just closes it) and closes it. With TLS it
+does the handshake itself, within :data:`HEAD_TIMEOUT` too, so that connections still shaking hands count. Request
+bodies have their own deadline in the handlers (``api.BODY_TIMEOUT``).
 """
 
 from __future__ import annotations
@@ -107,9 +108,9 @@ class _Capped(asyncio.Protocol):
             self._early.append(data)
 
     def eof_received(self) -> bool | None:
-        if self._inner is None:
+        if self._inner is None:  # only over TLS, between the handshake and the admission: replayed then
             self._eof = True
-            return True  # keep the transport open until the inner protocol has seen everything
+            return None
         return self._inner.eof_received()
 
     def pause_writing(self) -> None:

@@ -418,3 +418,41 @@ async def test_tls_connections_that_never_handshake_are_capped_and_timed_out(
         for _, writer in conns:
             writer.close()
         await runner.cleanup()
+
+
+async def test_a_repair_refused_by_the_cloud_is_not_retried_as_fast_as_the_cloud_answers(
+        ec2: Ec2World, health_servers: list[HealthServer], tmp_path: Path) -> None:
+    """The EIP is detached and the preferred target's instance ID has a typo (its health endpoint answers, so it
+    is UP): repairs to it fail for good. They neither hammer the cloud nor leave the EIP detached: each failed
+    repair tries the other healthy target, and the next one waits (repair_backoff)."""
+    ec2.client.disassociate_address(AssociationId=ec2.holder()["AssociationId"])
+
+    def edit(data: dict[str, Any]) -> None:
+        data["groups"][0]["targets"][0]["binding"]["instance_id"] = "i-0123456789abcdef0"  # a typo
+
+    async with aiohttp.ClientSession() as session, running_daemon(ec2, health_servers, tmp_path, edit, session) as r:
+        await asyncio.sleep(3.0)
+        metrics = await r.scrape()
+        calls = sum(v for (name, labels), v in metrics.items()
+                    if name == "eipfailover_provider_requests_total" and ("operation", "AssociateAddress") in labels)
+        failures = sum(v for (name, labels), v in metrics.items()
+                       if name == "eipfailover_failovers_total" and ("result", "failure") in labels)
+        _, history = await r.get("/v1/history?limit=1000")
+    assert calls <= 6, (f"{calls:.0f} AssociateAddress calls and {failures:.0f} failed failovers in ~3 s (interval "
+                        f"500 ms); history holds {len(history['failovers'])} records")
+    assert ec2.holder().get("InstanceId") == ec2.instance_b
+
+
+async def test_a_detached_eip_whose_repair_target_refuses_it_goes_to_the_other_healthy_target(
+        ec2: Ec2World, health_servers: list[HealthServer], tmp_path: Path) -> None:
+    """The same world: the repair to web-a fails, and the EIP goes to web-b (healthy) in the same failover."""
+    ec2.client.disassociate_address(AssociationId=ec2.holder()["AssociationId"])
+
+    def edit(data: dict[str, Any]) -> None:
+        data["groups"][0]["targets"][0]["binding"]["instance_id"] = "i-0123456789abcdef0"
+
+    async with aiohttp.ClientSession() as session, running_daemon(ec2, health_servers, tmp_path, edit, session) as r:
+        await eventually(lambda: ec2.holder().get("InstanceId") == ec2.instance_b, 10)
+        (record, *_) = (await r.get("/v1/history"))[1]["failovers"]
+    assert record["result"] == "failure"
+    assert record["error"].endswith(f"re-attached {ec2.eip} to {ec2.instance_b}")

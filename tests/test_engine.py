@@ -16,7 +16,7 @@ from eipfailover.config import parse_config
 from eipfailover.engine import Engine, GroupRunner
 from eipfailover.errors import ProviderError
 from eipfailover.events import FailoverRecord, NullObserver, Observers
-from eipfailover.metrics import Metrics
+from eipfailover.metrics import Metrics, StateCollector
 from eipfailover.model import (
     Action,
     Binding,
@@ -41,24 +41,33 @@ OK, FAIL = CheckStatus.OK, CheckStatus.FAIL
 class Recorder(NullObserver):
     def __init__(self) -> None:
         self.events: list[tuple[Any, ...]] = []
+        self.times: list[float] = []  # when each event came
+
+    def _add(self, *event: Any) -> None:
+        self.events.append(event)
+        self.times.append(time.monotonic())
 
     def on_health(self, group: str, target: str, before: Health, after: Health, cause: CheckResult) -> None:
-        self.events.append(("health", target, after.state))
+        self._add("health", target, after.state)
 
     def on_decision(self, group: str, decision: Decision) -> None:
-        self.events.append(("decision", decision.action, decision.reason, decision.target))
+        self._add("decision", decision.action, decision.reason, decision.target)
 
     def on_failover_started(self, record: FailoverRecord) -> None:
-        self.events.append(("started", record.trigger, record.from_target, record.to_target))
+        self._add("started", record.trigger, record.from_target, record.to_target)
 
     def on_failover_finished(self, record: FailoverRecord) -> None:
-        self.events.append(("finished", record.result, record.to_target, record.error))
+        self._add("finished", record.result, record.to_target, record.error)
 
     def on_cloud_error(self, group: str, error: ProviderError | None) -> None:
-        self.events.append(("cloud_error", None if error is None else error.code))
+        self._add("cloud_error", None if error is None else error.code)
 
     def of(self, kind: str) -> list[tuple[Any, ...]]:
         return [e for e in self.events if e[0] == kind]
+
+    def timed(self, kind: str) -> list[tuple[Any, ...]]:
+        """``(time, *event)`` of each event of ``kind``."""
+        return [(t, *e) for t, e in zip(self.times, self.events, strict=True) if e[0] == kind]
 
 
 def group_config(targets: int = 2, eips: int = 1, adopt_foreign: bool = False, **policy: Any) -> Any:
@@ -322,7 +331,8 @@ async def test_failed_failover_is_reported_and_held_by_cooldown() -> None:
     w.set(a=FAIL)
     w.cloud.faults["move"] = [ProviderError("denied", retryable=False, code="UnauthorizedOperation")]
     await w.ticks(2)
-    assert w.recorder.of("finished") == [("finished", "failure", "b", "move failed: denied")]
+    assert w.recorder.of("finished") == [("finished", "failure", "b",
+                                                  "move failed: denied; none detached (e1 on i-a)")]
     await w.ticks(3)
     assert len(w.cloud.moves()) == 1
     assert w.runner.decision == Decision(Action.NONE, Reason.COOLDOWN, "b")
@@ -559,3 +569,102 @@ async def test_a_removed_group_does_not_get_its_series_back_from_its_last_round(
     finally:
         engine.request_stop()
         await running
+
+
+def make(name: str, eips: list[str], cloud: FakeProvider, a: CheckStatus = OK,
+         b: CheckStatus = OK) -> tuple[GroupRunner, dict[str, ScriptedCheck]]:
+    checks = {"a": ScriptedCheck(status=a), "b": ScriptedCheck(status=b)}
+    r = GroupRunner(named_group(name, eips), cloud, {n: [c] for n, c in checks.items()}, Observers([Recorder()]))
+    return r, checks
+
+
+async def test_an_eip_handed_to_a_group_listed_before_its_old_group_waits_for_the_move() -> None:
+    """A reload gives e2 from 'web' (changed: now e1 only) to a new group 'api', listed first, while 'web' is moving
+    e1+e2: 'api' starts only once that move ends, whatever the order of the groups in the config."""
+    cloud = FakeProvider({"e1": A, "e2": A}, two_step=True)
+    web, checks = make("web", ["e1", "e2"], cloud)
+    engine = Engine([web])
+    running = asyncio.create_task(engine.run())
+    try:
+        await eventually(lambda: web.active == "a" and all(t.health.state.value == "up"
+                                                             for t in web.targets.values()), 5)
+        cloud.move_delay = 2.0
+        checks["a"].status = FAIL
+        await eventually(lambda: web.in_progress, 5)
+        api, _ = make("api", ["e2"], cloud)
+        web2, _ = make("web", ["e1"], cloud, a=FAIL)
+        engine.apply({"api": api, "web": web2})  # in config order, as Daemon.reload does
+        await asyncio.sleep(1.0)  # web's move (2 s) is still under way
+        assert web.in_progress
+        moves_of_e2 = [m for m in cloud.moves() if "e2" in m[0]]
+        assert "api" not in engine.runners, f"'api' started during web's move of e2; moves: {cloud.moves()}"
+        assert len(moves_of_e2) == 1, f"e2 moved by two groups at once: {cloud.moves()}"
+        await eventually(lambda: "api" in engine.runners, 5)  # once web's move has ended
+    finally:
+        engine.request_stop()
+        await running
+
+
+async def test_a_forced_request_to_the_active_target_takes_the_foreign_eip_back() -> None:
+    """e1 on a, e2 moved by hand to a stranger: a forced request to the active target brings e2 back."""
+    stranger = Binding(instance_id="i-stranger")
+    w = World({"e1": A, "e2": stranger})
+    await w.ticks(2)
+    w.runner.request_failover(ManualRequest(to="a", force=True, id="m1"))
+    await w.runner.wait_idle()
+    assert w.cloud.placement["e2"] == A, (f"forced request refused: {w.runner.decision}; "
+                                          f"{w.recorder.of('finished')}")
+
+
+async def test_eips_a_failover_could_not_secure_stop_being_at_risk_once_the_cloud_shows_them_attached() -> None:
+    """A failed move whose secure step could not read the cloud leaves its EIP at risk, until a read shows it
+    attached: then a stop has nothing to warn about."""
+    w = World({"e1": A})
+    w.cloud.atomic_moves = False  # a two-step cloud (Alibaba)
+    await w.ticks(3)
+    w.cloud.faults["move"] = [ProviderError("Forbidden.RAM", retryable=False, code="Forbidden.RAM")]
+    w.cloud.faults["describe"] = [ProviderError("Forbidden.RAM", retryable=False, code="Forbidden.RAM")]
+    w.runner.request_failover(ManualRequest(to="b", id="m1"))
+    await w.runner.wait_idle()
+    assert w.runner.left_detached == ("e1",)
+    await w.ticks(5)  # the cloud answers again: e1 is on a, healthy; nothing to do
+    assert w.runner.placement is Placement.ON_TARGET
+    assert w.runner.active == "a"
+    assert Engine([w.runner]).at_risk() == {}, (
+        f"the cloud shows e1 attached to a, yet a stop now would exit 1: {Engine([w.runner]).at_risk()}")
+
+
+async def test_a_repair_that_fails_for_good_is_not_retried_in_a_tight_loop() -> None:
+    """A detached EIP whose re-attachment is refused for good (AssociateAddress denied): each failed repair makes
+    the next one wait, one interval and doubling, instead of retrying as fast as the cloud answers."""
+    cloud = FakeProvider({"e1": None})
+    recorder = Recorder()
+    web = GroupRunner(named_group("web", ["e1"], interval="500ms", timeout="250ms", rise=1),
+                      cloud, {n: [ScriptedCheck()] for n in "ab"}, Observers([recorder]))
+    cloud.faults["move"] = [ProviderError("denied", retryable=False, code="UnauthorizedOperation")] * 1000
+    engine = Engine([web])
+    running = asyncio.create_task(engine.run())
+    try:
+        await eventually(lambda: len(recorder.of("finished")) >= 3, 10)
+        assert web.decision is not None
+        assert web.decision.reason is Reason.REPAIR_BACKOFF
+    finally:
+        engine.request_stop()
+        await running
+    starts = [t for t, *_ in recorder.timed("started")]
+    assert len(starts) == 3  # at 0, then after 0.5 s, then after 1 s more
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert gaps[0] >= 0.45
+    assert gaps[1] >= 0.95
+
+
+async def test_the_active_target_gauge_agrees_with_the_api_when_an_eip_is_foreign() -> None:
+    """e1 on a, e2 on a stranger (left alone): the group acts on e1 on a; the gauge says so too, so that
+    EipFailoverActiveTargetDown can fire for it."""
+    stranger = Binding(instance_id="i-stranger")
+    w = World({"e1": A, "e2": stranger})
+    await w.ticks(3)
+    assert w.runner.active == "a"
+    families = {f.name: f for f in StateCollector(Engine([w.runner])).collect()}
+    active = {s.labels["target"]: s.value for s in families["eipfailover_active_target"].samples}
+    assert active.get("a") == 1.0, f"API active_target={w.runner.active!r}, gauge: {active}"

@@ -166,7 +166,7 @@ async def test_abort_before_anything_is_detached_moves_nothing() -> None:
     await eventually(lambda: cloud.moves() != [])
     abort.set()
     outcome = await asyncio.wait_for(moving, 5)
-    assert (outcome.ok, outcome.error) == (False, "aborted: the daemon is stopping")
+    assert (outcome.ok, outcome.error) == (False, "aborted: the daemon is stopping; none detached (e1 on i-a)")
     assert cloud.placement["e1"] == A
     assert len(cloud.moves()) == 1
 
@@ -211,3 +211,45 @@ async def test_a_driver_bug_in_the_secure_step_is_survived() -> None:
     assert not outcome.ok
     assert outcome.error == "move failed: denied; re-attached e1 to i-a"
     assert cloud.placement["e1"] == A
+
+
+C, D = Binding(instance_id="i-c"), Binding(instance_id="i-d")
+
+
+class SharedCloud(FakeProvider):
+    """A two-step cloud whose moves go through Provider.request as a mutating call (like the Alibaba driver)."""
+
+    operations = ("Associate",)
+    mutating = frozenset({"Associate"})
+
+    def __init__(self, placement: dict[str, Binding | None]) -> None:
+        super().__init__(placement, two_step=True)
+        self.slow: dict[str, float] = {}
+
+    async def move(self, eips: Sequence[str], to: Binding) -> None:
+        async def call() -> None:
+            delay = max(self.slow.get(e, 0.0) for e in eips)
+            if delay:
+                await asyncio.sleep(delay)
+            await FakeProvider.move(self, eips, to)
+
+        await self.request("Associate", call)
+
+
+async def test_securing_one_group_does_not_wait_for_another_groups_calls() -> None:
+    """Groups 'web' (e1) and 'api' (e2) share a provider; api's move is slow (a call of 10 s). web's move fails after
+    detaching e1: its secure step waits for web's own calls only, and re-attaches e1 within web's deadline."""
+    cloud = SharedCloud({"e1": A, "e2": C})
+    cloud.slow["e2"] = 10.0
+    api = asyncio.create_task(failover.execute(cloud, ["e2"], D, deadline=30))
+    await asyncio.sleep(0.1)
+    cloud.faults["move"] = [ProviderError("InvalidInstanceId.NotFound", retryable=False)]
+    t0 = time.monotonic()
+    outcome = await failover.execute(cloud, ["e1"], B, deadline=2, fallback=[A], verify_interval=0.05)
+    took = time.monotonic() - t0
+    api.cancel()
+    try:
+        assert cloud.placement["e1"] == A, f"e1 left detached after {took:.1f}s: {outcome.error}"
+    finally:
+        await asyncio.gather(api, return_exceptions=True)
+        await cloud.settle(15)

@@ -4,6 +4,7 @@ their state; and the HaVip check and takeover guard loaded from a config and run
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import sys
 from collections.abc import AsyncIterator
@@ -190,3 +191,82 @@ async def test_a_stop_during_a_reload_hand_over_leaves_no_runner_behind(
     leftovers = [t for t in asyncio.all_tasks() if t.get_name().startswith(("group-", "failover-"))]
     assert leftovers == []
     assert (fake.eips["eip-1"].status, fake.eips["eip-1"].instance_id) == ("InUse", "i-b")
+
+
+async def test_a_group_added_then_removed_while_it_waits_leaves_no_series_behind(
+        fake: FakeAliyun, health_servers: list[HealthServer], tmp_path: Path) -> None:
+    """web is moving; reload 1 renames it web2 (web2 waits for the move); reload 2 renames it back to web: web2
+    never ran and is gone, and so are its series."""
+    fake.transition = 2.0
+    data = ecs_config(fake, health_servers, tmp_path)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(data))
+    daemon = Daemon(load_config(path), path)
+    task = asyncio.create_task(daemon.run(install_signals=False))
+    try:
+        await asyncio.wait_for(daemon.serving.wait(), 30)
+        assert daemon.engine is not None
+        engine = daemon.engine
+        old = engine.runners["web"]
+        await eventually(lambda: all(t.health.state == "up" for t in old.targets.values()))
+        await health_servers[0].stop()
+        await eventually(lambda: old.current is not None, timeout=10)
+        renamed = copy.deepcopy(data)
+        renamed["groups"][0]["name"] = "web2"
+        await reload(daemon, path, renamed)
+        await reload(daemon, path, data)
+        await eventually(lambda: old.current is None and engine.runners["web"] is not old, timeout=15)
+        series = await scrape(daemon)
+        phantom = sorted({dict(labels).get("group") or "" for _, labels in series} - {"", "web"})
+        assert phantom == [], f"series of groups that are not configured: {phantom}"
+    finally:
+        assert daemon.engine is not None
+        daemon.engine.request_stop()
+        assert await asyncio.wait_for(task, 30) == 0
+
+
+async def test_an_eip_handed_to_a_group_listed_first_waits_for_its_old_groups_move(
+        fake: FakeAliyun, health_servers: list[HealthServer], tmp_path: Path) -> None:
+    """web holds eip-1 and eip-2 on NAT gateway nat-a and is moving both to nat-b (2 s transitions). A reload gives
+    eip-2 to a new group 'api' listed before 'web': 'api' starts only once web's move has ended."""
+    fake.transition = 2.0
+    data = ecs_config(fake, health_servers, tmp_path)
+    fake.add_eip("eip-2", "47.1.1.2")
+    for nat in ("nat-a", "nat-b"):
+        fake.add_resource(nat, "Nat")
+    fake.bind("eip-1", "nat-a")
+    fake.bind("eip-2", "nat-a")
+    data["groups"][0]["eips"] = ["eip-1", "eip-2"]
+    for target, nat in zip(data["groups"][0]["targets"], ("nat-a", "nat-b"), strict=True):
+        target["binding"] = {"instance_id": nat, "instance_type": "Nat"}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(data))
+    daemon = Daemon(load_config(path), path)
+    task = asyncio.create_task(daemon.run(install_signals=False))
+    try:
+        await asyncio.wait_for(daemon.serving.wait(), 30)
+        assert daemon.engine is not None
+        engine = daemon.engine
+        web = engine.runners["web"]
+        await eventually(lambda: all(t.health.state == "up" for t in web.targets.values()))
+        await health_servers[0].stop()
+        await eventually(lambda: web.current is not None, timeout=10)
+        new = copy.deepcopy(data)
+        api = copy.deepcopy(data["groups"][0])
+        api["name"], api["eips"] = "api", ["eip-2"]
+        new["groups"][0]["eips"] = ["eip-1"]
+        new["groups"].insert(0, api)
+        await reload(daemon, path, new)
+        running_early = "api" in engine.runners and web.in_progress
+        await eventually(lambda: not web.in_progress, timeout=15)
+        await asyncio.sleep(1)
+        api_runner = engine.runners.get("api")
+        history = [(r.reason, r.to_target, r.result, r.error) for r in daemon.api.history.query("api", 5)] \
+            if daemon.api is not None else []
+        assert not running_early, (f"api ran while web still moved eip-2; web's last failover: "
+                                   f"{web.last_failover and (web.last_failover.result, web.last_failover.error)}; "
+                                   f"api's failovers: {history}; api active: {api_runner and api_runner.active}")
+    finally:
+        assert daemon.engine is not None
+        daemon.engine.request_stop()
+        assert await asyncio.wait_for(task, 30) == 0

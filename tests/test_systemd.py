@@ -390,7 +390,7 @@ def test_unit_contract() -> None:
                  "CapabilityBoundingSet=", "UMask=0077"):
         assert re.search(rf"^{re.escape(line)}$", text, re.MULTILINE), line
     stop = float(re.search(r"^TimeoutStopSec=(\d+)s$", text, re.MULTILINE).group(1))  # type: ignore[union-attr]
-    assert stop > 20 + 60  # above the default stop_timeout plus failover_deadline (finish, then re-attach)
+    assert stop > 20 + 60 + 10 + 10  # stop_timeout, failover_deadline (+ its last call), hooks and guards
     assert "check-config" in re.search(r"^ExecStartPre=(.*)$", text, re.MULTILINE).group(1)  # type: ignore[union-attr]
 
 

@@ -9,9 +9,11 @@ retries, the failover module owns retries and deadlines. Every cloud request is 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
@@ -19,6 +21,20 @@ from eipfailover.errors import ProviderError
 from eipfailover.model import Binding, EipState
 
 T = TypeVar("T")
+_CALLER: contextvars.ContextVar[object | None] = contextvars.ContextVar("eipfailover_caller", default=None)
+
+
+@contextlib.contextmanager
+def own_calls() -> Iterator[None]:
+    """The mutating calls made inside (in this task and the tasks it starts) are its own, for
+    :meth:`Provider.settle`."""
+    token = _CALLER.set(object())
+    try:
+        yield
+    finally:
+        _CALLER.reset(token)
+
+
 RequestObserver = Callable[[str, str, str, float], None]
 """Called as ``(provider, operation, result, seconds)`` after every cloud request; ``result`` is ``ok``,
 ``retryable``, ``error``, ``timeout`` (no answer within the driver's timeouts) or ``cancelled`` (abandoned by the
@@ -46,7 +62,7 @@ class Provider(ABC):
     def __init__(self, name: str) -> None:
         self.name = name
         self.on_request: RequestObserver | None = None
-        self._in_flight: set[asyncio.Future[Any]] = set()
+        self._in_flight: dict[asyncio.Future[Any], object | None] = {}
 
     @classmethod
     @abstractmethod
@@ -75,15 +91,18 @@ class Provider(ABC):
         if operation not in self.mutating:
             return await self._timed(operation, call)
         sent: asyncio.Future[T] = asyncio.ensure_future(self._timed(operation, call))
-        self._in_flight.add(sent)
+        self._in_flight[sent] = _CALLER.get()
         sent.add_done_callback(_forget(self._in_flight))
         return await asyncio.shield(sent)
 
     async def settle(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` for every mutating call already sent to get its answer; True if none is left."""
-        if not self._in_flight:
+        """Wait up to ``timeout`` for the mutating calls sent in the current :func:`own_calls` block (outside one,
+        all of them) to get their answers; True if none is left."""
+        caller = _CALLER.get()
+        mine = {f for f, owner in self._in_flight.items() if caller is None or owner is caller}
+        if not mine:
             return True
-        _, pending = await asyncio.wait(set(self._in_flight), timeout=max(timeout, 0.001))
+        _, pending = await asyncio.wait(mine, timeout=max(timeout, 0.001))
         return not pending
 
     async def _timed(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
@@ -104,11 +123,11 @@ class Provider(ABC):
                 self.on_request(self.name, operation, result, time.monotonic() - start)
 
 
-def _forget(in_flight: set[asyncio.Future[Any]]) -> Callable[[asyncio.Future[Any]], None]:
+def _forget(in_flight: dict[asyncio.Future[Any], object | None]) -> Callable[[asyncio.Future[Any]], None]:
     """A done-callback that drops a finished call from ``in_flight`` and consumes its outcome (whoever was waiting
     for it may have given up: its error is reported through ``on_request``, not as a never-retrieved exception)."""
     def done(future: asyncio.Future[Any]) -> None:
-        in_flight.discard(future)
+        in_flight.pop(future, None)
         if not future.cancelled():
             future.exception()
 
