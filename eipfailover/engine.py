@@ -172,8 +172,8 @@ class GroupRunner:
 
     def carry_over(self, old: GroupRunner) -> None:
         """Take over the state of the runner this one replaces (after a reload): maintenance, move history, the last
-        failover and active target, the cloud's view if the EIPs are the same, and the health of every target whose
-        binding and checks are unchanged."""
+        failover and active target, the EIPs at risk and the repair backoff, the cloud's view if the EIPs are the
+        same, and the health of every target whose binding and checks are unchanged."""
         self.maintenance = old.maintenance
         self.last_move_at, self.recent_moves = old.last_move_at, list(old.recent_moves)
         self.last_failover, self.last_active = old.last_failover, old.last_active
@@ -183,6 +183,9 @@ class GroupRunner:
             if old.eip_states:
                 self._take(old.eip_states)
             self._fresh = old._fresh and bool(old.eip_states)
+        # after _take: the carried view is no news about them
+        self.left_detached = old.left_detached
+        self.repair_failures, self.repair_hold_until = old.repair_failures, old.repair_hold_until
         old_targets = {t.name: t for t in old.config.targets}
         for target in self.config.targets:
             before = old_targets.get(target.name)
@@ -267,8 +270,8 @@ class GroupRunner:
             self.managed = locate(others, self.bindings) if others else self.location
         if self.managed.active is not None:
             self.last_active = self.managed.active
-        if self.managed.placement is not Placement.DETACHED:
-            self.repair_failures, self.repair_hold_until = 0, None
+        if self.managed.placement not in (Placement.DETACHED, Placement.IN_TRANSITION):
+            self.repair_failures, self.repair_hold_until = 0, None  # attached again: the next repair is a new one
 
     def cloud_problem(self, now: float) -> str | None:
         """Why this group cannot see the cloud now (None if it can): no successful read yet, or the last one older
@@ -363,7 +366,7 @@ class GroupRunner:
         self._moving = True
         self._epoch += 1
         self.observers.on_failover_started(record)
-        states = self.eip_states if self._fresh else None
+        states = self.eip_states if self._fresh and self.cloud_error is None else None
         self._task = asyncio.create_task(self._failover(record, states, self._fallback(record),
                                                         decision.reason),
                                          name=f"failover-{self.name}-{record.id}")
@@ -392,7 +395,8 @@ class GroupRunner:
         now = time.monotonic()
         if reason is Reason.REPAIR:  # not counted; a failed one makes the next wait, doubling from an interval
             self.repair_failures = 0 if outcome.ok else self.repair_failures + 1
-            backoff = min(self.config.policy.interval * 2 ** (self.repair_failures - 1), REPAIR_BACKOFF_CAP)
+            doublings = min(self.repair_failures - 1, 16)  # past the cap anyway; and never a float overflow
+            backoff = min(self.config.policy.interval * 2**doublings, REPAIR_BACKOFF_CAP)
             self.repair_hold_until = now + backoff if self.repair_failures else None
         else:
             self.last_move_at = now  # the cooldown runs from the end of the move

@@ -99,7 +99,7 @@ async def _execute(provider: Provider, eips: Sequence[str], to: Binding, deadlin
     except _Aborted:  # cut short: an EIP it detached goes where it was going first, the move being decided
         outcome = Outcome(False, 0, "aborted: the daemon is stopping", states)
         fallback = [to, *(b for b in fallback if b != to)] if fallback else []
-    if outcome.ok or not fallback:
+    if outcome.ok or not fallback or not exposed:  # nothing can have been left detached: nothing to secure
         return outcome
     try:
         return await _secure(provider, eips, outcome, fallback, deadline, backoff, verify_interval, exposed)

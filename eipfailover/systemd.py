@@ -72,7 +72,7 @@ def summary(engine: Engine, now: float) -> str:
     parts = []
     for runner in engine.runners.values():
         up = sum(1 for t in runner.targets.values() if t.health.state is TargetState.UP)
-        last = runner.location
+        last = runner.managed
         if runner.last_read_ok_at is None and runner.cloud_error is None:
             where = "starting"
         elif runner.cloud_problem(now) is not None:

@@ -161,6 +161,12 @@ async def test_manual_failover_against_an_unreadable_cloud_needs_force(running: 
     status, body = await running.post("/v1/groups/web/failover", {"to": "web-b", "force": True})
     assert status == 202, body
     await eventually(lambda: running.ec2.holder()["InstanceId"] == running.ec2.instance_b)
+    # the daemon could not verify it (the cloud is unreadable): the EIP counts as at risk until a read shows it
+    await eventually(lambda: running.runner.current is None)
+    assert running.runner.left_detached == (running.ec2.eip,)
+    faults.script.clear()
+    await eventually(lambda: not running.runner.left_detached)
+    assert running.runner.active == "web-b"
 
 
 @pytest.fixture
