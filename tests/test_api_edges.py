@@ -341,26 +341,36 @@ async def slow_body(first: bytes, rest: bytes, gate: asyncio.Event) -> AsyncIter
     yield rest
 
 
+async def post_across_a_reload(daemon: Daemon, path: Path, data: dict[str, Any], url: str, first: bytes,
+                               rest: bytes) -> tuple[int, Any]:
+    """POST ``first``, reload the config with web changed (so its runner is replaced) while the handler waits for
+    the rest of the body, then send ``rest``: the answer."""
+    assert daemon.engine is not None
+    engine = daemon.engine
+    gate = asyncio.Event()
+    async with aiohttp.ClientSession() as session:
+        post = asyncio.create_task(session.post(
+            url, data=slow_body(first, rest, gate),
+            headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}))
+        await asyncio.sleep(0.3)  # the handler waits for the rest of the body
+        old = engine.runners["web"]
+        data["groups"][0]["policy"]["cooldown"] = "31s"
+        await asyncio.to_thread(path.write_text, yaml.safe_dump(data))
+        daemon.request_reload()
+        await eventually(lambda: engine.runners["web"] is not old, 5)
+        gate.set()
+        async with await post as response:
+            return response.status, await response.json()
+
+
 async def test_maintenance_posted_across_a_reload_reaches_the_group_that_runs(
         ec2: Ec2World, health_servers: list[HealthServer], tmp_path: Path) -> None:
     """A POST whose body is still arriving when a reload replaces the group acts on the group that runs then."""
     async with daemon_from_file(ec2, health_servers, tmp_path) as (daemon, path, data, url):
-        assert daemon.engine is not None
-        gate = asyncio.Event()
-        async with aiohttp.ClientSession() as session:
-            post = asyncio.create_task(session.post(
-                url + "/v1/groups/web/maintenance", data=slow_body(b'{"enabled":', b" true}", gate),
-                headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}))
-            await asyncio.sleep(0.3)  # the handler waits for the rest of the body
-            old = daemon.engine.runners["web"]
-            data["groups"][0]["policy"]["cooldown"] = "31s"
-            path.write_text(yaml.safe_dump(data))
-            daemon.request_reload()
-            await eventually(lambda: daemon.engine is not None and daemon.engine.runners["web"] is not old, 5)
-            gate.set()
-            async with await post as response:
-                answer = (response.status, await response.json())
+        answer = await post_across_a_reload(daemon, path, data, url + "/v1/groups/web/maintenance", b'{"enabled":',
+                                            b" true}")
         assert answer == (200, {"group": "web", "maintenance": True})
+        assert daemon.engine is not None
         assert daemon.engine.runners["web"].maintenance is True, "the API said maintenance is on; the group runs off"
 
 
@@ -368,21 +378,8 @@ async def test_a_failover_posted_across_a_reload_is_decided_by_the_group_that_ru
         ec2: Ec2World, health_servers: list[HealthServer], tmp_path: Path) -> None:
     """The same for a manual failover: it is decided by the group that runs, and carried out."""
     async with daemon_from_file(ec2, health_servers, tmp_path) as (daemon, path, data, url):
-        assert daemon.engine is not None
-        gate = asyncio.Event()
-        async with aiohttp.ClientSession() as session:
-            post = asyncio.create_task(session.post(
-                url + "/v1/groups/web/failover", data=slow_body(b'{"to":', b' "web-b"}', gate),
-                headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}))
-            await asyncio.sleep(0.3)
-            old = daemon.engine.runners["web"]
-            data["groups"][0]["policy"]["cooldown"] = "31s"
-            path.write_text(yaml.safe_dump(data))
-            daemon.request_reload()
-            await eventually(lambda: daemon.engine is not None and daemon.engine.runners["web"] is not old, 5)
-            gate.set()
-            async with await post as response:
-                answer = (response.status, await response.json())
+        answer = await post_across_a_reload(daemon, path, data, url + "/v1/groups/web/failover", b'{"to":',
+                                            b' "web-b"}')
         assert answer[0] == 202, answer
         await eventually(lambda: ec2.holder()["InstanceId"] == ec2.instance_b)
 

@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from eipfailover.config import load_config
 from eipfailover.daemon import Daemon
+from eipfailover.engine import GroupRunner
 
 from .api_daemon import config_data
 from .conftest import Ec2World, HealthServer, eventually
@@ -178,10 +179,7 @@ async def test_a_stop_during_a_reload_hand_over_leaves_no_runner_behind(
     await asyncio.wait_for(daemon.serving.wait(), 30)
     assert daemon.engine is not None
     engine = daemon.engine
-    old = engine.runners["web"]
-    await eventually(lambda: all(t.health.state == "up" for t in old.targets.values()))
-    await health_servers[0].stop()
-    await eventually(lambda: old.current is not None, timeout=10)  # the move is under way
+    old = await moving(daemon, health_servers)
     data["groups"][0]["policy"]["cooldown"] = "9s"
     await reload(daemon, path, data)  # returns at once: web is handed over when its move ends
     assert engine.runners["web"] is old
@@ -193,6 +191,16 @@ async def test_a_stop_during_a_reload_hand_over_leaves_no_runner_behind(
     assert (fake.eips["eip-1"].status, fake.eips["eip-1"].instance_id) == ("InUse", "i-b")
 
 
+async def moving(daemon: Daemon, servers: list[HealthServer]) -> GroupRunner:
+    """Once web's targets are UP, stop web-a's health endpoint; web's runner, once its move is under way."""
+    assert daemon.engine is not None
+    web = daemon.engine.runners["web"]
+    await eventually(lambda: all(t.health.state == "up" for t in web.targets.values()))
+    await servers[0].stop()
+    await eventually(lambda: web.current is not None, timeout=10)
+    return web
+
+
 async def test_a_group_added_then_removed_while_it_waits_leaves_no_series_behind(
         fake: FakeAliyun, health_servers: list[HealthServer], tmp_path: Path) -> None:
     """web is moving; reload 1 renames it web2 (web2 waits for the move); reload 2 renames it back to web: web2
@@ -201,16 +209,10 @@ async def test_a_group_added_then_removed_while_it_waits_leaves_no_series_behind
     data = ecs_config(fake, health_servers, tmp_path)
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(data))
-    daemon = Daemon(load_config(path), path)
-    task = asyncio.create_task(daemon.run(install_signals=False))
-    try:
-        await asyncio.wait_for(daemon.serving.wait(), 30)
+    async with daemon_on(path) as daemon:
         assert daemon.engine is not None
         engine = daemon.engine
-        old = engine.runners["web"]
-        await eventually(lambda: all(t.health.state == "up" for t in old.targets.values()))
-        await health_servers[0].stop()
-        await eventually(lambda: old.current is not None, timeout=10)
+        old = await moving(daemon, health_servers)
         renamed = copy.deepcopy(data)
         renamed["groups"][0]["name"] = "web2"
         await reload(daemon, path, renamed)
@@ -219,10 +221,6 @@ async def test_a_group_added_then_removed_while_it_waits_leaves_no_series_behind
         series = await scrape(daemon)
         phantom = sorted({dict(labels).get("group") or "" for _, labels in series} - {"", "web"})
         assert phantom == [], f"series of groups that are not configured: {phantom}"
-    finally:
-        assert daemon.engine is not None
-        daemon.engine.request_stop()
-        assert await asyncio.wait_for(task, 30) == 0
 
 
 async def test_an_eip_handed_to_a_group_listed_first_waits_for_its_old_groups_move(
@@ -241,16 +239,10 @@ async def test_an_eip_handed_to_a_group_listed_first_waits_for_its_old_groups_mo
         target["binding"] = {"instance_id": nat, "instance_type": "Nat"}
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(data))
-    daemon = Daemon(load_config(path), path)
-    task = asyncio.create_task(daemon.run(install_signals=False))
-    try:
-        await asyncio.wait_for(daemon.serving.wait(), 30)
+    async with daemon_on(path) as daemon:
         assert daemon.engine is not None
         engine = daemon.engine
-        web = engine.runners["web"]
-        await eventually(lambda: all(t.health.state == "up" for t in web.targets.values()))
-        await health_servers[0].stop()
-        await eventually(lambda: web.current is not None, timeout=10)
+        web = await moving(daemon, health_servers)
         new = copy.deepcopy(data)
         api = copy.deepcopy(data["groups"][0])
         api["name"], api["eips"] = "api", ["eip-2"]
@@ -259,14 +251,10 @@ async def test_an_eip_handed_to_a_group_listed_first_waits_for_its_old_groups_mo
         await reload(daemon, path, new)
         running_early = "api" in engine.runners and web.in_progress
         await eventually(lambda: not web.in_progress, timeout=15)
-        await asyncio.sleep(1)
+        await eventually(lambda: "api" in engine.runners, timeout=5)  # then api starts
         api_runner = engine.runners.get("api")
         history = [(r.reason, r.to_target, r.result, r.error) for r in daemon.api.history.query("api", 5)] \
             if daemon.api is not None else []
         assert not running_early, (f"api ran while web still moved eip-2; web's last failover: "
                                    f"{web.last_failover and (web.last_failover.result, web.last_failover.error)}; "
                                    f"api's failovers: {history}; api active: {api_runner and api_runner.active}")
-    finally:
-        assert daemon.engine is not None
-        daemon.engine.request_stop()
-        assert await asyncio.wait_for(task, 30) == 0
