@@ -503,10 +503,6 @@ class Engine:
             await asyncio.gather(*loops, return_exceptions=True)
         await asyncio.gather(*(r.wait_idle() for r in self.runners.values()))
 
-    def replace(self, name: str, runner: GroupRunner | None) -> None:
-        """:meth:`apply` for one group."""
-        self.apply({name: runner})
-
     def apply(self, changes: Mapping[str, GroupRunner | None]) -> None:
         """A reload: replace each named group with its new runner (None: remove it), carrying its state over. Every
         old runner stops at once; one that is moving EIPs stays (visible, with its failover) until the move ends,

@@ -31,7 +31,6 @@ _BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\
 class _Gate:
     limit: int
     active: int = 0
-    refused: int = 0
 
 
 class _Capped(asyncio.Protocol):
@@ -51,7 +50,6 @@ class _Capped(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self._gate.active >= self._gate.limit:
-            self._gate.refused += 1
             assert isinstance(transport, asyncio.WriteTransport)
             if self._tls is None:  # over TLS a plain-text answer would be garbage: just close
                 transport.write(_BUSY)

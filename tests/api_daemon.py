@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from eipfailover.config import parse_config
+from eipfailover.config import load_config, parse_config
 from eipfailover.daemon import Daemon
 from eipfailover.engine import GroupRunner
 
@@ -106,3 +107,26 @@ async def running_daemon(ec2: Ec2World, servers: list[HealthServer], tmp_path: P
             assert daemon.engine is not None
             daemon.engine.request_stop()
             assert await asyncio.wait_for(task, 30) == 0
+
+
+@contextlib.asynccontextmanager
+async def daemon_on(path: Path) -> AsyncIterator[Daemon]:
+    """The daemon on the config file ``path`` (so that it can be reloaded), ready; stopped (exit 0) after."""
+    daemon = Daemon(load_config(path), path)
+    task = asyncio.create_task(daemon.run(install_signals=False))
+    await asyncio.wait_for(daemon.serving.wait(), 30)
+    assert daemon.engine is not None
+    await asyncio.wait_for(daemon.engine.ready.wait(), 30)
+    try:
+        yield daemon
+    finally:
+        daemon.engine.request_stop()
+        assert await asyncio.wait_for(task, 30) == 0
+
+
+async def reload(daemon: Daemon, path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` to ``path``, reload as SIGHUP does, and wait until the daemon runs on it."""
+    before = daemon.config
+    await asyncio.to_thread(path.write_text, yaml.safe_dump(data))
+    daemon.request_reload()
+    await eventually(lambda: daemon.config is not before)

@@ -23,11 +23,10 @@ from aiohttp import web
 from schemathesis.engine import Status, events, from_schema
 
 from eipfailover import api, serve
-from eipfailover.config import load_config
 from eipfailover.daemon import Daemon
 from eipfailover.providers.aws import AwsProvider
 
-from .api_daemon import TOKEN, Running, config_data, running_daemon
+from .api_daemon import TOKEN, Running, config_data, daemon_on, reload, running_daemon
 from .conftest import Ec2World, HealthServer, eventually
 from .ec2_faults import Faults
 
@@ -321,18 +320,11 @@ async def daemon_from_file(ec2: Ec2World, servers: list[HealthServer], tmp_path:
     data = config_data(ec2, servers, token_file)
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(data))
-    daemon = Daemon(load_config(path), path)
-    task = asyncio.create_task(daemon.run(install_signals=False))
-    await asyncio.wait_for(daemon.serving.wait(), 30)
-    assert daemon.engine is not None
-    await asyncio.wait_for(daemon.engine.ready.wait(), 30)
-    engine = daemon.engine
-    await eventually(lambda: all(t.health.state == "up" for t in engine.runners["web"].targets.values()))
-    try:
+    async with daemon_on(path) as daemon:
+        assert daemon.engine is not None
+        engine = daemon.engine
+        await eventually(lambda: all(t.health.state == "up" for t in engine.runners["web"].targets.values()))
         yield daemon, path, data, f"http://127.0.0.1:{daemon.api_port}"
-    finally:
-        engine.request_stop()
-        assert await asyncio.wait_for(task, 30) == 0
 
 
 async def slow_body(first: bytes, rest: bytes, gate: asyncio.Event) -> AsyncIterator[bytes]:
@@ -355,8 +347,7 @@ async def post_across_a_reload(daemon: Daemon, path: Path, data: dict[str, Any],
         await asyncio.sleep(0.3)  # the handler waits for the rest of the body
         old = engine.runners["web"]
         data["groups"][0]["policy"]["cooldown"] = "31s"
-        await asyncio.to_thread(path.write_text, yaml.safe_dump(data))
-        daemon.request_reload()
+        await reload(daemon, path, data)
         await eventually(lambda: engine.runners["web"] is not old, 5)
         gate.set()
         async with await post as response:

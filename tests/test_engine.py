@@ -448,8 +448,7 @@ async def test_a_group_renamed_during_its_move_starts_when_the_move_ends() -> No
         checks["a"].status = FAIL
         await eventually(lambda: web.in_progress, 5)
         web2, _ = runner("web2", cloud, a=FAIL)
-        engine.replace("web", None)
-        engine.replace("web2", web2)
+        engine.apply({"web": None, "web2": web2})
         await asyncio.sleep(1.0)  # web's move is still under way (2 s)
         assert web.in_progress
         assert len(cloud.moves()) == 1, f"a second group moved the same EIP during the first's move: {cloud.moves()}"
@@ -490,7 +489,7 @@ async def test_a_group_replaced_before_its_first_round_still_makes_the_engine_re
     try:
         await asyncio.sleep(0.2)
         api2, _ = runner("api", FakeProvider({"e2": A}), interval="2s", timeout="1s", cooldown="5s")
-        engine.replace("api", api2)
+        engine.apply({"api": api2})
         await eventually(lambda: web.reconciled.is_set() and api2.reconciled.is_set(), 5)
         await asyncio.sleep(2.5)
         assert engine.ready.is_set(), "every group has reconciled, but the engine never becomes ready"
@@ -560,7 +559,7 @@ async def test_a_removed_group_does_not_get_its_series_back_from_its_last_round(
     try:
         await eventually(lambda: web.ticks >= 1, 5)
         await asyncio.sleep(0.7)  # the next round is under way (it takes 0.4 s, every 1 s)
-        engine.replace("web", None)
+        engine.apply({"web": None})
         await asyncio.sleep(0.6)  # the round in flight ends
         text = generate_latest(metrics.registry).decode()
         groups = {s.labels.get("group") for f in text_string_to_metric_families(text) for s in f.samples}

@@ -17,6 +17,16 @@ from eipfailover.model import ManualRequest, Placement, Reason
 from .fakes import ScriptedCheck
 from .test_engine import A, Recorder, World, group_config
 
+
+async def halt(engine: Engine) -> None:
+    """Stop an engine whose runners were started by :meth:`Engine.apply` without :meth:`Engine.run`."""
+    engine.request_stop()
+    loops = list(engine._loops.values())
+    for task in loops:
+        task.cancel()
+    await asyncio.gather(*loops, return_exceptions=True)
+
+
 DENIED = ProviderError("Forbidden.RAM", retryable=False, code="Forbidden.RAM")
 THROTTLED = ProviderError("Throttling", retryable=True, code="Throttling")
 
@@ -43,10 +53,7 @@ async def test_a_reload_keeps_the_eips_a_failed_move_left_detached_at_risk() -> 
             f"after the reload e1 is still detached ({w.cloud.placement}) and unconfirmed, yet at_risk() = "
             f"{engine.at_risk()}: a stop now exits 0 without eips_may_be_detached")
     finally:
-        engine.request_stop()
-        for task in engine._loops.values():
-            task.cancel()
-        await asyncio.gather(*engine._loops.values(), return_exceptions=True)
+        await halt(engine)
 
 
 async def test_a_forced_move_on_a_stale_view_reports_the_eip_it_could_not_check() -> None:
@@ -158,8 +165,5 @@ async def test_a_reload_does_not_reset_the_repair_backoff() -> None:
             f"the reloaded group retried the refused repair at once: {len(w.cloud.moves()) - moves_after_first} "
             f"more AssociateAddress calls within 0.3 s of the refusal")
     finally:
-        engine.request_stop()
-        for task in engine._loops.values():
-            task.cancel()
-        await asyncio.gather(*engine._loops.values(), return_exceptions=True)
+        await halt(engine)
 

@@ -57,6 +57,13 @@ def start(config: Path) -> DaemonProcess:
     return DaemonProcess(config, dict(os.environ), lambda at, event: None)
 
 
+async def failing_over(proc: DaemonProcess, servers: list[HealthServer]) -> None:
+    """Start, wait until both targets are UP, stop the primary's health endpoint, wait for the failover to start."""
+    await proc.start_and_settle("web-a", "web-b")
+    await servers[0].stop()
+    await proc.wait_for("failover_started", 10)
+
+
 def event(proc: DaemonProcess, at: float) -> dict[str, Any]:
     return next(e for t, e in proc.events if t == at)
 
@@ -69,9 +76,7 @@ async def test_sigterm_during_a_failover_lets_it_finish(fake: FakeAliyun, health
                                                         tmp_path: Path) -> None:
     world(fake, transition=1.5)
     proc = start(write(tmp_path / "c.yaml", config_data(fake, health_servers, tmp_path)))
-    await proc.start_and_settle("web-a", "web-b")
-    await health_servers[0].stop()
-    await proc.wait_for("failover_started", 10)
+    await failing_over(proc, health_servers)
     await eventually(lambda: fake.eips["eip-1"].status == "Unassociating")
     assert proc.proc is not None
     proc.proc.send_signal(signal.SIGTERM)
@@ -89,9 +94,7 @@ async def test_a_stop_outlasting_stop_timeout_re_attaches_the_detached_eip(
     # the standby's associations are throttled: the move keeps retrying while the EIP sits detached
     fake.faults["AssociateEipAddress"] = [Fault(400, "Throttling.User") for _ in range(1000)]
     proc = start(write(tmp_path / "c.yaml", config_data(fake, health_servers, tmp_path, stop_timeout="3s")))
-    await proc.start_and_settle("web-a", "web-b")
-    await health_servers[0].stop()
-    await proc.wait_for("failover_started", 10)
+    await failing_over(proc, health_servers)
     await eventually(lambda: fake.eips["eip-1"].status == "Available", timeout=10)  # in the detached window
     assert proc.proc is not None
     proc.proc.send_signal(signal.SIGTERM)
@@ -109,9 +112,7 @@ async def test_a_second_sigint_names_the_eips_at_risk_and_the_next_start_repairs
     world(fake, transition=3.0)
     config = write(tmp_path / "c.yaml", config_data(fake, health_servers, tmp_path))
     proc = start(config)
-    await proc.start_and_settle("web-a", "web-b")
-    await health_servers[0].stop()
-    await proc.wait_for("failover_started", 10)
+    await failing_over(proc, health_servers)
     await eventually(lambda: fake.eips["eip-1"].status == "Unassociating")
     assert proc.proc is not None
     proc.proc.send_signal(signal.SIGINT)
@@ -247,9 +248,7 @@ async def test_a_stop_that_cuts_a_move_waits_for_the_call_it_sent_then_secures_t
     world(fake, transition=0.3)
     fake.faults["UnassociateEipAddress"] = [Fault(code=None, delay=3.0)]  # a slow answer; the call is carried out
     proc = start(write(tmp_path / "c.yaml", config_data(fake, health_servers, tmp_path, stop_timeout="1s")))
-    await proc.start_and_settle("web-a", "web-b")
-    await health_servers[0].stop()
-    await proc.wait_for("failover_started", 10)
+    await failing_over(proc, health_servers)
     await eventually(lambda: "UnassociateEipAddress" in fake.actions(), 5)
     assert proc.proc is not None
     proc.proc.send_signal(signal.SIGTERM)

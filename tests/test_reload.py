@@ -7,8 +7,6 @@ import asyncio
 import copy
 import json
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,30 +18,9 @@ from eipfailover.config import load_config
 from eipfailover.daemon import Daemon
 from eipfailover.engine import GroupRunner
 
-from .api_daemon import config_data
+from .api_daemon import config_data, daemon_on, reload
 from .conftest import Ec2World, HealthServer, eventually
 from .fake_aliyun import FakeAliyun, key_file
-
-
-@asynccontextmanager
-async def daemon_on(path: Path) -> AsyncIterator[Daemon]:
-    daemon = Daemon(load_config(path), path)
-    task = asyncio.create_task(daemon.run(install_signals=False))
-    await asyncio.wait_for(daemon.serving.wait(), 30)
-    assert daemon.engine is not None
-    await asyncio.wait_for(daemon.engine.ready.wait(), 30)
-    try:
-        yield daemon
-    finally:
-        daemon.engine.request_stop()
-        assert await asyncio.wait_for(task, 30) == 0
-
-
-async def reload(daemon: Daemon, path: Path, data: dict[str, Any]) -> None:
-    before = daemon.config
-    await asyncio.to_thread(path.write_text, yaml.safe_dump(data))
-    daemon.request_reload()
-    await eventually(lambda: daemon.config is not before)
 
 
 async def scrape(daemon: Daemon) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
