@@ -1,4 +1,5 @@
-"""Command line: ``run``, ``check-config``, ``status``, ``failover``, ``maintenance``, ``demo``, ``version``.
+"""Command line: ``run``, ``check-config``, ``status``, ``failover``, ``maintenance``, ``eip``, ``demo``,
+``version``.
 
 Exit codes: 0 ok, 1 runtime failure (including a failed or refused failover), 2 bad config or usage.
 """
@@ -19,6 +20,7 @@ from eipfailover.errors import ConfigError
 
 if TYPE_CHECKING:
     from eipfailover.client import ApiClient
+    from eipfailover.config import Config
 
 DEFAULT_CONFIG = os.environ.get("EIPFAILOVER_CONFIG", "/etc/eipfailover/eipfailover.yaml")
 DEFAULT_API = "http://127.0.0.1:9797"
@@ -32,6 +34,10 @@ def _parser() -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=text, description=text)
         cmd.add_argument("-c", "--config", default=DEFAULT_CONFIG,
                          help=f"config file (default: $EIPFAILOVER_CONFIG or {DEFAULT_CONFIG})")
+        if name == "check-config":
+            cmd.add_argument("--cloud", action="store_true",
+                             help="also ask the cloud about the bindings (the ENIs they name, their type and IPs), "
+                                  "as the daemon does at start-up")
 
     client = argparse.ArgumentParser(add_help=False)
     client.add_argument("-c", "--config", help=f"take --api and --token-file from this config (default: "
@@ -55,24 +61,76 @@ def _parser() -> argparse.ArgumentParser:
     maintenance.add_argument("group")
     maintenance.add_argument("state", choices=["on", "off"])
 
+    from eipfailover.eipcmd import add_parser as add_eip_parser
+
+    add_eip_parser(sub, client)
     sub.add_parser("demo", help="fail an EIP over on a local moto EC2 server, no cloud account needed")
     sub.add_parser("version", help="print the version")
     return parser
 
 
-def _client(args: argparse.Namespace) -> ApiClient:
+def _config_path(args: argparse.Namespace) -> str | None:
+    return args.config or (DEFAULT_CONFIG if Path(DEFAULT_CONFIG).is_file() else None)
+
+
+def _client(args: argparse.Namespace, config: Config | None = None) -> ApiClient:
     from eipfailover.client import ApiClient
     from eipfailover.config import load_config
 
     url, token_file, ca_file = DEFAULT_API, None, None
-    path = args.config or (DEFAULT_CONFIG if Path(DEFAULT_CONFIG).is_file() else None)
-    if path is not None:
+    path = _config_path(args)
+    if config is None and path is not None:
         config = load_config(path)
+    if config is not None:
         url, token_file = config.api.url, config.api.token_file
         if config.api.tls is not None:
             ca_file = config.api.tls.ca_file or config.api.tls.cert_file
     return ApiClient(args.api or url, args.token_file or token_file, ca_file=args.ca_file or ca_file,
                      proxy=args.proxy)
+
+
+def _eip_command(args: argparse.Namespace) -> int:
+    from eipfailover import eipcmd
+    from eipfailover.config import load_config
+
+    path = _config_path(args)
+    if path is None:
+        print(f"eipfailover: the eip commands use the config's providers: give -c (no {DEFAULT_CONFIG})",
+              file=sys.stderr)
+        return 2
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(f"eipfailover: invalid config {exc}", file=sys.stderr)
+        return 2
+    return eipcmd.run(args, config, lambda: _client(args, config))
+
+
+async def _check_cloud(config: Config) -> int:
+    """``check-config --cloud``: the daemon's start-up check of the bindings against the cloud."""
+    from eipfailover import preflight, providers, registry
+    from eipfailover.errors import EipFailoverError
+    from eipfailover.providers.base import Provider
+
+    built: dict[str, Provider] = {}
+    try:
+        for name, cfg in config.providers.items():
+            built[name] = registry.load(providers.REGISTRY, cfg.type, Provider).from_config(name, cfg)
+        problems, unchecked = await preflight.binding_problems(config, built)
+    except EipFailoverError as exc:
+        print(f"eipfailover: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        for provider in built.values():
+            await provider.close()
+    for line in problems:
+        print(f"  {line}", file=sys.stderr)
+    for line in unchecked:
+        print(f"  cannot check: {line}", file=sys.stderr)
+    if problems:
+        print(f"eipfailover: {len(problems)} binding problem(s) found in the cloud", file=sys.stderr)
+        return 2
+    return 1 if unchecked else 0
 
 
 def _client_command(args: argparse.Namespace) -> int:
@@ -115,6 +173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return demo_main()
     if args.command in ("status", "failover", "maintenance"):
         return _client_command(args)
+    if args.command == "eip":
+        return _eip_command(args)
 
     from eipfailover.config import load_config
 
@@ -128,6 +188,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             p = group.policy
             print(f"group {group.name}: {len(group.targets)} targets, {len(group.eips)} EIP(s), "
                   f"detection within {p.detection_seconds:g}s ((fall-1)*interval + timeout), failback {p.failback}")
+        if args.cloud:
+            code = asyncio.run(_check_cloud(config))
+            if code:
+                return code
+            print("bindings: as the cloud describes them")
         print(f"{args.config}: OK")
         return 0
 

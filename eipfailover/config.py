@@ -164,7 +164,9 @@ AlibabaInstanceType = Literal["EcsInstance", "NetworkInterface", "HaVip", "Nat",
 class BindingConfig(_Model):
     """Where the EIPs go for a target. AWS: ``instance_id``, or ``network_interface_id`` and optionally
     ``private_ip``. Alibaba: ``instance_id`` with ``instance_type`` (default ``EcsInstance``); a
-    ``NetworkInterface`` needs ``private_ip`` and may set ``mode``."""
+    ``NetworkInterface`` needs ``private_ip`` (NAT mode) unless ``mode`` is ``MULTI_BINDED``. Alibaba cut-through
+    mode: ``network_interface_id`` (a secondary ENI holding the EIP in ``BINDED`` mode) with ``instance_id`` (the
+    ECS instance it is attached to on this target): a failover moves the ENI, with its EIP, between instances."""
 
     instance_id: str | None = Field(None, min_length=1)
     network_interface_id: str | None = Field(None, min_length=1)
@@ -392,10 +394,11 @@ class GroupConfig(_Model):
                 if check.timeout is not None and check.timeout >= self.policy.interval:
                     problems.append((f"targets[{ti}].checks[{ci}].timeout", "must be below policy.interval"))
         provider_type = (info.context or {}).get("provider_types", {})[self.provider]
+        problems += _moving_eni_problems(self) if provider_type == "alibaba" else []
         for ti, target in enumerate(self.targets):
             problems += [
                 (f"targets[{ti}].binding{sub}", msg)
-                for sub, msg in _binding_problems(provider_type, target.binding)
+                for sub, msg in binding_problems(provider_type, target.binding)
             ]
             if target.havip_takeover is not None and (
                     provider_type != "alibaba" or target.binding.instance_type != "HaVip"):
@@ -413,7 +416,25 @@ class GroupConfig(_Model):
         return self
 
 
-def _binding_problems(provider_type: str, b: BindingConfig) -> list[tuple[str, str]]:
+def _moving_eni_problems(group: GroupConfig) -> list[tuple[str, str]]:
+    """A group in cut-through mode moves one ENI: every target names it, and it carries the group's one EIP (the
+    ENI's primary private IP takes one EIP in that mode)."""
+    enis = {t.binding.network_interface_id for t in group.targets}
+    if enis == {None}:
+        return []
+    first = group.targets[0].binding.network_interface_id
+    problems = [(f"targets[{ti}].binding.network_interface_id",
+                 f"every target of a cut-through group names the same ENI ({first or 'none'} on the first target, "
+                 f"{t.binding.network_interface_id or 'none'} here)")
+                for ti, t in enumerate(group.targets) if t.binding.network_interface_id != first]
+    if len(group.eips) != 1:
+        problems.append(("eips", "a cut-through (BINDED) ENI holds one EIP, on its primary private IP: give the "
+                                 "group exactly one"))
+    return problems
+
+
+def binding_problems(provider_type: str, b: BindingConfig) -> list[tuple[str, str]]:
+    """What is wrong with a binding for a provider type, as ``(sub-path, message)`` pairs."""
     if provider_type == "aws":
         if b.instance_type is not None or b.mode is not None:
             return [("", "instance_type and mode are for alibaba bindings; aws takes instance_id or "
@@ -423,11 +444,18 @@ def _binding_problems(provider_type: str, b: BindingConfig) -> list[tuple[str, s
         if b.private_ip is not None and b.network_interface_id is None:
             return [(".private_ip", "private_ip goes with network_interface_id only")]
     if provider_type == "alibaba":
-        if b.network_interface_id is not None:
-            return [(".network_interface_id", "alibaba bindings name an ENI as instance_id with instance_type "
-                                              "NetworkInterface")]
         if b.instance_id is None:
             return [(".instance_id", "an alibaba binding needs instance_id")]
+        if b.network_interface_id is not None:
+            if b.instance_type not in (None, "EcsInstance") or b.mode not in (None, "BINDED") or b.private_ip:
+                return [("", "network_interface_id names an ENI in cut-through mode (BINDED) that moves between "
+                             "ECS instances: give it with instance_id (the instance) only; an EIP on an ENI in NAT "
+                             "or MULTI_BINDED mode is instance_id: ENI-ID with instance_type NetworkInterface")]
+            return []
+        if b.instance_type == "NetworkInterface" and b.mode == "BINDED":
+            return [(".mode", "an EIP in cut-through mode (BINDED) is associated before its ENI is attached, so a "
+                              "failover cannot re-associate it: give the ENI as network_interface_id and the ECS "
+                              "instance as instance_id, and the ENI moves with its EIP")]
         if b.instance_type == "NetworkInterface" and b.private_ip is None and b.mode != "MULTI_BINDED":
             return [(".private_ip", "required for instance_type NetworkInterface (unless mode is MULTI_BINDED)")]
         if b.instance_type != "NetworkInterface" and (b.private_ip is not None or b.mode is not None):

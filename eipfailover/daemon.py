@@ -23,7 +23,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from eipfailover import checks, providers, registry
+from eipfailover import checks, preflight, providers, registry
 from eipfailover import log as log_config
 from eipfailover.api import Api, read_token
 from eipfailover.checks.base import Check, CheckContext
@@ -51,6 +51,12 @@ GuardKey = tuple[str, str]
 
 class StartupError(EipFailoverError):
     """Something named in a valid config cannot be built (a missing SDK, an unreadable CA file, a bad profile)."""
+
+
+async def _preflight(config: Config, built: Mapping[str, Provider]) -> None:
+    problems = await preflight.check(config, built)
+    if problems:
+        raise StartupError("; ".join(problems))
 
 
 def _checks(configs: Sequence[CheckConfig], ctx: CheckContext, timeout: float, where: str) -> list[Check]:
@@ -203,6 +209,7 @@ class Daemon:
             observers = Observers([LogObserver(), metrics, history, hooks])
             try:
                 built = self._build(self.config, None, http, observers)
+                await _preflight(self.config, built.providers)
             except (EipFailoverError, ValueError, OSError, ssl.SSLError) as exc:
                 log.error("startup_failed", error=str(exc))
                 return EXIT_CONFIG
@@ -339,6 +346,7 @@ class Daemon:
                 raise EipFailoverError("the daemon was not started from a config file")
             new = load_config(self.config_path)
             built = self._build(new, parts, parts.http, parts.observers)
+            await _preflight(new, built.providers)
         except (EipFailoverError, ValueError, OSError, ssl.SSLError) as exc:
             log.error("reload_failed", error=str(exc), kept="the running config")
             await self._close_unused()

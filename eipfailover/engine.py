@@ -446,11 +446,13 @@ async def run_every(interval: float, stop: asyncio.Event, wake: asyncio.Event, t
 
 def binding_of(config: BindingConfig, provider_type: str) -> Binding:
     """The model :class:`Binding` of a config binding (Alibaba's instance type defaults to ``EcsInstance``)."""
-    instance_type = config.instance_type
+    instance_type, mode = config.instance_type, config.mode
     if provider_type == "alibaba" and instance_type is None:
         instance_type = "EcsInstance"
+    if provider_type == "alibaba" and config.network_interface_id is not None:
+        mode = "BINDED"  # an ENI that moves between instances with its EIP
     return Binding(instance_id=config.instance_id, network_interface_id=config.network_interface_id,
-                   private_ip=config.private_ip, instance_type=instance_type, mode=config.mode)
+                   private_ip=config.private_ip, instance_type=instance_type, mode=mode)
 
 
 def _bindings(states: Mapping[str, EipState]) -> dict[str, Binding | None]:

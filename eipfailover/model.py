@@ -57,7 +57,8 @@ class Binding:
 
     AWS uses ``instance_id``, or ``network_interface_id`` and ``private_ip``; Alibaba uses ``instance_id`` with
     ``instance_type`` (``EcsInstance``, ``NetworkInterface``, ``HaVip``, ``Nat``, ``SlbInstance``) and, for an ENI,
-    ``private_ip`` and ``mode``.
+    ``private_ip`` and ``mode``. An Alibaba EIP in cut-through mode is where its ENI is: ``network_interface_id``
+    attached to the ``EcsInstance`` ``instance_id``, ``mode`` ``BINDED``.
     """
 
     instance_id: str | None = None
@@ -82,6 +83,8 @@ class Binding:
         eni = None
         if self.network_interface_id is not None:
             eni = self.network_interface_id + (f"/{self.private_ip}" if self.private_ip else "")
+            if self.instance_type is not None:  # Alibaba cut-through: the ENI, and where it is attached
+                return f"ENI {eni} on {self.instance_id or 'no instance'}" + (f" ({self.mode})" if self.mode else "")
         if self.instance_id is not None:
             if self.instance_type is not None:
                 ip = f"/{self.private_ip}" if self.private_ip else ""

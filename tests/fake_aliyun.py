@@ -70,6 +70,7 @@ class Eip:
     private_ip: str = ""
     mode: str = ""
     done_at: float = 0.0  # when the running transition completes
+    tags: dict[str, str] = field(default_factory=dict)
 
     def pending(self) -> bool:
         return self.status in ("Associating", "Unassociating")
@@ -80,7 +81,14 @@ class Resource:
     id: str
     kind: str  # EcsInstance | NetworkInterface | HaVip | Nat | SlbInstance
     status: str = "Running"  # for ECS: Running, Stopped, Starting, Stopping, Pending
-    private_ips: tuple[str, ...] = ()  # for NetworkInterface
+    private_ips: tuple[str, ...] = ()  # for NetworkInterface: the first is its primary private IP
+    eni_type: str = "Secondary"  # for NetworkInterface: Primary (an instance's own) or Secondary
+    attached_to: str = ""  # for NetworkInterface: the ECS instance it is attached to
+    eni_status: str = "Available"  # for NetworkInterface: Available, Attaching, InUse, Detaching
+    eni_done_at: float = 0.0  # when the running attach or detach completes
+
+    def eni_pending(self) -> bool:
+        return self.eni_status in ("Attaching", "Detaching")
 
 
 @dataclass
@@ -102,6 +110,13 @@ class Logged:
 
 
 ONE_EIP = {"EcsInstance", "SlbInstance", "HaVip"}  # these take a single EIP
+MULTI_BINDED_MAX = 10  # EIPs on one secondary ENI in MULTI_BINDED mode
+# the documented codes (VPC AssociateEipAddress error table); where a rule has none, the closest documented one
+BINDED_PRIMARY = ("InvalidParameter.EniInstanceId", "Cut-through mode needs a secondary ENI, not a primary one.")
+MULTI_PRIMARY = ("OperationUnsupported.EipBindModel",
+                 "The instance type of ecs does not support MULTI_BINDED model Eip.")
+ENI_ATTACHED = ("Eni.Attached", "The eni should be detached from ecs when associating with direct eip.")
+ENI_QUOTA = ("QuotaExceed.MultiBindedEip", "The number of multi binded eip is over limit.")
 
 
 class FakeAliyun:
@@ -145,6 +160,14 @@ class FakeAliyun:
     def add_resource(self, rid: str, kind: str = "EcsInstance", *private_ips: str) -> Resource:
         self.resources[rid] = Resource(rid, kind, private_ips=private_ips)
         return self.resources[rid]
+
+    def add_eni(self, eni_id: str, *private_ips: str, attached_to: str = "", primary: bool = False) -> Resource:
+        """An ENI (its first private IP is its primary one), attached to ``attached_to`` if given; a ``primary``
+        ENI is an instance's own and cannot be detached."""
+        eni = self.add_resource(eni_id, "NetworkInterface", *private_ips)
+        eni.eni_type = "Primary" if primary else "Secondary"
+        eni.attached_to, eni.eni_status = attached_to, "InUse" if attached_to else "Available"
+        return eni
 
     def add_key(self, key_id: str, secret: str, token: str | None = None) -> None:
         """Accept another AccessKey; with ``token``, an STS key that is only valid with that security token."""
@@ -203,7 +226,7 @@ class FakeAliyun:
             handler = getattr(self, f"_{version.replace('-', '_')}_{action}", None)
             if handler is None:
                 raise ApiFault(404, "InvalidAction.NotFound", f"Specified api {action} ({version}) is not found")
-            self._advance()
+            self.advance()
             result: dict[str, Any] = handler(query)
         except ApiFault as fault_:
             return self._error(fault_)
@@ -261,7 +284,9 @@ class FakeAliyun:
         self.nonces.add(nonce)
 
     # --- the asynchronous state machine ---
-    def _advance(self) -> None:
+    def advance(self) -> None:
+        """Complete the transitions that are due (done on every request; tests may call it to look at the
+        world)."""
         now = time.monotonic()
         for eip in self.eips.values():
             if eip.pending() and now >= eip.done_at:
@@ -270,6 +295,12 @@ class FakeAliyun:
                 else:
                     eip.status, eip.instance_id, eip.instance_type, eip.private_ip, eip.mode = (
                         "Available", "", "", "", "")
+        for eni in self.resources.values():
+            if eni.eni_pending() and now >= eni.eni_done_at:
+                if eni.eni_status == "Attaching":
+                    eni.eni_status = "InUse"
+                else:
+                    eni.eni_status, eni.attached_to = "Available", ""
         for havip in self.havips.values():
             if not havip.master and havip.instances and now >= havip.master_at:
                 havip.master = havip.instances[0]  # keepalived on the remaining member takes over
@@ -299,12 +330,38 @@ class FakeAliyun:
         return resource
 
     def _check_free(self, eip: Eip, resource: Resource, private_ip: str, mode: str) -> None:
+        """The documented rules: an ECS instance, a CLB or a HaVip takes one EIP; on an ENI, NAT mode takes one EIP
+        per private IP, cut-through (BINDED) one EIP on a detached secondary ENI's primary private IP, and
+        MULTI_BINDED up to 10 EIPs on a secondary ENI."""
         if eip.status != "Available":
             raise ApiFault(400, "IncorrectEipStatus", "Current elastic IP status does not support this operation")
         holders = [e for e in self.eips.values() if e.instance_id == resource.id and e is not eip]
-        if resource.kind == "NetworkInterface" and mode != "MULTI_BINDED":
-            holders = [e for e in holders if e.private_ip == private_ip]
-        if holders and (resource.kind in ONE_EIP or (resource.kind == "NetworkInterface" and mode != "MULTI_BINDED")):
+        if resource.kind == "NetworkInterface":
+            self._check_eni_mode(resource, private_ip, mode, holders)
+        elif holders and resource.kind in ONE_EIP:
+            raise ApiFault(400, "InvalidAssociation.Duplicated", "Specified instance already is associated.")
+
+    def _check_eni_mode(self, eni: Resource, private_ip: str, mode: str, holders: list[Eip]) -> None:
+        if mode in ("BINDED", "MULTI_BINDED") and eni.eni_type == "Primary":
+            raise ApiFault(400, *(BINDED_PRIMARY if mode == "BINDED" else MULTI_PRIMARY))
+        if any(e.mode != mode for e in holders):
+            raise ApiFault(400, "Mode.Conflict", "The eni can bind only one mode of eip.")
+        if mode == "MULTI_BINDED":
+            if len(holders) >= MULTI_BINDED_MAX:
+                raise ApiFault(400, ENI_QUOTA[0], ENI_QUOTA[1])
+            return
+        if mode == "BINDED":
+            if private_ip and private_ip != eni.private_ips[0]:
+                raise ApiFault(400, "InvalidParameter", f"PrivateIpAddress {private_ip} is not the primary private "
+                                                        f"IP of {eni.id}: cut-through mode uses the primary one.")
+            if eni.attached_to or eni.eni_status != "Available":
+                raise ApiFault(400, ENI_ATTACHED[0], ENI_ATTACHED[1])
+        elif private_ip not in eni.private_ips:
+            raise ApiFault(400, "InvalidParameter", f"PrivateIpAddress {private_ip or '(none)'} is not an IP of "
+                                                    f"{eni.id}.")
+        if mode == "BINDED" and holders:
+            raise ApiFault(400, "Mode.NotSupport", "The user cannot use multi direct eip.")
+        if any(e.private_ip == private_ip for e in holders):
             raise ApiFault(400, "InvalidAssociation.Duplicated", "Specified instance already is associated.")
 
     def _start(self, eip: Eip, resource: Resource, status: str, private_ip: str = "", mode: str = "") -> None:
@@ -330,7 +387,8 @@ class FakeAliyun:
                 "RegionId": self.region, "InstanceRegionId": self.region if e.instance_id else "",
                 "Bandwidth": "5", "ChargeType": "PostPaid", "InternetChargeType": "PayByTraffic",
                 "AllocationTime": "2026-11-01T00:00:00Z", "BusinessStatus": "Normal",
-                "OperationLocks": {"LockReason": []}, "Tags": {"Tag": []}}
+                "OperationLocks": {"LockReason": []},
+                "Tags": {"Tag": [{"Key": k, "Value": v} for k, v in e.tags.items()]}}
 
     def _2016_04_28_AssociateEipAddress(self, q: dict[str, str]) -> dict[str, Any]:
         self._region(q)
@@ -338,10 +396,9 @@ class FakeAliyun:
         kind = q.get("InstanceType", "EcsInstance")
         resource = self._target(q.get("InstanceId"), kind)
         private_ip, mode = q.get("PrivateIpAddress", ""), q.get("Mode", "NAT" if kind == "NetworkInterface" else "")
-        if kind == "NetworkInterface" and private_ip not in resource.private_ips:
-            raise ApiFault(400, "InvalidParameter", f"PrivateIpAddress {private_ip or '(none)'} is not an IP of "
-                                                    f"{resource.id}.")
         self._check_free(eip, resource, private_ip, mode)
+        if mode == "BINDED":
+            private_ip = resource.private_ips[0]
         self._start(eip, resource, "Associating", private_ip, mode)
         return {}
 
@@ -356,8 +413,13 @@ class FakeAliyun:
             raise ApiFault(400, "InvalidParameter", "InstanceIds must list 1 to 50 EIPs.")
         eips = [self._eip(a) for a in ids]
         mode = q.get("Mode", "")
+        if kind == "NetworkInterface" and mode != "MULTI_BINDED":
+            raise ApiFault(400, "InvalidParameter", "Mode must be MULTI_BINDED for a NetworkInterface.")
         for eip in eips:
-            self._check_free(eip, resource, "", mode or "MULTI_BINDED")
+            self._check_free(eip, resource, "", mode)
+        held = sum(e.instance_id == resource.id for e in self.eips.values())
+        if kind == "NetworkInterface" and held + len(eips) > MULTI_BINDED_MAX:
+            raise ApiFault(400, ENI_QUOTA[0], ENI_QUOTA[1])
         for eip in eips:
             self._start(eip, resource, "Associating", "", mode)
         return {}
@@ -370,6 +432,22 @@ class FakeAliyun:
         if q.get("InstanceId") and q["InstanceId"] != eip.instance_id:
             raise ApiFault(400, "InvalidInstanceId.MisMatch", "The EIP is not associated with the specified instance.")
         eip.status, eip.done_at = "Unassociating", time.monotonic() + self.transition
+        return {}
+
+    def _2016_04_28_AllocateEipAddress(self, q: dict[str, str]) -> dict[str, Any]:
+        self._region(q)
+        n = len(self.eips) + 1
+        eip = self.add_eip(f"eip-{uuid.uuid4().hex[:20]}", f"47.100.{n // 250}.{n % 250 + 1}")
+        keys = {k.split(".")[1]: v for k, v in q.items() if k.startswith("Tag.") and k.endswith(".Key")}
+        eip.tags = {key: q.get(f"Tag.{i}.Value", "") for i, key in keys.items()}
+        return {"AllocationId": eip.allocation_id, "EipAddress": eip.ip, "ResourceGroupId": "rg-fake"}
+
+    def _2016_04_28_ReleaseEipAddress(self, q: dict[str, str]) -> dict[str, Any]:
+        self._region(q)
+        eip = self._eip(q.get("AllocationId"))
+        if eip.status != "Available":
+            raise ApiFault(400, "IncorrectEipStatus", "Current elastic IP status does not support this operation.")
+        del self.eips[eip.allocation_id]
         return {}
 
     def _2016_04_28_DescribeHaVips(self, q: dict[str, str]) -> dict[str, Any]:
@@ -414,6 +492,57 @@ class FakeAliyun:
         found = [r for r in self.resources.values() if r.kind == "EcsInstance" and (not ids or r.id in ids)]
         return {"TotalCount": len(found), "PageNumber": 1, "PageSize": 50, "InstanceStatuses": {
             "InstanceStatus": [{"InstanceId": r.id, "Status": r.status} for r in found]}}
+
+
+    def _2014_05_26_DescribeNetworkInterfaces(self, q: dict[str, str]) -> dict[str, Any]:
+        self._region(q)
+        ids = [v for k, v in q.items() if k.startswith("NetworkInterfaceId.")]
+        enis = [r for r in self.resources.values() if r.kind == "NetworkInterface" and (not ids or r.id in ids)]
+        return {"TotalCount": len(enis), "PageNumber": 1, "PageSize": 100, "NetworkInterfaceSets": {
+            "NetworkInterfaceSet": [self._eni_json(e) for e in enis]}}
+
+    def _eni_json(self, eni: Resource) -> dict[str, Any]:
+        return {"NetworkInterfaceId": eni.id, "Status": eni.eni_status, "Type": eni.eni_type,
+                "InstanceId": eni.attached_to, "PrivateIpAddress": eni.private_ips[0] if eni.private_ips else "",
+                "PrivateIpSets": {"PrivateIpSet": [{"PrivateIpAddress": ip, "Primary": i == 0}
+                                                   for i, ip in enumerate(eni.private_ips)]},
+                "VpcId": "vpc-fake", "VSwitchId": "vsw-fake", "ZoneId": f"{self.region}-a",
+                "MacAddress": "00:16:3e:00:00:01", "CreationTime": "2026-11-01T00:00:00Z"}
+
+    def _eni(self, q: dict[str, str]) -> Resource:
+        eni = self.resources.get(q.get("NetworkInterfaceId", ""))
+        if eni is None or eni.kind != "NetworkInterface":
+            raise ApiFault(404, "InvalidEniId.NotFound", "The specified network interface does not exist.")
+        return eni
+
+    def _2014_05_26_AttachNetworkInterface(self, q: dict[str, str]) -> dict[str, Any]:
+        self._region(q)
+        eni = self._eni(q)
+        instance = self.resources.get(q.get("InstanceId", ""))
+        if instance is None or instance.kind != "EcsInstance":
+            raise ApiFault(404, "InvalidEcsId.NotFound", "The specified ECS instance does not exist.")
+        if eni.eni_type == "Primary" or eni.eni_status != "Available":
+            raise ApiFault(400, "InvalidOperation.InvalidEniState",
+                           f"The network interface is {eni.eni_status} ({eni.eni_type}): it cannot be attached.")
+        if instance.status not in ("Running", "Stopped"):
+            raise ApiFault(400, "InvalidOperation.InvalidEcsState", f"The instance is {instance.status}.")
+        eni.eni_status, eni.attached_to = "Attaching", instance.id
+        eni.eni_done_at = time.monotonic() + self.transition
+        return {}
+
+    def _2014_05_26_DetachNetworkInterface(self, q: dict[str, str]) -> dict[str, Any]:
+        self._region(q)
+        eni = self._eni(q)
+        if eni.eni_type == "Primary":
+            raise ApiFault(400, "InvalidOperation.DetachPrimaryEniNotAllowed",
+                           "The primary network interface of an instance cannot be detached.")
+        if eni.eni_status != "InUse" or eni.attached_to != q.get("InstanceId", ""):
+            raise ApiFault(400, "InvalidOperation.InvalidEniState",
+                           f"The network interface is {eni.eni_status} "
+                           f"{'on ' + eni.attached_to if eni.attached_to else ''}: it cannot be detached from "
+                           f"{q.get('InstanceId', '(none)')}.")
+        eni.eni_status, eni.eni_done_at = "Detaching", time.monotonic() + self.transition
+        return {}
 
 
 def _request_id() -> str:

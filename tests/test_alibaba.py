@@ -106,20 +106,6 @@ async def test_move_between_clbs(fake: FakeAliyun, ali: AlibabaProvider) -> None
     assert (unassociate.query["InstanceId"], unassociate.query["InstanceType"]) == ("lb-a", "SlbInstance")
 
 
-async def test_move_to_an_eni_in_cut_through_mode(fake: FakeAliyun, ali: AlibabaProvider) -> None:
-    fake.add_eip("eip-1", "47.1.1.1")
-    fake.add_resource("eni-a", "NetworkInterface", "10.0.0.5")
-    fake.add_resource("eni-b", "NetworkInterface", "10.0.1.5")
-    fake.bind("eip-1", "eni-a", private_ip="10.0.0.5", mode="BINDED")
-    to = Binding(instance_id="eni-b", instance_type="NetworkInterface", private_ip="10.0.1.5", mode="BINDED")
-    outcome = await failover.execute(ali, ["eip-1"], to, deadline=10, verify_interval=0.05)
-    assert outcome.ok, outcome.error
-    eip = fake.eips["eip-1"]
-    assert (eip.instance_id, eip.private_ip, eip.mode) == ("eni-b", "10.0.1.5", "BINDED")
-    associate = next(e for e in fake.log if e.action == "AssociateEipAddress")
-    assert (associate.query["Mode"], associate.query["PrivateIpAddress"]) == ("BINDED", "10.0.1.5")
-
-
 async def test_three_eips_move_between_enis_by_batch_in_multi_binded_mode(fake: FakeAliyun,
                                                                          ali: AlibabaProvider) -> None:
     fake.add_resource("eni-a", "NetworkInterface", "10.0.0.5")

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
 
 from alibabacloud_credentials.client import Client as CredentialClient
 from alibabacloud_tea_openapi.utils_models import Config as SdkConfig
@@ -31,7 +31,7 @@ from eipfailover.errors import ProviderError
 from eipfailover.model import Binding, EipState
 from eipfailover.providers import tea_transport
 from eipfailover.providers.alibaba_auth import DefaultChainCredentials, KeyFileCredentials
-from eipfailover.providers.base import InstanceState, Provider
+from eipfailover.providers.base import Call, EipAdmin, EipRecord, InstanceState, Provider
 
 T = TypeVar("T")
 _RETRYABLE_CODES = frozenset({
@@ -54,12 +54,48 @@ class HaVipState:
     eip_addresses: tuple[str, ...]
 
 
-class AlibabaProvider(Provider):
+@dataclass(frozen=True, slots=True)
+class EniState:
+    """An ENI as ECS describes it: ``status`` ``Available``, ``Attaching``, ``InUse``, ``Detaching``; ``kind``
+    ``Primary`` (an instance's own) or ``Secondary``."""
+
+    eni_id: str
+    status: str
+    kind: str
+    instance_id: str | None
+    private_ips: tuple[str, ...]
+    """The primary private IP first."""
+
+    @property
+    def pending(self) -> bool:
+        return self.status in ("Attaching", "Detaching")
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What a move does, in this order: detach the ENI, unassociate EIPs from where they are, associate the rest
+    (in one batch or one by one), attach the ENI."""
+
+    detach: tuple[str, str] | None = None  # (ENI, instance)
+    unassociate: Mapping[str, Binding] = field(default_factory=dict)
+    associate: tuple[str, ...] = ()
+    associate_to: Binding | None = None
+    batch: bool = False
+    attach: tuple[str, str] | None = None  # (ENI, instance)
+
+
+class AlibabaProvider(Provider, EipAdmin):
     kind = "alibaba"
     operations = ("DescribeEipAddresses", "AssociateEipAddress", "AssociateEipAddressBatch",
-                  "UnassociateEipAddress", "DescribeHaVips", "UnassociateHaVip", "DescribeInstanceStatus")
+                  "UnassociateEipAddress", "DescribeHaVips", "UnassociateHaVip", "DescribeInstanceStatus",
+                  "DescribeNetworkInterfaces", "AttachNetworkInterface", "DetachNetworkInterface")
+    manual_operations = ("AllocateEipAddress", "ReleaseEipAddress")
     mutating = frozenset({"AssociateEipAddress", "AssociateEipAddressBatch", "UnassociateEipAddress",
-                          "UnassociateHaVip"})
+                          "UnassociateHaVip", "AttachNetworkInterface", "DetachNetworkInterface",
+                          "AllocateEipAddress", "ReleaseEipAddress"})
+    ECS_OPERATIONS: ClassVar[frozenset[str]] = frozenset({
+        "DescribeInstanceStatus", "DescribeNetworkInterfaces", "AttachNetworkInterface", "DetachNetworkInterface"})
+    """The operations of the ECS API (the others are VPC's)."""
 
     def __init__(self, name: str, config: AlibabaProviderConfig) -> None:
         super().__init__(name)
@@ -130,6 +166,14 @@ class AlibabaProvider(Provider):
 
     # --- the contract ---
     async def describe(self, eips: Sequence[str]) -> dict[str, EipState]:
+        """An EIP in cut-through mode is where its ENI is: on the instance the ENI is attached to, in transition
+        while the ENI is attaching or detaching, and detached while the ENI is on no instance."""
+        found = await self._describe_eips(eips)
+        enis = await self._enis_of(found.values())
+        return {e: _through(s, enis) for e, s in found.items()}
+
+    async def _describe_eips(self, eips: Sequence[str]) -> dict[str, EipState]:
+        """The EIPs as the VPC API reports them (an EIP in cut-through mode on its ENI)."""
         request = vpc.DescribeEipAddressesRequest(region_id=self.region, allocation_id=",".join(eips),
                                                   page_size=100)
         reply = await self._call("DescribeEipAddresses", lambda: self.vpc.describe_eip_addresses_async(request))
@@ -141,23 +185,116 @@ class AlibabaProvider(Provider):
                                 retryable=False, code="InvalidAllocationId.NotFound")
         return found
 
+    async def _enis_of(self, states: Iterable[EipState]) -> dict[str, EniState]:
+        ids = sorted({s.bound_to.instance_id for s in states if _cut_through(s) and s.bound_to is not None
+                      and s.bound_to.instance_id is not None})
+        return await self.describe_enis(ids) if ids else {}
+
+    async def describe_enis(self, eni_ids: Sequence[str]) -> dict[str, EniState]:
+        """The ENIs that exist among ``eni_ids`` (ECS DescribeNetworkInterfaces)."""
+        ecs, models = self._ecs_client()
+        request = models.DescribeNetworkInterfacesRequest(region_id=self.region, network_interface_id=list(eni_ids),
+                                                          max_results=max(len(eni_ids), 10))
+        reply = await self._call("DescribeNetworkInterfaces",
+                                 lambda: ecs.describe_network_interfaces_async(request), f"ENI {', '.join(eni_ids)}")
+        sets = reply.body.network_interface_sets
+        found = {}
+        for item in (sets.network_interface_set if sets else None) or []:
+            ips = sorted(item.private_ip_sets.private_ip_set if item.private_ip_sets else [],
+                         key=lambda p: not p.primary)
+            found[item.network_interface_id] = EniState(
+                item.network_interface_id, item.status or "", item.type or "", item.instance_id or None,
+                tuple(p.private_ip_address for p in ips) or ((item.private_ip_address,) if item.private_ip_address
+                                                             else ()))
+        return found
+
+    async def validate(self, bindings: Mapping[str, Binding]) -> list[str]:
+        """Every ENI a binding names exists, and suits the binding: cut-through and MULTI_BINDED modes need a
+        secondary ENI, NAT mode one of the ENI's private IPs."""
+        named = {key: b.network_interface_id or b.instance_id for key, b in bindings.items()
+                 if b.network_interface_id is not None or b.instance_type == "NetworkInterface"}
+        if not named:
+            return []
+        enis = await self.describe_enis(sorted({e for e in named.values() if e is not None}))
+        problems = []
+        for key, eni_id in named.items():
+            binding, eni = bindings[key], enis.get(eni_id or "")
+            mode = binding.mode or "NAT"
+            if eni is None:
+                problems.append(f"{key}: ENI {eni_id} does not exist in {self.region}")
+            elif mode != "NAT" and eni.kind != "Secondary":
+                owner = eni.instance_id or "no instance"
+                problems.append(f"{key}: ENI {eni_id} is a {eni.kind.lower()} ENI (of {owner}): {mode} mode needs "
+                                f"a secondary ENI")
+            elif mode == "NAT" and binding.private_ip not in eni.private_ips:
+                problems.append(f"{key}: {binding.private_ip} is not a private IP of ENI {eni_id} "
+                                f"({', '.join(eni.private_ips) or 'none'})")
+        return problems
+
     async def move(self, eips: Sequence[str], to: Binding) -> None:
-        """Unassociate what is elsewhere, wait until ``Available``, associate. Returns once the associations are
-        requested (they are ``Associating`` then); the caller verifies."""
-        states = await self.describe(eips)
+        """Returns once the last step is requested (the EIPs are ``Associating``, or the ENI ``Attaching``); the
+        caller verifies. A cut-through ENI is detached first (and waited for), then its EIP associated if it is not,
+        then the ENI attached to ``to``'s instance."""
+        plan = await self._plan(eips, to)
+        if plan.detach is not None:
+            await self._eni_call("DetachNetworkInterface", *plan.detach)
+            await self._wait_eni(plan.detach[0], "Available")
+        await _all(self._unassociate(e, b) for e, b in plan.unassociate.items())
+        if plan.unassociate:
+            await self._wait_eips(list(plan.unassociate), associated=False)
+        if plan.associate and plan.associate_to is not None:
+            if plan.batch:
+                await self._associate_batch(list(plan.associate), plan.associate_to)
+            else:
+                await _all(self._associate(e, plan.associate_to) for e in plan.associate)
+            if plan.attach is not None:  # the EIP is on the ENI before the ENI is on the instance
+                await self._wait_eips(list(plan.associate), associated=True)
+        if plan.attach is not None:
+            await self._eni_call("AttachNetworkInterface", *plan.attach)
+
+    async def _plan(self, eips: Sequence[str], to: Binding) -> _Plan:
+        states = await self._describe_eips(eips)
         busy = [f"{e} is {'associating' if s.bound_to else 'unassociating'}" for e, s in states.items() if s.pending]
         if busy:
             raise ProviderError(f"EIP transition in progress: {'; '.join(busy)}", retryable=True,
                                 code="IncorrectEipStatus")
-        elsewhere = {e: s.bound_to for e, s in states.items() if s.bound_to is not None and not to.matches(s.bound_to)}
-        await _all(self._unassociate(e, b) for e, b in elsewhere.items() if b is not None)
-        if elsewhere:
-            await self._wait_available(list(elsewhere))
-        attach = [e for e in eips if states[e].bound_to is None or e in elsewhere]
-        if len(attach) > 1 and to.instance_type in _BATCHABLE and to.private_ip is None:
-            await self._associate_batch(attach, to)
-        else:
-            await _all(self._associate(e, to) for e in attach)
+        if to.network_interface_id is None:
+            return _plan_association(eips, states, to)
+        eni = (await self.describe_enis([to.network_interface_id])).get(to.network_interface_id)
+        if eni is None:
+            raise ProviderError(f"Alibaba DescribeNetworkInterfaces in {self.region}: no ENI "
+                                f"{to.network_interface_id}", retryable=False, code="InvalidEniId.NotFound")
+        if eni.pending:
+            raise ProviderError(f"ENI {eni.eni_id} is {eni.status.lower()}", retryable=True,
+                                code="InvalidOperation.InvalidEniState")
+        return _plan_eni_move(eips, states, to, eni)
+
+    async def _eni_call(self, operation: str, eni: str, instance: str) -> None:
+        ecs, models = self._ecs_client()
+        method = "attach_network_interface_async" if operation == "AttachNetworkInterface" \
+            else "detach_network_interface_async"
+        request = getattr(models, f"{operation}Request")(region_id=self.region, network_interface_id=eni,
+                                                         instance_id=instance)
+        verb = "to" if operation == "AttachNetworkInterface" else "from"
+        await self._call(operation, lambda: getattr(ecs, method)(request), f"ENI {eni} {verb} {instance}")
+
+    async def _wait_eni(self, eni_id: str, status: str) -> None:
+        """Poll until the ENI is ``status``; the caller's deadline bounds this."""
+        while True:
+            eni = (await self.describe_enis([eni_id])).get(eni_id)
+            if eni is None:
+                raise ProviderError(f"ENI {eni_id} disappeared", retryable=False, code="InvalidEniId.NotFound")
+            if eni.status == status:
+                return
+            await asyncio.sleep(self.config.poll_interval)
+
+    async def _wait_eips(self, eips: list[str], *, associated: bool) -> None:
+        """Poll until every EIP has settled, associated or not; the caller's deadline bounds this."""
+        while True:
+            states = await self._describe_eips(eips)
+            if all((s.bound_to is not None) == associated and not s.pending for s in states.values()):
+                return
+            await asyncio.sleep(self.config.poll_interval)
 
     async def _unassociate(self, eip: str, current: Binding) -> None:
         request = vpc.UnassociateEipAddressRequest(
@@ -183,13 +320,59 @@ class AlibabaProvider(Provider):
         await self._call("AssociateEipAddressBatch", lambda: self.vpc.associate_eip_address_batch_async(request),
                          f"EIPs {', '.join(eips)} to {to}")
 
-    async def _wait_available(self, eips: list[str]) -> None:
-        """Poll until every EIP is detached and settled (``Available``); the caller's deadline bounds this."""
+    # --- the eip commands ---
+    async def list_eips(self) -> list[EipRecord]:
+        items: list[Any] = []
+        page = 1
         while True:
-            states = await self.describe(eips)
-            if all(s.bound_to is None and not s.pending for s in states.values()):
-                return
-            await asyncio.sleep(self.config.poll_interval)
+            request = vpc.DescribeEipAddressesRequest(region_id=self.region, page_size=100, page_number=page)
+            reply = await self._call("DescribeEipAddresses",
+                                     lambda r=request: self.vpc.describe_eip_addresses_async(r))  # type: ignore[misc]
+            batch = (reply.body.eip_addresses.eip_address if reply.body.eip_addresses else None) or []
+            items += batch
+            if not batch or len(items) >= (reply.body.total_count or 0):
+                break
+            page += 1
+        states = [_eip_state(item) for item in items]
+        enis = await self._enis_of(states)
+        return [EipRecord(item.allocation_id, item.ip_address or "", item.status or "",
+                          _through(state, enis, keep_detached=True).bound_to,
+                          {t.key: t.value for t in (item.tags.tag if item.tags else None) or []})
+                for item, state in zip(items, states, strict=True)]
+
+    async def plan_move(self, eip: str, to: Binding) -> list[Call]:
+        return _calls(await self._plan([eip], to))
+
+    async def disassociate(self, eip: str, *, dry_run: bool = False) -> list[Call]:
+        state = (await self._describe_eips([eip]))[eip]
+        if state.pending:
+            raise ProviderError(f"EIP {eip} is {'associating' if state.bound_to else 'unassociating'}",
+                                retryable=True, code="IncorrectEipStatus")
+        if state.bound_to is None:
+            return []
+        calls = _calls(_Plan(unassociate={eip: state.bound_to}))
+        if not dry_run:
+            await self._unassociate(eip, state.bound_to)
+        return calls
+
+    async def allocate(self, tags: Mapping[str, str], *,
+                       dry_run: bool = False) -> tuple[EipRecord | None, list[Call]]:
+        call = Call("AllocateEipAddress", {"RegionId": self.region, **{
+            f"Tag.{n}.{part}": value for n, (k, v) in enumerate(tags.items(), 1)
+            for part, value in (("Key", k), ("Value", v))}})
+        if dry_run:
+            return None, [call]
+        request = vpc.AllocateEipAddressRequest(region_id=self.region, tag=[
+            vpc.AllocateEipAddressRequestTag(key=k, value=v) for k, v in tags.items()] or None)
+        reply = await self._call("AllocateEipAddress", lambda: self.vpc.allocate_eip_address_async(request))
+        return EipRecord(reply.body.allocation_id, reply.body.eip_address or "", "Available", None, dict(tags)), [call]
+
+    async def release(self, eip: str, *, dry_run: bool = False) -> list[Call]:
+        call = Call("ReleaseEipAddress", {"RegionId": self.region, "AllocationId": eip})
+        if not dry_run:
+            request = vpc.ReleaseEipAddressRequest(region_id=self.region, allocation_id=eip)
+            await self._call("ReleaseEipAddress", lambda: self.vpc.release_eip_address_async(request), f"EIP {eip}")
+        return [call]
 
     async def instance_state(self, binding: Binding) -> InstanceState:
         if binding.instance_type not in (None, "EcsInstance"):
@@ -206,13 +389,11 @@ class AlibabaProvider(Provider):
         return InstanceState(status == "Running", f"instance {binding.instance_id} is {status}")
 
     def _ecs_client(self) -> tuple[Any, Any]:
+        """The ECS client and its models, imported on first use (the SDK takes a second to import)."""
         if self._ecs is None:
-            try:
-                from alibabacloud_ecs20140526 import models
-                from alibabacloud_ecs20140526.client import Client as EcsClient
-            except ImportError:
-                raise ProviderError("the instance check on Alibaba Cloud needs the ECS SDK: "
-                                    "pip install 'eipfailover[alibaba-ecs]'", retryable=False) from None
+            from alibabacloud_ecs20140526 import models
+            from alibabacloud_ecs20140526.client import Client as EcsClient
+
             self._ecs = (EcsClient(SdkConfig(endpoint=self.config.ecs_endpoint, **self._sdk_config)), models)
         return self._ecs  # type: ignore[no-any-return]
 
@@ -247,6 +428,82 @@ async def _all(calls: Iterable[Awaitable[None]]) -> None:
     errors = [r for r in results if isinstance(r, BaseException)]
     if errors:
         raise min(errors, key=lambda e: isinstance(e, ProviderError) and e.retryable)
+
+
+def _plan_association(eips: Sequence[str], states: Mapping[str, EipState], to: Binding) -> _Plan:
+    """Unassociate what is elsewhere, associate what is not on ``to`` (in one batch where the API allows)."""
+    elsewhere = {e: s.bound_to for e, s in states.items() if s.bound_to is not None and not to.matches(s.bound_to)}
+    attach = tuple(e for e in eips if states[e].bound_to is None or e in elsewhere)
+    batch = len(attach) > 1 and to.instance_type in _BATCHABLE and to.private_ip is None
+    return _Plan(unassociate=elsewhere, associate=attach, associate_to=to, batch=batch)
+
+
+def _plan_eni_move(eips: Sequence[str], states: Mapping[str, EipState], to: Binding, eni: EniState) -> _Plan:
+    """Cut-through: the EIPs must be on the ENI (in ``BINDED`` mode) before the ENI is attached to ``to``'s
+    instance, and an EIP can only be associated with a detached ENI."""
+    on_eni = Binding(instance_id=eni.eni_id, instance_type="NetworkInterface", mode="BINDED")
+    where = {e: states[e].bound_to for e in eips}
+    missing = [e for e, b in where.items() if b is None or not on_eni.matches(b)]
+    if not missing and eni.instance_id == to.instance_id:
+        return _Plan()
+    detach = (eni.eni_id, eni.instance_id) if eni.instance_id is not None else None
+    elsewhere = {e: b for e in missing if (b := where[e]) is not None}
+    primary = eni.private_ips[0] if eni.private_ips else None
+    assert to.instance_id is not None, "a cut-through binding names its instance"
+    return _Plan(detach=detach, unassociate=elsewhere, associate=tuple(missing),
+                 associate_to=Binding(instance_id=eni.eni_id, instance_type="NetworkInterface", private_ip=primary,
+                                      mode="BINDED"),
+                 attach=(eni.eni_id, to.instance_id))
+
+
+def _calls(plan: _Plan) -> list[Call]:
+    """The requests ``plan`` sends, for ``--dry-run``."""
+    calls = []
+    if plan.detach is not None:
+        calls.append(Call("DetachNetworkInterface", {"NetworkInterfaceId": plan.detach[0],
+                                                     "InstanceId": plan.detach[1]}))
+    for eip, where in plan.unassociate.items():
+        calls.append(Call("UnassociateEipAddress", _params(AllocationId=eip, InstanceId=where.instance_id,
+                                                           InstanceType=where.instance_type,
+                                                           PrivateIpAddress=where.private_ip)))
+    to = plan.associate_to
+    if plan.batch and to is not None:
+        calls.append(Call("AssociateEipAddressBatch", _params(
+            BindedInstanceId=to.instance_id, BindedInstanceType=to.instance_type,
+            InstanceIds=",".join(plan.associate), Mode="MULTI_BINDED" if to.instance_type == "NetworkInterface"
+            else None)))
+    elif to is not None:
+        calls += [Call("AssociateEipAddress", _params(AllocationId=eip, InstanceId=to.instance_id,
+                                                      InstanceType=to.instance_type, PrivateIpAddress=to.private_ip,
+                                                      Mode=to.mode)) for eip in plan.associate]
+    if plan.attach is not None:
+        calls.append(Call("AttachNetworkInterface", {"NetworkInterfaceId": plan.attach[0],
+                                                     "InstanceId": plan.attach[1]}))
+    return calls
+
+
+def _params(**values: str | None) -> dict[str, str]:
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def _cut_through(state: EipState) -> bool:
+    b = state.bound_to
+    return b is not None and b.instance_type == "NetworkInterface" and b.mode == "BINDED"
+
+
+def _through(state: EipState, enis: Mapping[str, EniState], *, keep_detached: bool = False) -> EipState:
+    """An EIP in cut-through mode placed where its ENI is (see :meth:`AlibabaProvider.describe`); with
+    ``keep_detached``, an ENI on no instance still shows (``ENI eni-1 on no instance``) instead of nothing."""
+    if not _cut_through(state) or state.bound_to is None:
+        return state
+    eni = enis.get(state.bound_to.instance_id or "")
+    if eni is None:  # the ENI is gone: as the VPC API reports it
+        return state
+    where = Binding(instance_id=eni.instance_id, network_interface_id=eni.eni_id, instance_type="EcsInstance",
+                    mode="BINDED")
+    attached = eni.instance_id is not None and eni.status == "InUse"
+    bound = where if attached or eni.pending or keep_detached else None
+    return EipState(state.allocation_id, state.public_ip, bound, pending=state.pending or eni.pending)
 
 
 def _eip_state(item: Any) -> EipState:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -31,7 +31,7 @@ from botocore.exceptions import (
 from eipfailover.config import AwsProviderConfig
 from eipfailover.errors import ProviderError
 from eipfailover.model import Binding, EipState
-from eipfailover.providers.base import InstanceState, Provider
+from eipfailover.providers.base import Call, EipAdmin, EipRecord, InstanceState, Provider
 
 _RETRYABLE_CODES = frozenset({
     "RequestLimitExceeded", "Throttling", "ThrottlingException", "InternalError", "InternalFailure",
@@ -42,10 +42,12 @@ _RETRYABLE_CODES = frozenset({
 _HEALTHY_STATUS = frozenset({"ok", "initializing", "not-applicable", "insufficient-data"})
 
 
-class AwsProvider(Provider):
+class AwsProvider(Provider, EipAdmin):
     kind = "aws"
     operations = ("DescribeAddresses", "AssociateAddress", "DescribeInstanceStatus", "DescribeNetworkInterfaces")
-    mutating = frozenset({"AssociateAddress"})
+    manual_operations = ("DisassociateAddress", "AllocateAddress", "ReleaseAddress", "CreateTags")
+    """``CreateTags`` is what IAM checks when ``AllocateAddress`` tags the new EIP."""
+    mutating = frozenset({"AssociateAddress", "DisassociateAddress", "AllocateAddress", "ReleaseAddress"})
     atomic_moves = True
 
     def __init__(self, name: str, config: AwsProviderConfig) -> None:
@@ -118,14 +120,7 @@ class AwsProvider(Provider):
         return found
 
     async def move(self, eips: Sequence[str], to: Binding) -> None:
-        if to.network_interface_id is not None:
-            where: dict[str, str] = {"NetworkInterfaceId": to.network_interface_id}
-            if to.private_ip is not None:
-                where["PrivateIpAddress"] = to.private_ip
-        elif to.instance_id is not None:
-            where = {"InstanceId": to.instance_id}
-        else:
-            raise ProviderError(f"binding {to} names no instance or ENI", retryable=False)
+        where = _where(to)
         results = await asyncio.gather(
             *(self._ec2("AssociateAddress", AllocationId=eip, AllowReassociation=True, **where) for eip in eips),
             return_exceptions=True,
@@ -133,6 +128,46 @@ class AwsProvider(Provider):
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:  # the permanent error is the one to report; the others may clear on a retry
             raise min(errors, key=lambda e: isinstance(e, ProviderError) and e.retryable)
+
+    # --- the eip commands ---
+    async def list_eips(self) -> list[EipRecord]:
+        reply = await self._ec2("DescribeAddresses")  # not paginated: every address of the region at once
+        return [EipRecord(a["AllocationId"], a.get("PublicIp", ""),
+                          "associated" if a.get("AssociationId") else "available", _eip_state(a).bound_to,
+                          {t["Key"]: t["Value"] for t in a.get("Tags", [])})
+                for a in reply.get("Addresses", []) if "AllocationId" in a]
+
+    async def plan_move(self, eip: str, to: Binding) -> list[Call]:
+        await self.describe([eip])  # a clear error for an unknown EIP, as the move would give
+        return [Call("AssociateAddress", {"AllocationId": eip, **_where(to), "AllowReassociation": "true"})]
+
+    async def disassociate(self, eip: str, *, dry_run: bool = False) -> list[Call]:
+        reply = await self._ec2("DescribeAddresses", AllocationIds=[eip])
+        association = next((a.get("AssociationId") for a in reply.get("Addresses", [])), None)
+        if not association:
+            return []
+        call = Call("DisassociateAddress", {"AssociationId": association})
+        if not dry_run:
+            await self._ec2(call.operation, **call.params)
+        return [call]
+
+    async def allocate(self, tags: Mapping[str, str], *,
+                       dry_run: bool = False) -> tuple[EipRecord | None, list[Call]]:
+        params: dict[str, Any] = {"Domain": "vpc"}
+        if tags:
+            params["TagSpecifications"] = [{"ResourceType": "elastic-ip",
+                                            "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}]
+        call = Call("AllocateAddress", {"Domain": "vpc", **{f"Tag.{k}": v for k, v in tags.items()}})
+        if dry_run:
+            return None, [call]
+        reply = await self._ec2("AllocateAddress", **params)
+        return EipRecord(reply["AllocationId"], reply.get("PublicIp", ""), "available", None, dict(tags)), [call]
+
+    async def release(self, eip: str, *, dry_run: bool = False) -> list[Call]:
+        call = Call("ReleaseAddress", {"AllocationId": eip})
+        if not dry_run:
+            await self._ec2(call.operation, **call.params)
+        return [call]
 
     async def instance_state(self, binding: Binding) -> InstanceState:
         if binding.network_interface_id is not None:
@@ -179,6 +214,18 @@ class AwsProvider(Provider):
         if not instance_id:
             return InstanceState(False, f"ENI {eni} is not attached to an instance (status {nic.get('Status')})")
         return await self._instance_state(instance_id)
+
+
+def _where(to: Binding) -> dict[str, str]:
+    """AssociateAddress's parameters for a binding."""
+    if to.network_interface_id is not None:
+        where = {"NetworkInterfaceId": to.network_interface_id}
+        if to.private_ip is not None:
+            where["PrivateIpAddress"] = to.private_ip
+        return where
+    if to.instance_id is not None:
+        return {"InstanceId": to.instance_id}
+    raise ProviderError(f"binding {to} names no instance or ENI", retryable=False)
 
 
 def _eip_state(address: dict[str, Any]) -> EipState:

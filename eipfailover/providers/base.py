@@ -13,8 +13,8 @@ import contextlib
 import contextvars
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
 from eipfailover.errors import ProviderError
@@ -47,6 +47,29 @@ class InstanceState:
     detail: str
 
 
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One cloud request, as ``--dry-run`` prints it."""
+
+    operation: str
+    params: Mapping[str, str]
+
+    def __str__(self) -> str:
+        return " ".join([self.operation, *(f"{k}={v}" for k, v in self.params.items())])
+
+
+@dataclass(frozen=True, slots=True)
+class EipRecord:
+    """One EIP of the account, for ``eip list``: ``status`` is the cloud's own word (AWS ``associated`` or
+    ``available``; Alibaba ``Associating``, ``InUse``, ``Unassociating``, ``Available``, ``Releasing``)."""
+
+    allocation_id: str
+    public_ip: str
+    status: str
+    bound_to: Binding | None
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+
 class Provider(ABC):
     kind: ClassVar[str] = ""
     """The config ``type`` this driver implements."""
@@ -54,6 +77,8 @@ class Provider(ABC):
     """Every cloud API operation the driver may call (for metrics' label sets and least-privilege policies)."""
     atomic_moves: bool = False
     """True if a move never detaches an EIP on the way (AWS's reassociation): no EIP can be left detached by it."""
+    manual_operations: ClassVar[tuple[str, ...]] = ()
+    """The operations only the ``eip`` commands call (the daemon never does): an optional policy statement."""
     mutating: ClassVar[frozenset[str]] = frozenset()
     """The operations that change the cloud. Once sent, such a call is never abandoned: a caller that gives up (a
     deadline, a stop) leaves it to finish, and :meth:`settle` waits for its answer, so that what it did is known
@@ -84,10 +109,16 @@ class Provider(ABC):
     async def close(self) -> None:  # noqa: B027 - optional hook: most drivers hold nothing to release
         """Release clients and threads."""
 
+    async def validate(self, bindings: Mapping[str, Binding]) -> list[str]:
+        """Problems with the resources the bindings name, as the cloud describes them (one line each, starting with
+        the binding's key), for the start-up check. The default checks nothing."""
+        return []
+
     async def request(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
         """Run one cloud request, timing it and reporting it to ``on_request``. A :attr:`mutating` one runs to its
         answer even if the caller is cancelled (the cancellation reaches the caller at once)."""
-        assert operation in self.operations, f"{operation} is missing from {type(self).__name__}.operations"
+        assert operation in self.operations + self.manual_operations, \
+            f"{operation} is missing from {type(self).__name__}.operations"
         if operation not in self.mutating:
             return await self._timed(operation, call)
         sent: asyncio.Future[T] = asyncio.ensure_future(self._timed(operation, call))
@@ -132,3 +163,30 @@ def _forget(in_flight: dict[asyncio.Future[Any], object | None]) -> Callable[[as
             future.exception()
 
     return done
+
+
+class EipAdmin(ABC):
+    """The rest of an EIP's life, for the ``eip`` commands: list, disassociate, allocate, release, and the calls a
+    move would make. Moves themselves go through :meth:`Provider.move` and the failover module, as the daemon's do.
+    Each ``plan_*`` reads the cloud (never changes it) and returns the calls the operation would send."""
+
+    @abstractmethod
+    async def list_eips(self) -> list[EipRecord]:
+        """Every EIP of the account in the region (all pages)."""
+
+    @abstractmethod
+    async def plan_move(self, eip: str, to: Binding) -> list[Call]:
+        """The calls :meth:`Provider.move` would send for ``eip`` now."""
+
+    @abstractmethod
+    async def disassociate(self, eip: str, *, dry_run: bool = False) -> list[Call]:
+        """Detach ``eip`` from what holds it (nothing if it is not bound); returns the calls sent (or, with
+        ``dry_run``, that would be sent). The caller verifies."""
+
+    @abstractmethod
+    async def allocate(self, tags: Mapping[str, str], *, dry_run: bool = False) -> tuple[EipRecord | None, list[Call]]:
+        """A new EIP with ``tags`` (``None`` with ``dry_run``), and the calls."""
+
+    @abstractmethod
+    async def release(self, eip: str, *, dry_run: bool = False) -> list[Call]:
+        """Release ``eip``: the caller has checked that it is bound to nothing."""

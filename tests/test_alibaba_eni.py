@@ -1,0 +1,285 @@
+"""Alibaba's ENI modes as the cloud documents them: the fake refuses what the cloud refuses (with the documented
+codes), the driver moves a cut-through ENI between instances (never leaving it detached), and the config check and
+the start-up check reject bindings the cloud would refuse, naming the target."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from eipfailover import failover
+from eipfailover.config import parse_config
+from eipfailover.daemon import Daemon
+from eipfailover.errors import ConfigError, ProviderError
+from eipfailover.model import Binding
+from eipfailover.providers.alibaba import AlibabaProvider
+
+from .conftest import HealthServer, eventually
+from .fake_aliyun import MULTI_BINDED_MAX, Fault, FakeAliyun, key_file, provider_for
+
+ON_A = Binding(instance_id="i-a", network_interface_id="eni-x", instance_type="EcsInstance", mode="BINDED")
+ON_B = Binding(instance_id="i-b", network_interface_id="eni-x", instance_type="EcsInstance", mode="BINDED")
+
+
+@pytest.fixture
+async def ali(fake: FakeAliyun, tmp_path: Path) -> AlibabaProvider:
+    return provider_for(fake, tmp_path)
+
+
+def cut_through(fake: FakeAliyun) -> None:
+    """Two instances; the secondary ENI eni-x on i-a, carrying eip-1 in cut-through mode."""
+    fake.add_resource("i-a")
+    fake.add_resource("i-b")
+    fake.add_eni("eni-a0", "10.0.0.2", attached_to="i-a", primary=True)
+    fake.add_eni("eni-x", "10.0.0.50", "10.0.0.51")
+    fake.add_eip("eip-1", "47.1.1.1")
+    fake.bind("eip-1", "eni-x", private_ip="10.0.0.50", mode="BINDED")
+    eni = fake.resources["eni-x"]
+    eni.attached_to, eni.eni_status = "i-a", "InUse"  # associated first, then attached: the documented order
+
+
+def settled(fake: FakeAliyun, *eips: str) -> bool:
+    fake.advance()
+    return all(fake.eips[e].status == "InUse" for e in eips)
+
+
+async def refused(ali: AlibabaProvider, eips: list[str], to: Binding) -> str:
+    with pytest.raises(ProviderError) as err:
+        await ali.move(eips, to)
+    return str(err.value.code)
+
+
+# --- the fake enforces the documented rules ---
+async def test_cut_through_is_refused_on_a_primary_eni(fake: FakeAliyun, ali: AlibabaProvider) -> None:
+    fake.add_resource("i-a")
+    fake.add_eni("eni-p", "10.0.0.2", attached_to="i-a", primary=True)
+    fake.add_eip("eip-1", "47.1.1.1")
+    to = Binding(instance_id="eni-p", instance_type="NetworkInterface", private_ip="10.0.0.2", mode="BINDED")
+    assert await refused(ali, ["eip-1"], to) == "InvalidParameter.EniInstanceId"
+
+
+async def test_cut_through_is_refused_on_an_attached_eni(fake: FakeAliyun, ali: AlibabaProvider) -> None:
+    fake.add_resource("i-a")
+    fake.add_eni("eni-x", "10.0.0.50", attached_to="i-a")
+    fake.add_eip("eip-1", "47.1.1.1")
+    to = Binding(instance_id="eni-x", instance_type="NetworkInterface", private_ip="10.0.0.50", mode="BINDED")
+    assert await refused(ali, ["eip-1"], to) == "Eni.Attached"
+    fake.resources["eni-x"].attached_to, fake.resources["eni-x"].eni_status = "", "Available"
+    secondary_ip = Binding(instance_id="eni-x", instance_type="NetworkInterface", private_ip="10.0.0.99",
+                           mode="BINDED")
+    assert await refused(ali, ["eip-1"], secondary_ip) == "InvalidParameter"  # only the primary private IP
+    await ali.move(["eip-1"], to)  # detached: accepted
+    await eventually(lambda: settled(fake, "eip-1"))
+    fake.add_eip("eip-2", "47.1.1.2")
+    assert await refused(ali, ["eip-2"], to) == "Mode.NotSupport"  # one EIP per cut-through ENI
+
+
+async def test_multi_binded_needs_a_secondary_eni_and_takes_ten_eips(fake: FakeAliyun, ali: AlibabaProvider) -> None:
+    fake.add_resource("i-a")
+    fake.add_eni("eni-p", "10.0.0.2", attached_to="i-a", primary=True)
+    fake.add_eni("eni-m", "10.0.0.60", attached_to="i-a")
+    for n in range(MULTI_BINDED_MAX + 1):
+        fake.add_eip(f"eip-{n}", f"47.1.2.{n}")
+    primary = Binding(instance_id="eni-p", instance_type="NetworkInterface", mode="MULTI_BINDED")
+    assert await refused(ali, ["eip-0"], primary) == "OperationUnsupported.EipBindModel"
+    multi = Binding(instance_id="eni-m", instance_type="NetworkInterface", mode="MULTI_BINDED")
+    ten = [f"eip-{n}" for n in range(MULTI_BINDED_MAX)]
+    await ali.move(ten, multi)  # one batch; an attached secondary ENI is fine in this mode
+    await eventually(lambda: settled(fake, *ten))
+    assert await refused(ali, [f"eip-{MULTI_BINDED_MAX}"], multi) == "QuotaExceed.MultiBindedEip"
+
+
+async def test_nat_mode_takes_one_eip_per_private_ip_and_an_instance_one_eip(fake: FakeAliyun,
+                                                                            ali: AlibabaProvider) -> None:
+    fake.add_resource("i-a")
+    fake.add_eni("eni-n", "10.0.0.70", "10.0.0.71", attached_to="i-a")
+    for n in (1, 2, 3, 4):
+        fake.add_eip(f"eip-{n}", f"47.1.3.{n}")
+    fake.bind("eip-1", "eni-n", private_ip="10.0.0.70")
+    fake.bind("eip-4", "i-a")
+    same_ip = Binding(instance_id="eni-n", instance_type="NetworkInterface", private_ip="10.0.0.70", mode="NAT")
+    assert await refused(ali, ["eip-2"], same_ip) == "InvalidAssociation.Duplicated"
+    assert await refused(ali, ["eip-2"], Binding(instance_id="eni-n", instance_type="NetworkInterface",
+                                                 private_ip="10.9.9.9", mode="NAT")) == "InvalidParameter"
+    other_ip = Binding(instance_id="eni-n", instance_type="NetworkInterface", private_ip="10.0.0.71", mode="NAT")
+    await ali.move(["eip-2"], other_ip)
+    assert await refused(ali, ["eip-3"], Binding(instance_id="i-a", instance_type="EcsInstance")) \
+        == "InvalidAssociation.Duplicated"
+
+
+async def test_the_primary_eni_cannot_be_detached(fake: FakeAliyun, ali: AlibabaProvider) -> None:
+    cut_through(fake)
+    with pytest.raises(ProviderError) as err:
+        await ali._eni_call("DetachNetworkInterface", "eni-a0", "i-a")
+    assert err.value.code == "InvalidOperation.DetachPrimaryEniNotAllowed"
+
+
+# --- the driver: a cut-through failover moves the ENI ---
+async def test_a_cut_through_failover_moves_the_eni_with_its_eip(fake: FakeAliyun, ali: AlibabaProvider) -> None:
+    cut_through(fake)
+    assert (await ali.describe(["eip-1"]))["eip-1"].bound_to == ON_A
+    outcome = await failover.execute(ali, ["eip-1"], ON_B, deadline=10, verify_interval=0.05)
+    assert outcome.ok, outcome.error
+    eni, eip = fake.resources["eni-x"], fake.eips["eip-1"]
+    assert (eni.attached_to, eni.eni_status) == ("i-b", "InUse")
+    assert (eip.instance_id, eip.mode, eip.status) == ("eni-x", "BINDED", "InUse")  # the EIP never moved
+    mutations = [a for a in fake.actions() if not a.startswith("Describe")]
+    assert mutations == ["DetachNetworkInterface", "AttachNetworkInterface"]
+    assert (await ali.describe(["eip-1"]))["eip-1"].bound_to == ON_B
+
+
+async def test_an_eni_on_no_instance_reads_as_detached_and_is_repaired_by_attaching(
+        fake: FakeAliyun, ali: AlibabaProvider) -> None:
+    cut_through(fake)
+    eni = fake.resources["eni-x"]
+    eni.attached_to, eni.eni_status = "", "Available"
+    state = (await ali.describe(["eip-1"]))["eip-1"]
+    assert (state.bound_to, state.pending) == (None, False)  # serving nothing: the engine repairs it
+    outcome = await failover.execute(ali, ["eip-1"], ON_A, deadline=10, verify_interval=0.05)
+    assert outcome.ok, outcome.error
+    assert [a for a in fake.actions() if not a.startswith("Describe")] == ["AttachNetworkInterface"]
+
+
+async def test_an_eip_off_its_eni_is_associated_while_the_eni_is_detached(fake: FakeAliyun,
+                                                                         ali: AlibabaProvider) -> None:
+    cut_through(fake)
+    fake.eips["eip-1"].status, fake.eips["eip-1"].instance_id = "Available", ""  # unassociated by hand
+    outcome = await failover.execute(ali, ["eip-1"], ON_A, deadline=10, verify_interval=0.05)
+    assert outcome.ok, outcome.error
+    assert [a for a in fake.actions() if not a.startswith("Describe")] == [
+        "DetachNetworkInterface", "AssociateEipAddress", "AttachNetworkInterface"]
+    associate = next(e for e in fake.log if e.action == "AssociateEipAddress")
+    assert (associate.query["Mode"], associate.query["PrivateIpAddress"]) == ("BINDED", "10.0.0.50")
+    assert (fake.resources["eni-x"].attached_to, fake.eips["eip-1"].mode) == ("i-a", "BINDED")
+
+
+async def test_an_eni_whose_attach_is_throttled_past_the_deadline_goes_back_where_it_was(
+        fake: FakeAliyun, ali: AlibabaProvider) -> None:
+    cut_through(fake)
+    fake.faults["AttachNetworkInterface"] = [Fault(match={"InstanceId": "i-b"}) for _ in range(200)]
+    outcome = await failover.execute(ali, ["eip-1"], ON_B, deadline=2, fallback=[ON_A], verify_interval=0.05)
+    assert not outcome.ok
+    assert outcome.reattached_to == ON_A, outcome.error
+    assert (fake.resources["eni-x"].attached_to, fake.resources["eni-x"].eni_status) == ("i-a", "InUse")
+    assert fake.eips["eip-1"].instance_id == "eni-x"
+    assert "Throttling.User" in outcome.error
+
+
+async def test_validate_names_the_binding_the_cloud_contradicts(fake: FakeAliyun, ali: AlibabaProvider) -> None:
+    cut_through(fake)
+    bindings = {
+        "good": ON_A,
+        "primary": Binding(instance_id="i-a", network_interface_id="eni-a0", instance_type="EcsInstance",
+                           mode="BINDED"),
+        "missing": Binding(instance_id="eni-nope", instance_type="NetworkInterface", private_ip="10.0.0.5",
+                           mode="NAT"),
+        "wrong-ip": Binding(instance_id="eni-x", instance_type="NetworkInterface", private_ip="10.9.9.9", mode="NAT"),
+        "multi-primary": Binding(instance_id="eni-a0", instance_type="NetworkInterface", mode="MULTI_BINDED"),
+        "plain": Binding(instance_id="i-b", instance_type="EcsInstance"),
+    }
+    problems = await ali.validate(bindings)
+    assert sorted(p.split(":")[0] for p in problems) == ["missing", "multi-primary", "primary", "wrong-ip"]
+    assert any("ENI eni-a0 is a primary ENI (of i-a): BINDED mode needs a secondary ENI" in p for p in problems)
+
+
+# --- the config check and the start-up check ---
+def group_data(fake: FakeAliyun, tmp_path: Path, servers: list[HealthServer], eni: str = "eni-x",
+               **binding: Any) -> dict[str, Any]:
+    endpoint = fake.endpoint
+    return {
+        "log": {"format": "json"},
+        "api": {"listen": "127.0.0.1:0"},
+        "providers": {"ali": {"type": "alibaba", "region": fake.region, "endpoint": endpoint,
+                              "ecs_endpoint": endpoint, "protocol": "http",
+                              "access_key_file": str(key_file(tmp_path)), "poll_interval": "100ms"}},
+        "groups": [{
+            "name": "web", "provider": "ali", "eips": ["eip-1"],
+            "policy": {"interval": "500ms", "timeout": "250ms", "rise": 2, "fall": 2, "cooldown": "5s"},
+            "targets": [
+                {"name": "web-a", "binding": {"instance_id": "i-a", "network_interface_id": eni, **binding},
+                 "checks": [{"type": "http", "url": servers[0].url}]},
+                {"name": "web-b", "binding": {"instance_id": "i-b", "network_interface_id": eni, **binding},
+                 "checks": [{"type": "http", "url": servers[1].url}]},
+            ],
+        }],
+    }
+
+
+def test_the_config_check_rejects_bindings_cut_through_mode_cannot_fail_over() -> None:
+    base: dict[str, Any] = {"providers": {"ali": {"type": "alibaba", "region": "cn-hangzhou"}}}
+    static = {**base, "groups": [{"name": "web", "provider": "ali", "eips": ["eip-1"], "targets": [
+        {"name": "web-a", "binding": {"instance_id": "eni-a", "instance_type": "NetworkInterface", "mode": "BINDED",
+                                      "private_ip": "10.0.0.5"}, "checks": [{"type": "instance"}]},
+        {"name": "web-b", "binding": {"instance_id": "i-b"}, "checks": [{"type": "instance"}]}]}]}
+    with pytest.raises(ConfigError) as err:
+        parse_config(static)
+    assert any(p.startswith("groups[0].targets[0].binding.mode: an EIP in cut-through mode (BINDED)")
+               for p in err.value.problems), err.value.problems
+    mixed = {**base, "groups": [{"name": "web", "provider": "ali", "eips": ["eip-1", "eip-2"], "targets": [
+        {"name": "web-a", "binding": {"instance_id": "i-a", "network_interface_id": "eni-x"},
+         "checks": [{"type": "instance"}]},
+        {"name": "web-b", "binding": {"instance_id": "i-b", "network_interface_id": "eni-y", "mode": "NAT"},
+         "checks": [{"type": "instance"}]}]}]}
+    with pytest.raises(ConfigError) as err:
+        parse_config(mixed)
+    paths = sorted(p.split(":")[0] for p in err.value.problems)
+    assert paths == ["groups[0].eips", "groups[0].targets[1].binding", "groups[0].targets[1].binding"
+                                                                       ".network_interface_id"], err.value.problems
+
+
+async def test_a_primary_eni_is_refused_at_start_up_and_by_check_config_cloud_naming_the_target(
+        fake: FakeAliyun, tmp_path: Path, health_servers: list[HealthServer]) -> None:
+    cut_through(fake)
+    path = tmp_path / "eipfailover.yaml"
+    path.write_text(yaml.safe_dump(group_data(fake, tmp_path, health_servers, eni="eni-a0")))
+    for args in (["check-config", "--cloud"], ["run"]):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "eipfailover", *args, "-c", str(path),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        text = (out + err).decode()
+        assert proc.returncode == 2, text
+        assert "groups.web.targets.web-a.binding: ENI eni-a0 is a primary ENI (of i-a)" in text, text
+        assert "groups.web.targets.web-b.binding" in text, text
+
+
+async def test_check_config_cloud_passes_a_good_cut_through_group(fake: FakeAliyun, tmp_path: Path,
+                                                                  health_servers: list[HealthServer]) -> None:
+    cut_through(fake)
+    path = tmp_path / "eipfailover.yaml"
+    path.write_text(yaml.safe_dump(group_data(fake, tmp_path, health_servers)))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "eipfailover", "check-config", "--cloud", "-c", str(path),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, (out + err).decode()
+    assert "bindings: as the cloud describes them" in out.decode()
+
+
+async def test_the_daemon_fails_a_cut_through_group_over_by_moving_the_eni(
+        fake: FakeAliyun, tmp_path: Path, health_servers: list[HealthServer]) -> None:
+    cut_through(fake)
+    daemon = Daemon(parse_config(group_data(fake, tmp_path, health_servers)))
+    task = asyncio.create_task(daemon.run(install_signals=False))
+    try:
+        await eventually(lambda: daemon.engine is not None and daemon.engine.ready.is_set(), timeout=20)
+        assert daemon.engine is not None
+        runner = daemon.engine.runners["web"]
+        assert runner.location.active == "web-a"
+        await health_servers[0].stop()  # web-a's service dies
+        await eventually(lambda: runner.last_failover is not None and runner.last_failover.result != "running",
+                         timeout=20)
+        assert runner.last_failover is not None
+        assert (runner.last_failover.result, runner.last_failover.to_target) == ("success", "web-b")
+        assert (fake.resources["eni-x"].attached_to, fake.resources["eni-x"].eni_status) == ("i-b", "InUse")
+        assert (fake.eips["eip-1"].instance_id, fake.eips["eip-1"].status) == ("eni-x", "InUse")
+        await eventually(lambda: runner.location.active == "web-b", timeout=10)  # read back from the cloud
+    finally:
+        assert daemon.engine is not None
+        daemon.engine.request_stop()
+        assert await asyncio.wait_for(task, 30) == 0
