@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from eipfailover import failover, providers, registry
 from eipfailover.client import ApiCallError, ApiClient
@@ -44,10 +44,16 @@ class Refused(EipFailoverError):
 
 
 # --- the documented JSON of `eip list --json` (docs/eip-list.schema.json is generated from these) ---
-class BoundTo(BaseModel):
+class _Shape(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+
+class BoundTo(_Shape):
     """Where an EIP is bound, in the config's binding keys (``null`` where they do not apply)."""
 
     text: str
+    """As the daemon's logs write it, e.g. ``i-123``, ``NetworkInterface eni-1/10.0.0.5 (NAT)``,
+    ``ENI eni-1 on i-123 (BINDED)``."""
     instance_id: str | None
     network_interface_id: str | None
     private_ip: str | None
@@ -55,7 +61,9 @@ class BoundTo(BaseModel):
     mode: str | None
 
 
-class EipEntry(BaseModel):
+class EipEntry(_Shape):
+    """One EIP (``eip allocate --json`` prints one too)."""
+
     allocation_id: str
     public_ip: str
     status: str
@@ -69,9 +77,13 @@ class EipEntry(BaseModel):
     tags: dict[str, str]
 
 
-class EipListing(BaseModel):
+class EipListing(_Shape):
+    """``eipfailover eip list --json``: every EIP of one provider's account and region."""
+
     provider: str
+    """The provider's name in the config."""
     type: str
+    """``aws`` or ``alibaba``."""
     region: str
     eips: list[EipEntry]
 
@@ -172,7 +184,11 @@ def guard(session: Session, eip: str, *, force: bool, maintenance: Callable[[str
     group = session.managed_by(eip)
     if group is None or force:
         return
-    if not maintenance(group.name):
+    try:
+        in_maintenance = maintenance(group.name)
+    except Refused as exc:
+        raise Refused(f"EIP {eip} is managed by group {group.name}, and {exc}") from None
+    if not in_maintenance:
         raise Refused(f"EIP {eip} is managed by group {group.name}, which is not in maintenance: run "
                       f"`eipfailover maintenance {group.name} on` first, or give --force (the daemon may then move "
                       f"it back)")
@@ -184,11 +200,11 @@ def maintenance_from(client: ApiClient) -> Callable[[str], bool]:
             return bool(client.call("GET", f"/v1/groups/{group}")["maintenance"])
         except ApiCallError as exc:
             if exc.status == 0:
-                raise Refused(f"cannot ask the daemon whether group {group} is in maintenance ({exc}); if the "
-                              f"daemon is stopped, give --force") from None
-            raise Refused(f"the daemon does not confirm that group {group} is in maintenance: {exc}") from None
+                raise Refused(f"the daemon cannot be asked whether it is in maintenance ({exc}); if the daemon "
+                              f"is stopped, give --force") from None
+            raise Refused(f"the daemon does not confirm that it is in maintenance: {exc}") from None
         except (KeyError, TypeError):
-            raise Refused(f"the daemon's answer about group {group} has no maintenance flag") from None
+            raise Refused("the daemon's answer has no maintenance flag") from None
 
     return ask
 
@@ -395,12 +411,12 @@ async def _dispatch(session: Session, args: argparse.Namespace, to: Binding | No
     eip = await resolve(session, args.eip)
     if args.verb == "release":
         return await cmd_release(session, eip, dry_run=args.dry_run)
+    if args.verb == "associate" and to is None:
+        to = parse_spec(args.to, session.provider.kind)
     await session.provider.describe([eip])  # an unknown EIP is a clear error before anything else
     guard(session, eip, force=args.force, maintenance=maintenance_from(client()))
-    if args.verb == "disassociate":
-        return await cmd_disassociate(session, eip, dry_run=args.dry_run, timeout=args.timeout)
     if to is None:
-        to = parse_spec(args.to, session.provider.kind)
+        return await cmd_disassociate(session, eip, dry_run=args.dry_run, timeout=args.timeout)
     return await cmd_associate(session, eip, to, dry_run=args.dry_run, timeout=args.timeout)
 
 

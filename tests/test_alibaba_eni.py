@@ -20,7 +20,7 @@ from eipfailover.model import Binding
 from eipfailover.providers.alibaba import AlibabaProvider
 
 from .conftest import HealthServer, eventually
-from .fake_aliyun import MULTI_BINDED_MAX, Fault, FakeAliyun, key_file, provider_for
+from .fake_aliyun import MULTI_BINDED_MAX, FakeAliyun, Fault, key_file, provider_for
 
 ON_A = Binding(instance_id="i-a", network_interface_id="eni-x", instance_type="EcsInstance", mode="BINDED")
 ON_B = Binding(instance_id="i-b", network_interface_id="eni-x", instance_type="EcsInstance", mode="BINDED")

@@ -37,16 +37,23 @@ def resource_tags(ec2: Ec2World, params: dict[str, str]) -> list[dict[str, str]]
     return [{t["Key"]: t["Value"] for t in tags} for tags in tagged]
 
 
-def allowed(action: str, tags: list[dict[str, str]]) -> bool:
-    """Allowed by some Allow statement whose StringEquals conditions on aws:ResourceTag hold for every resource."""
+def allowed(action: str, tags: list[dict[str, str]], context: dict[str, str] | None = None, *,
+            daemon_only: bool = False) -> bool:
+    """Allowed by some Allow statement whose StringEquals conditions hold: those on aws:ResourceTag for every
+    resource, the others (``ec2:CreateAction``) in the request's ``context``. ``daemon_only``: without the
+    optional statements of the ``eip`` commands (``Sid`` ``EipCommands*``)."""
     for statement in POLICY["Statement"]:
+        if daemon_only and statement["Sid"].startswith("EipCommands"):
+            continue
         if statement["Effect"] != "Allow" or f"ec2:{action}" not in statement["Action"]:
             continue
         conditions = statement.get("Condition", {})
         assert set(conditions) <= {"StringEquals"}, "this evaluator knows StringEquals only"
-        wanted = {key.removeprefix("aws:ResourceTag/"): value for key, value in conditions.get("StringEquals",
-                                                                                               {}).items()}
-        if all(resource.get(k) == v for resource in tags for k, v in wanted.items()):
+        equals = conditions.get("StringEquals", {})
+        wanted = {k.removeprefix("aws:ResourceTag/"): v for k, v in equals.items() if k.startswith("aws:ResourceTag/")}
+        keys = {k: v for k, v in equals.items() if not k.startswith("aws:ResourceTag/")}
+        if all(resource.get(k) == v for resource in tags for k, v in wanted.items()) and all(
+                (context or {}).get(k) == v for k, v in keys.items()):
             return True
     return False
 
@@ -80,7 +87,7 @@ async def test_a_failover_needs_only_what_the_policy_grants_to_tagged_resources(
     actions = {action for action, _ in wire.requests}
     assert "AssociateAddress" in actions
     for action, params in wire.requests:
-        assert allowed(action, resource_tags(ec2, params)), (action, params)
+        assert allowed(action, resource_tags(ec2, params), daemon_only=True), (action, params)
 
 
 async def test_the_tag_condition_refuses_an_untagged_eip_or_target(ec2: Ec2World) -> None:
@@ -90,4 +97,42 @@ async def test_the_tag_condition_refuses_an_untagged_eip_or_target(ec2: Ec2World
     assert not allowed("AssociateAddress", resource_tags(ec2, associate))  # the target is not tagged
     ec2.client.create_tags(Resources=[ec2.instance_b], Tags=[TAG])
     assert allowed("AssociateAddress", resource_tags(ec2, associate))
-    assert not allowed("DisassociateAddress", resource_tags(ec2, associate))  # nothing more than the driver's
+    # the daemon's statements grant nothing more than the daemon calls
+    assert not allowed("DisassociateAddress", resource_tags(ec2, associate), daemon_only=True)
+
+
+async def test_the_eip_commands_need_only_the_optional_statements_on_tagged_eips(ec2: Ec2World) -> None:
+    """Allocate with the tag, move, disassociate and release, each request evaluated as IAM would: tagging on
+    creation needs ``ec2:CreateTags`` with ``ec2:CreateAction``; disassociation and release need the tag."""
+    ec2.client.create_tags(Resources=[ec2.instance_b], Tags=[TAG])
+    provider = AwsProvider("aws", AwsProviderConfig(type="aws", region=REGION, endpoint_url=ec2.endpoint))
+    wire = Wire()
+    provider.client.meta.events.register("before-send.ec2", wire)
+    try:
+        record, _ = await provider.allocate({"eipfailover": "managed"})
+        assert record is not None
+        assert (await failover.execute(provider, [record.allocation_id], Binding(instance_id=ec2.instance_b),
+                                       deadline=10)).ok
+        association = ec2.holder(record.allocation_id)["AssociationId"]
+        assert await provider.disassociate(record.allocation_id)
+        await provider.release(record.allocation_id)
+    finally:
+        await provider.close()
+    sent = [action for action, _ in wire.requests]
+    assert {"AllocateAddress", "DisassociateAddress", "ReleaseAddress"} <= set(sent)
+    managed = [{"eipfailover": "managed"}]  # the new EIP's tags (and the target's), as IAM sees them
+    for action, params in wire.requests:
+        if action == "AllocateAddress":
+            assert allowed(action, [])
+            assert allowed("CreateTags", [], {"ec2:CreateAction": "AllocateAddress"})  # its tag specification
+            assert not allowed("CreateTags", [], {"ec2:CreateAction": "RunInstances"})
+        elif action == "DisassociateAddress":  # IAM checks the EIP the association belongs to
+            assert params["AssociationId"] == association
+            assert allowed(action, managed)
+            assert not allowed(action, [{}])
+        elif action in ("AssociateAddress", "ReleaseAddress"):
+            assert allowed(action, managed * 2)
+            assert not allowed(action, [{}])
+        else:
+            assert action.startswith("Describe"), action
+            assert allowed(action, [])
