@@ -497,6 +497,8 @@ class FakeAliyun:
     def _2014_05_26_DescribeNetworkInterfaces(self, q: dict[str, str]) -> dict[str, Any]:
         self._region(q)
         ids = [v for k, v in q.items() if k.startswith("NetworkInterfaceId.")]
+        if len(ids) > 100:
+            raise ApiFault(400, "InvalidParameter", "NetworkInterfaceId takes at most 100 IDs.")
         enis = [r for r in self.resources.values() if r.kind == "NetworkInterface" and (not ids or r.id in ids)]
         return {"TotalCount": len(enis), "PageNumber": 1, "PageSize": 100, "NetworkInterfaceSets": {
             "NetworkInterfaceSet": [self._eni_json(e) for e in enis]}}

@@ -170,6 +170,21 @@ async def test_an_eni_whose_attach_is_throttled_past_the_deadline_goes_back_wher
     assert "Throttling.User" in outcome.error
 
 
+async def test_the_list_resolves_more_cut_through_enis_than_one_call_takes(fake: FakeAliyun,
+                                                                           ali: AlibabaProvider) -> None:
+    fake.add_resource("i-a")
+    for n in range(150):
+        fake.add_eni(f"eni-{n:03}", f"10.0.{n // 200}.{n % 200 + 1}")
+        fake.add_eip(f"eip-{n:03}", f"47.1.{n // 200}.{n % 200 + 1}")
+        fake.bind(f"eip-{n:03}", f"eni-{n:03}", private_ip=f"10.0.{n // 200}.{n % 200 + 1}", mode="BINDED")
+    fake.resources["eni-149"].attached_to, fake.resources["eni-149"].eni_status = "i-a", "InUse"
+    records = {r.allocation_id: r for r in await ali.list_eips()}
+    assert len(records) == 150
+    assert str(records["eip-000"].bound_to) == "ENI eni-000 on no instance (BINDED)"
+    assert str(records["eip-149"].bound_to) == "ENI eni-149 on i-a (BINDED)"
+    assert len([e for e in fake.log if e.action == "DescribeNetworkInterfaces"]) == 2
+
+
 async def test_validate_names_the_binding_the_cloud_contradicts(fake: FakeAliyun, ali: AlibabaProvider) -> None:
     cut_through(fake)
     bindings = {

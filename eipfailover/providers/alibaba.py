@@ -42,6 +42,7 @@ _RETRYABLE_CODES = frozenset({
 """Plus every ``Throttling*`` and ``TaskConflict*`` code. ``IncorrectEipStatus`` means a transition is pending."""
 _PENDING = frozenset({"Associating", "Unassociating"})
 _BATCHABLE = frozenset({"Nat", "NetworkInterface"})
+ENI_IDS_PER_CALL = 100  # DescribeNetworkInterfaces takes NetworkInterfaceId.1 to .100
 CREDENTIAL_NAME = "alibaba-access-key"
 
 
@@ -191,10 +192,16 @@ class AlibabaProvider(Provider, EipAdmin):
         return await self.describe_enis(ids) if ids else {}
 
     async def describe_enis(self, eni_ids: Sequence[str]) -> dict[str, EniState]:
-        """The ENIs that exist among ``eni_ids`` (ECS DescribeNetworkInterfaces)."""
+        """The ENIs that exist among ``eni_ids`` (ECS DescribeNetworkInterfaces, 100 IDs a call)."""
+        found: dict[str, EniState] = {}
+        for chunk in (eni_ids[i:i + ENI_IDS_PER_CALL] for i in range(0, len(eni_ids), ENI_IDS_PER_CALL)):
+            found.update(await self._describe_enis(chunk))
+        return found
+
+    async def _describe_enis(self, eni_ids: Sequence[str]) -> dict[str, EniState]:
         ecs, models = self._ecs_client()
         request = models.DescribeNetworkInterfacesRequest(region_id=self.region, network_interface_id=list(eni_ids),
-                                                          max_results=max(len(eni_ids), 10))
+                                                          max_results=ENI_IDS_PER_CALL)
         reply = await self._call("DescribeNetworkInterfaces",
                                  lambda: ecs.describe_network_interfaces_async(request), f"ENI {', '.join(eni_ids)}")
         sets = reply.body.network_interface_sets
