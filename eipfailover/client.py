@@ -69,8 +69,13 @@ class ApiClient:
         request = urllib.request.Request(self.base_url + path, data=data, method=method, headers=headers)
         try:
             with self.opener.open(request, timeout=self.timeout) as response:
-                result: dict[str, Any] = json.loads(response.read())
-                return result
+                result = json.loads(response.read())
+            if not isinstance(result, dict):
+                raise ValueError("not a JSON object")
+            return result
+        except ValueError as exc:  # not JSON: not the daemon's API
+            raise ApiCallError(0, "bad_answer", f"{self.base_url} answered something that is not the daemon's "
+                                                f"JSON ({exc})") from None
         except urllib.error.HTTPError as exc:
             try:
                 error = json.loads(exc.read())

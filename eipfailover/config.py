@@ -394,7 +394,7 @@ class GroupConfig(_Model):
                 if check.timeout is not None and check.timeout >= self.policy.interval:
                     problems.append((f"targets[{ti}].checks[{ci}].timeout", "must be below policy.interval"))
         provider_type = (info.context or {}).get("provider_types", {})[self.provider]
-        problems += _moving_eni_problems(self) if provider_type == "alibaba" else []
+        problems += _moving_eni_problems(self) + _one_eip_problems(self) if provider_type == "alibaba" else []
         for ti, target in enumerate(self.targets):
             problems += [
                 (f"targets[{ti}].binding{sub}", msg)
@@ -431,6 +431,20 @@ def _moving_eni_problems(group: GroupConfig) -> list[tuple[str, str]]:
         problems.append(("eips", "a cut-through (BINDED) ENI holds one EIP, on its primary private IP: give the "
                                  "group exactly one"))
     return problems
+
+
+def _one_eip_problems(group: GroupConfig) -> list[tuple[str, str]]:
+    """Alibaba: an ECS instance, a HaVip, a CLB and one private IP of an ENI (NAT mode) each take one EIP, so a
+    group of several EIPs cannot move onto one of them."""
+    if len(group.eips) < 2:
+        return []
+    single = [(t.name, t.binding.instance_type or "EcsInstance") for t in group.targets
+              if t.binding.network_interface_id is None and (t.binding.instance_type or "EcsInstance") != "Nat"
+              and t.binding.mode != "MULTI_BINDED"]
+    return [("eips", f"{len(group.eips)} EIPs cannot all go to target {name}: "
+                     f"{'a private IP of an ENI' if kind == 'NetworkInterface' else 'a ' + kind} takes one EIP (a NAT "
+                     f"gateway or an ENI in MULTI_BINDED mode takes several; or give each EIP its own group)")
+            for name, kind in single]
 
 
 def binding_problems(provider_type: str, b: BindingConfig) -> list[tuple[str, str]]:

@@ -6,7 +6,9 @@ it was if the move fails), verified by describe. ``disassociate``, ``allocate`` 
 
 Safety: a change to an EIP that a group of the config manages is refused unless that group is in maintenance (the
 daemon is asked through its API) or ``--force`` is given; ``release`` of a managed EIP is refused even then.
-``--dry-run`` prints the calls that would be made. Exit codes: 0 done, 1 refused or failed, 2 bad input.
+A move onto a resource that holds a managed EIP (which it would displace or detach) is refused the same way.
+``--dry-run`` prints the calls that would be made. Exit codes: 0 done, 1 refused or failed, 2 bad input, 130
+interrupted (after the EIP is put back where it was).
 """
 
 from __future__ import annotations
@@ -15,10 +17,13 @@ import argparse
 import asyncio
 import ipaddress
 import json
+import math
+import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +37,7 @@ from eipfailover.errors import EipFailoverError, ProviderError
 from eipfailover.model import Binding
 from eipfailover.providers.base import Call, EipAdmin, EipRecord, Provider
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 class UsageError(EipFailoverError):
@@ -100,7 +105,8 @@ class Session:
     sent: list[str] = field(default_factory=list)
 
     def managed_by(self, eip: str) -> GroupConfig | None:
-        return next((g for g in self.config.groups if g.provider == self.name and eip in g.eips), None)
+        """The group that manages ``eip``, whichever provider entry names it (an EIP belongs to one group)."""
+        return next((g for g in self.config.groups if eip in g.eips), None)
 
     def target_of(self, group: GroupConfig | None, where: Binding | None) -> str | None:
         if group is None or where is None:
@@ -194,17 +200,49 @@ def guard(session: Session, eip: str, *, force: bool, maintenance: Callable[[str
                       f"it back)")
 
 
-def maintenance_from(client: ApiClient) -> Callable[[str], bool]:
+def collides(held: Binding, to: Binding) -> bool:
+    """Whether putting an EIP on ``to`` changes the EIP that is on ``held``: the same one-EIP resource (on AWS the
+    new EIP displaces the old one; on Alibaba the cloud refuses), the same private IP of an ENI, or the same
+    cut-through ENI (which is detached from its instance first). A NAT gateway or an ENI in MULTI_BINDED mode holds
+    several EIPs: no collision."""
+    if held.instance_type == "Nat" or held.mode == "MULTI_BINDED":
+        return False
+    if to.network_interface_id is not None and to.instance_type is not None:  # a cut-through ENI
+        return held.network_interface_id == to.network_interface_id
+    if held.network_interface_id is not None and held.instance_type is not None:
+        return False  # an EIP on a cut-through ENI is not on the instance's own ENI
+    if to.network_interface_id is not None:  # AWS: an ENI, and its primary IP unless told
+        same = held.network_interface_id == to.network_interface_id
+    else:
+        same = held.instance_id == to.instance_id and held.instance_type == to.instance_type
+    return same and (to.private_ip is None or held.private_ip in (None, to.private_ip))
+
+
+async def guard_destination(session: Session, eip: str, to: Binding, *, force: bool,
+                            maintenance: Callable[[str], bool]) -> None:
+    """Refuse a move onto a resource that holds an EIP a group manages (see :func:`collides`), like a change to that
+    EIP."""
+    if force:
+        return
+    for record in await session.admin.list_eips():
+        if record.allocation_id != eip and record.bound_to is not None and collides(record.bound_to, to):
+            guard(session, record.allocation_id, force=False, maintenance=maintenance)
+
+
+def maintenance_from(client: Callable[[], ApiClient]) -> Callable[[str], bool]:
+    """Ask the daemon (the client is made only then: a forced or unmanaged change never needs it)."""
     def ask(group: str) -> bool:
         try:
-            return bool(client.call("GET", f"/v1/groups/{group}")["maintenance"])
+            answer = client().call("GET", f"/v1/groups/{group}")
         except ApiCallError as exc:
             if exc.status == 0:
                 raise Refused(f"the daemon cannot be asked whether it is in maintenance ({exc}); if the daemon "
                               f"is stopped, give --force") from None
             raise Refused(f"the daemon does not confirm that it is in maintenance: {exc}") from None
-        except (KeyError, TypeError):
-            raise Refused("the daemon's answer has no maintenance flag") from None
+        flag = answer.get("maintenance")
+        if not isinstance(flag, bool):
+            raise Refused(f"the daemon's answer has no maintenance flag (got {flag!r})")
+        return flag
 
     return ask
 
@@ -259,9 +297,10 @@ async def cmd_associate(session: Session, eip: str, to: Binding, *, dry_run: boo
         print(f"{eip} ({states[eip].public_ip}) is already on {to}")
         return EXIT_OK
     start = time.monotonic()
-    with _recording(session):
+    with _recording(session), _interruptible() as abort:
         outcome = await failover.execute(session.provider, [eip], to, deadline=timeout, states=states,
-                                         fallback=[before] if before is not None else [])
+                                         fallback=[before] if before is not None else [], abort=abort,
+                                         resume_on_abort=False)
     took = time.monotonic() - start
     print(f"calls: {', '.join(session.sent)}")
     if outcome.ok:
@@ -272,36 +311,85 @@ async def cmd_associate(session: Session, eip: str, to: Binding, *, dry_run: boo
         print(f"{eip} is back on {outcome.reattached_to}", file=sys.stderr)
     elif outcome.detached:
         print(f"{eip} MAY BE DETACHED: check with `eipfailover eip list`", file=sys.stderr)
-    return EXIT_FAILED
+    if abort.is_set():
+        return EXIT_INTERRUPTED
+    return EXIT_USAGE if outcome.code is not None and outcome.code.endswith("NotFound") else EXIT_FAILED
+
+
+@contextmanager
+def _interruptible() -> Iterator[asyncio.Event]:
+    """SIGINT, SIGTERM and SIGHUP (a dropped SSH session) set the event: the move stops and what it detached goes
+    back where it was before the command exits. A second signal exits at once."""
+    abort = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def interrupted() -> None:
+        if abort.is_set():
+            _say("eipfailover: interrupted again: exiting now; the EIP MAY BE DETACHED (eipfailover eip list)")
+            os._exit(EXIT_INTERRUPTED)
+        _say("eipfailover: interrupted: stopping the move and putting the EIP back where it was "
+             "(interrupt again to exit at once)")
+        abort.set()
+
+    for sig in signals:
+        loop.add_signal_handler(sig, interrupted)
+    try:
+        yield abort
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+
+
+def _say(text: str) -> None:
+    with suppress(OSError):  # the terminal may be gone (SIGHUP)
+        print(text, file=sys.stderr, flush=True)
+
+
+async def check_destination(session: Session, to: Binding) -> None:
+    """Bad input, found before the first step: the instance, ENI or HaVip ``to`` names does not exist (or is an ENI
+    the mode cannot use). A NAT gateway or a CLB is not checked (their APIs are not the driver's)."""
+    problems = await session.provider.validate({"--to": to})
+    if problems:
+        raise UsageError("; ".join(problems))
+    kind = to.instance_type
+    if kind is None or kind == "EcsInstance":
+        state = await session.provider.instance_state(to)
+        if not state.exists:
+            raise UsageError(f"--to: {state.detail}")
+    elif kind == "HaVip":
+        from eipfailover.providers.alibaba import AlibabaProvider
+
+        if isinstance(session.provider, AlibabaProvider):
+            await session.provider.describe_havip(to.instance_id or "")  # InvalidHaVipId.NotFound: exit 2
 
 
 async def cmd_disassociate(session: Session, eip: str, *, dry_run: bool, timeout: float) -> int:
     if dry_run:
         return _print_calls(await session.admin.disassociate(eip, dry_run=True), f"{eip} is bound to nothing")
-    before = (await session.provider.describe([eip]))[eip]
+    before = await session.admin.record(eip)
     start = time.monotonic()
     with _recording(session):
         calls = await session.admin.disassociate(eip)
         if not calls:
             print(f"{eip} ({before.public_ip}) is bound to nothing")
             return EXIT_OK
-        await _until(session, eip, timeout, lambda b: b is None, "detached")
+        await _until_detached(session, eip, timeout)
     print(f"calls: {', '.join(session.sent)}")
     print(f"{eip} ({before.public_ip}): {before.bound_to or 'nothing'} -> nothing, verified in "
           f"{time.monotonic() - start:.2f}s")
     return EXIT_OK
 
 
-async def _until(session: Session, eip: str, timeout: float, done: Callable[[Binding | None], bool],
-                 what: str) -> None:
+async def _until_detached(session: Session, eip: str, timeout: float) -> None:
     end = time.monotonic() + timeout
     while True:
-        state = (await session.provider.describe([eip]))[eip]
-        if not state.pending and done(state.bound_to):
+        record = await session.admin.record(eip)
+        if record.bound_to is None and record.status.lower() == "available":
             return
         if time.monotonic() > end:
-            raise ProviderError(f"{eip} not {what} after {timeout:g}s (last seen on {state.bound_to or 'nothing'}"
-                                f"{', in transition' if state.pending else ''})", retryable=False)
+            raise ProviderError(f"{eip} not detached after {timeout:g}s (last seen {record.status} on "
+                                f"{record.bound_to or 'nothing'})", retryable=False)
         await asyncio.sleep(0.25)
 
 
@@ -322,14 +410,14 @@ async def cmd_release(session: Session, eip: str, *, dry_run: bool) -> int:
     if group is not None:
         raise Refused(f"EIP {eip} is managed by group {group.name}: remove it from the config first (release is "
                       f"refused even with --force)")
-    state = (await session.provider.describe([eip]))[eip]
-    if state.bound_to is not None or state.pending:
-        raise Refused(f"EIP {eip} ({state.public_ip}) is bound to {state.bound_to or 'something'}"
-                      f"{' (in transition)' if state.pending else ''}: disassociate it first")
+    record = await session.admin.record(eip)
+    if record.bound_to is not None or record.status.lower() != "available":
+        raise Refused(f"EIP {eip} ({record.public_ip}) is {record.status}, bound to {record.bound_to or 'nothing'}: "
+                      f"disassociate it first")
     calls = await session.admin.release(eip, dry_run=dry_run)
     if dry_run:
         return _print_calls(calls, "release")
-    print(f"released {eip} ({state.public_ip})")
+    print(f"released {eip} ({record.public_ip})")
     return EXIT_OK
 
 
@@ -351,7 +439,8 @@ def add_parser(sub: Any, client: argparse.ArgumentParser) -> None:
         cmd.add_argument("eip", help="allocation ID or public IP")
         cmd.add_argument("--force", action="store_true",
                          help="change an EIP a group manages even if the group is not in maintenance")
-        cmd.add_argument("--timeout", type=float, default=120.0, help="seconds for the change and its verification")
+        cmd.add_argument("--timeout", type=_seconds, default=120.0,
+                         help="seconds for the change and its verification (default 120)")
         if verb == "associate":
             where = cmd.add_mutually_exclusive_group(required=True)
             where.add_argument("--to", metavar="BINDING", help="the config's binding keys, e.g. instance_id=i-123 "
@@ -368,6 +457,9 @@ def run(args: argparse.Namespace, config: Config, client: Callable[[], ApiClient
     """Run ``eip VERB``; errors are printed, never raised."""
     try:
         return asyncio.run(_run(args, config, client))
+    except KeyboardInterrupt:
+        _say("eipfailover: interrupted")
+        return EXIT_INTERRUPTED
     except (UsageError, ValidationError) as exc:
         print(f"eipfailover: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -414,10 +506,23 @@ async def _dispatch(session: Session, args: argparse.Namespace, to: Binding | No
     if args.verb == "associate" and to is None:
         to = parse_spec(args.to, session.provider.kind)
     await session.provider.describe([eip])  # an unknown EIP is a clear error before anything else
-    guard(session, eip, force=args.force, maintenance=maintenance_from(client()))
+    maintenance = maintenance_from(client)
+    guard(session, eip, force=args.force, maintenance=maintenance)
     if to is None:
         return await cmd_disassociate(session, eip, dry_run=args.dry_run, timeout=args.timeout)
+    await check_destination(session, to)
+    await guard_destination(session, eip, to, force=args.force, maintenance=maintenance)
     return await cmd_associate(session, eip, to, dry_run=args.dry_run, timeout=args.timeout)
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(text)
+    return value
+
+
+_seconds.__name__ = "number of seconds"  # argparse names the type in its error: "invalid number of seconds value"
 
 
 def _tags(pairs: list[str]) -> dict[str, str]:

@@ -71,6 +71,7 @@ async def execute(
     states: Mapping[str, EipState] | None = None,
     fallback: Sequence[Binding] = (),
     abort: asyncio.Event | None = None,
+    resume_on_abort: bool = True,
     backoff: Backoff = Backoff(),
     verify_interval: float = 0.25,
 ) -> Outcome:
@@ -79,16 +80,17 @@ async def execute(
 
     Setting ``abort`` stops the move at once (cloud calls it has sent still get their answer). After a failure, EIPs
     found detached are re-attached to the first binding of ``fallback`` that takes them; after an abort, to ``to``
-    first, then to the fallback bindings. That takes at most another ``deadline``, which ``abort`` does not cut: the
-    detached window is a critical section. Never raises, whatever the driver raises: failures come back in the
-    outcome."""
+    first (unless ``resume_on_abort`` is false: an operator's interrupt undoes), then to the fallback bindings.
+    That takes at most another ``deadline``, which ``abort`` does not cut: the detached window is a critical
+    section. Never raises, whatever the driver raises: failures come back in the outcome."""
     with own_calls():  # securing waits for this move's calls, not for other groups'
-        return await _execute(provider, eips, to, deadline, states, fallback, abort, backoff, verify_interval)
+        return await _execute(provider, eips, to, deadline, states, fallback, abort, resume_on_abort, backoff,
+                              verify_interval)
 
 
 async def _execute(provider: Provider, eips: Sequence[str], to: Binding, deadline: float,
                    states: Mapping[str, EipState] | None, fallback: Sequence[Binding], abort: asyncio.Event | None,
-                   backoff: Backoff, verify_interval: float) -> Outcome:
+                   resume_on_abort: bool, backoff: Backoff, verify_interval: float) -> Outcome:
     # what may be left detached if the cloud cannot be read afterwards: any EIP, where a move detaches first;
     # otherwise only those that already were (a repair)
     exposed = tuple(e for e in eips if not provider.atomic_moves or states is None or e not in states
@@ -97,8 +99,9 @@ async def _execute(provider: Provider, eips: Sequence[str], to: Binding, deadlin
         outcome = await _abortable(_move_and_verify(provider, eips, to, deadline, states, backoff, verify_interval),
                                    abort)
     except _Aborted:  # cut short: an EIP it detached goes where it was going first, the move being decided
-        outcome = Outcome(False, 0, "aborted: the daemon is stopping", states)
-        fallback = [to, *(b for b in fallback if b != to)] if fallback else []
+        outcome = Outcome(False, 0, "aborted: the daemon is stopping" if resume_on_abort else "interrupted", states)
+        if resume_on_abort:
+            fallback = [to, *(b for b in fallback if b != to)] if fallback else []
     if outcome.ok or not fallback or not exposed:  # nothing can have been left detached: nothing to secure
         return outcome
     try:

@@ -70,8 +70,12 @@ class Binding:
     def matches(self, actual: Binding) -> bool:
         """True if ``actual`` (the cloud's report) equals this binding in every field this binding specifies.
 
-        Exact comparisons only: ``i-a`` does not match ``i-ab``.
+        Exact comparisons only: ``i-a`` does not match ``i-ab``. An Alibaba binding (``instance_type`` set) also
+        matches on ``network_interface_id`` either way: an EIP in cut-through mode on an ENI attached to ``i-a`` is
+        not on the ``EcsInstance`` ``i-a`` itself.
         """
+        if self.instance_type is not None and self.network_interface_id != actual.network_interface_id:
+            return False
         wanted = [(self.instance_id, actual.instance_id), (self.network_interface_id, actual.network_interface_id),
                   (self.private_ip, actual.private_ip), (self.instance_type, actual.instance_type),
                   (self.mode, actual.mode)]

@@ -373,7 +373,11 @@ class FakeAliyun:
     def _2016_04_28_DescribeEipAddresses(self, q: dict[str, str]) -> dict[str, Any]:
         self._region(q)
         wanted = [a for a in q.get("AllocationId", "").split(",") if a]
-        eips = [e for e in self.eips.values() if not wanted or e.allocation_id in wanted]
+        if len(wanted) > 50:
+            raise ApiFault(400, "InvalidParameter", "AllocationId takes at most 50 IDs.")
+        eips = [e for e in self.eips.values() if (not wanted or e.allocation_id in wanted)
+                and q.get("AssociatedInstanceId", e.instance_id) == e.instance_id
+                and q.get("AssociatedInstanceType", e.instance_type) == e.instance_type]
         size, page = int(q.get("PageSize", "10")), int(q.get("PageNumber", "1"))
         if not 1 <= size <= 100:
             raise ApiFault(400, "InvalidParameter", "The specified PageSize is invalid.")
@@ -538,6 +542,9 @@ class FakeAliyun:
         if eni.eni_type == "Primary":
             raise ApiFault(400, "InvalidOperation.DetachPrimaryEniNotAllowed",
                            "The primary network interface of an instance cannot be detached.")
+        instance = self.resources.get(q.get("InstanceId", ""))
+        if instance is not None and instance.status not in ("Running", "Stopped"):
+            raise ApiFault(400, "InvalidOperation.InvalidEcsState", f"The instance is {instance.status}.")
         if eni.eni_status != "InUse" or eni.attached_to != q.get("InstanceId", ""):
             raise ApiFault(400, "InvalidOperation.InvalidEniState",
                            f"The network interface is {eni.eni_status} "

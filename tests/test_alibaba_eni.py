@@ -298,3 +298,56 @@ async def test_the_daemon_fails_a_cut_through_group_over_by_moving_the_eni(
         assert daemon.engine is not None
         daemon.engine.request_stop()
         assert await asyncio.wait_for(task, 30) == 0
+
+
+async def test_the_fake_refuses_to_detach_an_eni_from_an_instance_neither_running_nor_stopped(
+        fake: FakeAliyun, tmp_path: Path) -> None:
+    """ECS DetachNetworkInterface documents: "Make sure that the instance from which you want to detach an ENI is
+    in the Running or Stopped state" (error InvalidOperation.InvalidEcsState). The failed active instance of a
+    cut-through group is often neither (Stopping, Starting: crashed, being recovered). The fake must refuse the
+    detach like the cloud, or the tests never see the driver face it; today it accepts it."""
+    cut_through(fake)
+    fake.resources["i-a"].status = "Stopping"
+    ali = provider_for(fake, tmp_path)
+    with pytest.raises(ProviderError) as err:
+        await ali._eni_call("DetachNetworkInterface", "eni-x", "i-a")
+    assert err.value.code == "InvalidOperation.InvalidEcsState"
+
+
+async def test_a_cut_through_failover_waits_out_an_instance_in_transition(fake: FakeAliyun, tmp_path: Path) -> None:
+    """The failed active instance i-a is Stopping: DetachNetworkInterface is refused with
+    InvalidOperation.InvalidEcsState until it is Stopped (a few seconds). That is a transient state, like
+    IncorrectEipStatus: the failover must retry within its deadline and succeed (the ENI on i-b)."""
+    cut_through(fake)
+    fake.faults["DetachNetworkInterface"] = [
+        Fault(code="InvalidOperation.InvalidEcsState", message="The operation is not allowed in the current ECS "
+                                                               "state.") for _ in range(2)]
+    ali = provider_for(fake, tmp_path)
+    outcome = await failover.execute(ali, ["eip-1"], ON_B, deadline=10, fallback=[ON_A], verify_interval=0.05)
+    assert outcome.ok, outcome.error
+    assert fake.resources["eni-x"].attached_to == "i-b"
+
+
+@pytest.mark.parametrize("binding", [
+    {"instance_id": "i-a"},
+    {"instance_id": "havip-1", "instance_type": "HaVip"},
+    {"instance_id": "eni-n", "instance_type": "NetworkInterface", "private_ip": "10.0.0.70"},
+], ids=["EcsInstance", "HaVip", "NAT-one-private-ip"])
+def test_the_config_check_rejects_two_eips_on_a_binding_that_takes_one(binding: dict[str, str]) -> None:
+    """Issue 9: "An ECS instance holds at most one EIP" and "NAT mode: ... no more EIPs than private IPs" are rules
+    the config check must follow too (a HaVip, a CLB take one EIP as well). A group of two EIPs whose target is an
+    ECS instance, a HaVip or one private IP of an ENI can never be moved whole (the cloud refuses the second
+    EIP, InvalidAssociation.Duplicated, in every failover and every re-attach). `check-config` must reject it,
+    naming the group's eips; today it accepts it."""
+    from eipfailover.config import parse_config
+    from eipfailover.errors import ConfigError
+
+    checks = [{"type": "tcp", "host": "10.0.0.1", "port": 80}]
+    data = {"providers": {"ali": {"type": "alibaba", "region": "cn-hangzhou"}},
+            "groups": [{"name": "web", "provider": "ali", "eips": ["eip-1", "eip-2"], "targets": [
+                {"name": "web-a", "binding": binding, "checks": checks},
+                {"name": "web-b", "binding": {**binding, "instance_id": binding["instance_id"] + "-b"},
+                 "checks": checks}]}]}
+    with pytest.raises(ConfigError) as err:
+        parse_config(data)
+    assert any("eips" in p for p in err.value.problems), err.value.problems

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import sys
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,11 +17,12 @@ from typing import Any
 import jsonschema_rs
 import pytest
 import yaml
+from aiohttp import web
 
 from eipfailover import eipcmd
 
 from .api_daemon import running_daemon
-from .conftest import REGION, Ec2World, HealthServer
+from .conftest import REGION, Ec2World, HealthServer, eventually
 from .fake_aliyun import FakeAliyun, Fault, key_file
 
 SCHEMA_FILE = Path(__file__).resolve().parent.parent / "docs" / "eip-list.schema.json"
@@ -289,3 +292,228 @@ async def test_alibaba_allocate_with_tags_then_release(ali_world: FakeAliyun, tm
     assert new["allocation_id"] not in ali_world.eips
     refused = await eip(config, "release", "eip-2")  # on the NAT gateway
     assert (refused.code, "bound to Nat ngw-1: disassociate it first" in refused.err) == (1, True), refused
+
+
+# --- safety, interruptions and garbage ---
+WEB_GROUP = {"name": "web", "provider": "ali", "eips": ["eip-1"], "targets": [
+    {"name": "web-a", "binding": {"instance_id": "i-a"}, "checks": [{"type": "instance"}]},
+    {"name": "web-b", "binding": {"instance_id": "i-b"}, "checks": [{"type": "instance"}]}]}
+CUT_GROUP = {"name": "cut", "provider": "ali", "eips": ["eip-6"], "targets": [
+    {"name": "cut-c", "binding": {"instance_id": "i-c", "network_interface_id": "eni-x"},
+     "checks": [{"type": "instance"}]},
+    {"name": "cut-b", "binding": {"instance_id": "i-b", "network_interface_id": "eni-x"},
+     "checks": [{"type": "instance"}]}]}
+
+
+def ali_data(tmp_path: Path, fake: FakeAliyun, groups: list[dict[str, Any]]) -> Path:
+    data = {"api": {"listen": "127.0.0.1:9"},
+            "providers": {"ali": {"type": "alibaba", "region": fake.region, "endpoint": fake.endpoint,
+                                  "ecs_endpoint": fake.endpoint, "protocol": "http",
+                                  "access_key_file": str(key_file(tmp_path)), "poll_interval": "100ms"}},
+            "groups": groups}
+    path = tmp_path / "review-ali.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture
+async def garbage_api() -> AsyncIterator[dict[str, Any]]:
+    """An HTTP server where the daemon's API should be; ``answer["body"]`` is what ``GET /v1/groups/web`` gets
+    (status 200)."""
+    answer: dict[str, Any] = {"body": "", "port": 0}
+
+    async def handle(_: web.Request) -> web.Response:
+        return web.Response(status=200, text=answer["body"], content_type="application/json")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    answer["port"] = runner.addresses[0][1]
+    yield answer
+    await runner.cleanup()
+
+
+async def test_a_failed_associate_to_a_cut_through_eni_leaves_that_eni_attached_where_it_was(
+        ali_world: FakeAliyun, tmp_path: Path) -> None:
+    """eni-x (secondary, on i-c) carries eip-6 in cut-through mode. `eip associate eip-spare-000 --to
+    network_interface_id=eni-x,instance_id=i-c` cannot succeed (one EIP per cut-through ENI): it must fail (exit 1)
+    without leaving eni-x detached from i-c, where it was (the never-stranded rule: "an ENI left detached is
+    re-attached where it was")."""
+    config = ali_data(tmp_path, ali_world, [WEB_GROUP])
+    result = await eip(config, "associate", "eip-spare-000", "--to", "network_interface_id=eni-x,instance_id=i-c")
+    assert result.code == 1, result
+    ali_world.advance()
+    eni = ali_world.resources["eni-x"]
+    assert (eni.attached_to, eni.eni_status) == ("i-c", "InUse"), (result.err, ali_world.sequence())
+
+
+async def test_associating_another_eip_with_a_managed_cut_through_eni_is_refused(
+        ali_world: FakeAliyun, tmp_path: Path) -> None:
+    """Group `cut` manages eip-6, which rides on eni-x. Moving an unmanaged EIP onto eni-x changes eip-6 (the ENI
+    is detached from its instance first), so it must be refused (exit 1, naming group cut) unless cut is in
+    maintenance or --force is given."""
+    config = ali_data(tmp_path, ali_world, [WEB_GROUP, CUT_GROUP])
+    result = await eip(config, "associate", "eip-spare-000", "--to", "network_interface_id=eni-x,instance_id=i-b")
+    assert result.code == 1, result
+    assert "managed by group cut" in result.err, result.err
+    assert "DetachNetworkInterface" not in ali_world.actions(), ali_world.sequence()
+
+
+def two_provider_config(tmp_path: Path, ec2: Ec2World) -> Path:
+    """Providers `moto` and `moto-ops` (the same account and region, e.g. two profiles); group web (on `moto`)
+    manages ec2.eip."""
+    provider = {"type": "aws", "region": REGION, "endpoint_url": ec2.endpoint}
+    data = {"api": {"listen": "127.0.0.1:9"}, "providers": {"moto": provider, "moto-ops": provider},
+            "groups": [{"name": "web", "provider": "moto", "eips": [ec2.eip], "targets": [
+                {"name": "web-a", "binding": {"instance_id": ec2.instance_a}, "checks": [{"type": "instance"}]},
+                {"name": "web-b", "binding": {"instance_id": ec2.instance_b}, "checks": [{"type": "instance"}]}]}]}
+    path = tmp_path / "two.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+async def test_a_managed_eip_is_never_released_whichever_provider_entry_is_named(ec2: Ec2World,
+                                                                                 tmp_path: Path) -> None:
+    """An EIP belongs to one group of the config (the config itself says so, across providers). `release` of a
+    managed EIP is refused even with --force, so `eip release EIP --provider moto-ops` must be refused too (exit 1,
+    naming group web)."""
+    config = two_provider_config(tmp_path, ec2)
+    ec2.client.disassociate_address(AssociationId=ec2.holder()["AssociationId"])  # e.g. after a bad maintenance
+    result = await eip(config, "release", ec2.eip, "--provider", "moto-ops")
+    assert ec2.eip in {a["AllocationId"] for a in ec2.client.describe_addresses()["Addresses"]}, result
+    assert (result.code, "managed by group web" in result.err) == (1, True), result
+
+
+async def test_a_managed_eip_cannot_be_disassociated_through_another_provider_entry(ec2: Ec2World,
+                                                                                   tmp_path: Path) -> None:
+    """`eip disassociate EIP --provider moto-ops` of the EIP group web manages must be refused (exit 1) like
+    `--provider moto`; today it detaches the managed EIP without asking anything."""
+    config = two_provider_config(tmp_path, ec2)
+    result = await eip(config, "disassociate", ec2.eip, "--provider", "moto-ops")
+    assert ec2.holder().get("InstanceId") == ec2.instance_a, result
+    assert result.code == 1, result
+
+
+async def test_associating_an_eip_with_the_instance_holding_a_managed_eip_is_refused(ec2: Ec2World,
+                                                                                    tmp_path: Path) -> None:
+    """AWS AssociateAddress documents: "If you associate an Elastic IP address with an instance that has an existing
+    Elastic IP address, the existing address is disassociated from the instance". So `eip associate NEW --to
+    instance_id=<web-a's instance>` detaches the EIP group web manages: it must be refused (exit 1, naming group
+    web) unless web is in maintenance or --force is given. (moto does not model the
+    displacement, so only the refusal is checked.)"""
+    config = aws_config(tmp_path, ec2)
+    spare = ec2.new_eip()
+    result = await eip(config, "associate", spare, "--to", f"instance_id={ec2.instance_a}")
+    assert result.code == 1, result
+    assert "managed by group web" in result.err, result.err
+
+
+@pytest.mark.parametrize("body", ["<html>this is not the daemon</html>", '{"maintenance": "false"}'])
+async def test_a_garbled_answer_about_maintenance_is_a_refusal_not_a_traceback_or_a_pass(
+        ec2: Ec2World, tmp_path: Path, garbage_api: dict[str, Any], body: str) -> None:
+    """Whatever the API address answers, a change to a managed EIP goes through only if the daemon clearly says
+    its group is in maintenance (`"maintenance": true`); otherwise it is refused (exit 1, `refused: ...`), with no
+    traceback. A non-JSON answer, or the string "false", is no answer."""
+    garbage_api["body"] = body
+    config = aws_config(tmp_path, ec2, api=f"127.0.0.1:{garbage_api['port']}")
+    result = await eip(config, "associate", ec2.eip, "--target", "web/web-b")
+    assert "Traceback" not in result.err, result.err
+    assert ec2.holder()["InstanceId"] == ec2.instance_a, result
+    assert (result.code, "refused" in result.err) == (1, True), result
+
+
+async def test_a_target_that_does_not_exist_is_bad_input_and_never_detaches_the_eip(ali_world: FakeAliyun,
+                                                                                    tmp_path: Path) -> None:
+    """`eip associate eip-1 --to instance_id=i-typo --force`: the instance does not exist. That is bad input
+    (exit 2, as for an unknown EIP), and it must be found out before eip-1 is unassociated from i-a."""
+    config = ali_data(tmp_path, ali_world, [WEB_GROUP])
+    result = await eip(config, "associate", "eip-1", "--to", "instance_id=i-typo", "--force")
+    assert "UnassociateEipAddress" not in ali_world.actions(), (result, ali_world.sequence())
+    assert result.code == 2, result
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+async def test_an_interrupted_associate_does_not_leave_the_eip_detached(ali_world: FakeAliyun, tmp_path: Path,
+                                                                       signal_number: int) -> None:
+    """The runbook's `eip associate eip-1 --target web/web-b --force`, interrupted (Ctrl-C, `kill`, the SSH session
+    dropping) after its first step (eip-1 unassociated from i-a) while its second is still being throttled. The
+    daemon under SIGTERM finishes or undoes a move before it exits; the command must do the same: when it exits,
+    eip-1 is on i-a again (or on i-b), never left detached."""
+    config = ali_data(tmp_path, ali_world, [WEB_GROUP])
+    ali_world.faults["AssociateEipAddress"] = [Fault(match={"InstanceId": "i-b"}) for _ in range(500)]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "eipfailover", "eip", "associate", "eip-1", "--target", "web/web-b", "--force",
+        "--timeout", "60", "-c", str(config), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        await eventually(lambda: any(e.action == "AssociateEipAddress" for e in ali_world.log), timeout=30)
+        proc.send_signal(signal_number)
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    ali_world.advance()
+    eip1 = ali_world.eips["eip-1"]
+    assert eip1.instance_id in ("i-a", "i-b"), (proc.returncode, out.decode(), err.decode()[-600:],
+                                                ali_world.sequence())
+
+
+@pytest.mark.parametrize("args", [["--force"], []])
+async def test_a_forced_or_unmanaged_change_does_not_depend_on_the_daemons_api_client(
+        ec2: Ec2World, tmp_path: Path, args: list[str]) -> None:
+    """The daemon is down and its HTTPS certificate is not readable here (another host, or a root-only file). The
+    API is only needed to ask about maintenance, so `eip associate` of an unmanaged EIP, or of a managed one with
+    --force (the runbook's own command), must work (exit 0)."""
+    config = aws_config(tmp_path, ec2)
+    data = yaml.safe_load(config.read_text())
+    data["api"]["tls"] = {"cert_file": str(tmp_path / "absent" / "cert.pem"),
+                          "key_file": str(tmp_path / "absent" / "key.pem")}
+    config.write_text(yaml.safe_dump(data))
+    which = ec2.eip if args else ec2.new_eip()
+    result = await eip(config, "associate", which, "--to", f"instance_id={ec2.instance_b}", *args)
+    assert result.code == 0, result
+    assert ec2.holder(which)["InstanceId"] == ec2.instance_b
+
+
+async def test_release_dry_run_refuses_an_eip_still_on_a_detached_cut_through_eni(ali_world: FakeAliyun,
+                                                                                  tmp_path: Path) -> None:
+    """eip-6 is associated (InUse, BINDED) with eni-x, which is attached to no instance: `eip list` shows it
+    "ENI eni-x on no instance (BINDED)". `eip release eip-6 --dry-run` must be refused like any bound EIP (exit 1,
+    "disassociate it first"), not print a ReleaseEipAddress the cloud would refuse (IncorrectEipStatus): the
+    release check reads the daemon's view (an EIP whose ENI is on no instance is "detached") instead of the
+    association."""
+    eni = ali_world.resources["eni-x"]
+    eni.attached_to, eni.eni_status = "", "Available"
+    config = ali_data(tmp_path, ali_world, [WEB_GROUP])
+    listed = await eip(config, "list")
+    assert "ENI eni-x on no instance (BINDED)" in listed.out, listed
+    dry = await eip(config, "release", "eip-6", "--dry-run")
+    assert (dry.code, "disassociate it first" in dry.err) == (1, True), dry
+
+
+async def test_an_eip_on_a_cut_through_eni_is_not_already_on_the_instance_itself(ali_world: FakeAliyun,
+                                                                                 tmp_path: Path) -> None:
+    """eip-6 is in cut-through mode on eni-x, attached to i-c. `eip associate eip-6 --to instance_id=i-c` asks for
+    the EcsInstance binding (NAT on i-c's primary ENI): the command must make it so (exit 0, and the cloud then
+    reports InstanceType EcsInstance on i-c), or refuse it. An EIP on a cut-through ENI attached to i-c is not on
+    i-c's own ENI: it is never "already on" it."""
+    config = ali_data(tmp_path, ali_world, [WEB_GROUP])
+    result = await eip(config, "associate", "eip-6", "--to", "instance_id=i-c")
+    ali_world.advance()
+    assert "already on" not in result.out, result
+    assert result.code != 0 or (ali_world.eips["eip-6"].instance_type, ali_world.eips["eip-6"].instance_id) == (
+        "EcsInstance", "i-c"), (result, ali_world.eips["eip-6"])
+
+
+@pytest.mark.parametrize("timeout", ["-1", "0", "nan"])
+async def test_a_nonsense_timeout_is_bad_input(ec2: Ec2World, tmp_path: Path, timeout: str) -> None:
+    """`--timeout` is "seconds for the change and its verification": a negative, zero or NaN value is bad input
+    (exit 2, nothing sent)."""
+    config = aws_config(tmp_path, ec2)
+    spare = ec2.new_eip()
+    result = await eip(config, "associate", spare, "--to", f"instance_id={ec2.instance_b}", "--timeout", timeout)
+    assert result.code == 2, result
+    assert not ec2.holder(spare).get("InstanceId"), result

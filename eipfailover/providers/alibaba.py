@@ -37,12 +37,14 @@ T = TypeVar("T")
 _RETRYABLE_CODES = frozenset({
     "ServiceUnavailable", "SystemBusy", "OperationConflict", "TaskConflict", "LastTokenProcessing",
     "InternalError", "UnknownError", "IncorrectEipStatus", "IncorrectHaVipStatus",
-    "OperationFailed.LastTokenProcessing",
+    "OperationFailed.LastTokenProcessing", "InvalidOperation.InvalidEcsState", "InvalidOperation.InvalidEniState",
 })
-"""Plus every ``Throttling*`` and ``TaskConflict*`` code. ``IncorrectEipStatus`` means a transition is pending."""
+"""Plus every ``Throttling*`` and ``TaskConflict*`` code. ``IncorrectEipStatus`` means a transition is pending;
+``InvalidOperation.InvalidEcsState`` an instance neither running nor stopped (stopping, starting: it will be)."""
 _PENDING = frozenset({"Associating", "Unassociating"})
 _BATCHABLE = frozenset({"Nat", "NetworkInterface"})
 ENI_IDS_PER_CALL = 100  # DescribeNetworkInterfaces takes NetworkInterfaceId.1 to .100
+EIP_IDS_PER_CALL = 50  # DescribeEipAddresses takes up to 50 comma-separated AllocationIds
 CREDENTIAL_NAME = "alibaba-access-key"
 
 
@@ -174,12 +176,15 @@ class AlibabaProvider(Provider, EipAdmin):
         return {e: _through(s, enis) for e, s in found.items()}
 
     async def _describe_eips(self, eips: Sequence[str]) -> dict[str, EipState]:
-        """The EIPs as the VPC API reports them (an EIP in cut-through mode on its ENI)."""
-        request = vpc.DescribeEipAddressesRequest(region_id=self.region, allocation_id=",".join(eips),
-                                                  page_size=100)
-        reply = await self._call("DescribeEipAddresses", lambda: self.vpc.describe_eip_addresses_async(request))
-        items = reply.body.eip_addresses.eip_address if reply.body and reply.body.eip_addresses else []
-        found = {item.allocation_id: _eip_state(item) for item in items or []}
+        """The EIPs as the VPC API reports them (an EIP in cut-through mode on its ENI), 50 IDs a call."""
+        found: dict[str, EipState] = {}
+        for chunk in (eips[i:i + EIP_IDS_PER_CALL] for i in range(0, len(eips), EIP_IDS_PER_CALL)):
+            request = vpc.DescribeEipAddressesRequest(region_id=self.region, allocation_id=",".join(chunk),
+                                                      page_size=100)
+            reply = await self._call("DescribeEipAddresses",
+                                     lambda r=request: self.vpc.describe_eip_addresses_async(r))  # type: ignore[misc]
+            items = reply.body.eip_addresses.eip_address if reply.body and reply.body.eip_addresses else []
+            found.update({item.allocation_id: _eip_state(item) for item in items or []})
         missing = [e for e in eips if e not in found]
         if missing:
             raise ProviderError(f"Alibaba DescribeEipAddresses in {self.region}: no EIP {', '.join(missing)}",
@@ -246,6 +251,19 @@ class AlibabaProvider(Provider, EipAdmin):
         if plan.detach is not None:
             await self._eni_call("DetachNetworkInterface", *plan.detach)
             await self._wait_eni(plan.detach[0], "Available")
+        try:
+            await self._carry_out(plan)
+        except ProviderError as exc:
+            # retryable: the caller retries the move (which attaches the ENI), or secures it at its deadline;
+            # permanent: nothing will attach the ENI to ``to``, so it goes back where it was
+            if plan.detach is None or exc.retryable:
+                raise
+            await self._eni_call("AttachNetworkInterface", *plan.detach)
+            raise ProviderError(f"{exc}; ENI {plan.detach[0]} re-attached to {plan.detach[1]}", retryable=False,
+                                code=exc.code) from None
+
+    async def _carry_out(self, plan: _Plan) -> None:
+        """A plan's steps after the ENI's detachment."""
         await _all(self._unassociate(e, b) for e, b in plan.unassociate.items())
         if plan.unassociate:
             await self._wait_eips(list(plan.unassociate), associated=False)
@@ -274,7 +292,21 @@ class AlibabaProvider(Provider, EipAdmin):
         if eni.pending:
             raise ProviderError(f"ENI {eni.eni_id} is {eni.status.lower()}", retryable=True,
                                 code="InvalidOperation.InvalidEniState")
-        return _plan_eni_move(eips, states, to, eni)
+        plan = _plan_eni_move(eips, states, to, eni)
+        if plan.associate:
+            others = sorted(set(await self._eips_on(eni.eni_id)) - set(eips))
+            if others:  # refused before the ENI is detached: its EIP would lose its instance for nothing
+                raise ProviderError(f"ENI {eni.eni_id} already carries {', '.join(others)}: a cut-through ENI takes "
+                                    f"one EIP", retryable=False, code="Mode.NotSupport")
+        return plan
+
+    async def _eips_on(self, eni_id: str) -> list[str]:
+        request = vpc.DescribeEipAddressesRequest(region_id=self.region, associated_instance_id=eni_id,
+                                                  associated_instance_type="NetworkInterface", page_size=100)
+        reply = await self._call("DescribeEipAddresses", lambda: self.vpc.describe_eip_addresses_async(request),
+                                 f"EIPs on {eni_id}")
+        items = reply.body.eip_addresses.eip_address if reply.body and reply.body.eip_addresses else []
+        return [item.allocation_id for item in items or []]
 
     async def _eni_call(self, operation: str, eni: str, instance: str) -> None:
         ecs, models = self._ecs_client()
@@ -340,6 +372,19 @@ class AlibabaProvider(Provider, EipAdmin):
             if not batch or len(items) >= (reply.body.total_count or 0):
                 break
             page += 1
+        return await self._records(items)
+
+    async def record(self, eip: str) -> EipRecord:
+        request = vpc.DescribeEipAddressesRequest(region_id=self.region, allocation_id=eip)
+        reply = await self._call("DescribeEipAddresses", lambda: self.vpc.describe_eip_addresses_async(request))
+        items = [i for i in (reply.body.eip_addresses.eip_address if reply.body.eip_addresses else None) or []
+                 if i.allocation_id == eip]
+        if not items:
+            raise ProviderError(f"Alibaba DescribeEipAddresses in {self.region}: no EIP {eip}", retryable=False,
+                                code="InvalidAllocationId.NotFound")
+        return (await self._records(items))[0]
+
+    async def _records(self, items: list[Any]) -> list[EipRecord]:
         states = [_eip_state(item) for item in items]
         enis = await self._enis_of(states)
         return [EipRecord(item.allocation_id, item.ip_address or "", item.status or "",
@@ -392,7 +437,7 @@ class AlibabaProvider(Provider, EipAdmin):
         statuses = reply.body.instance_statuses.instance_status if reply.body.instance_statuses else []
         status = next((s.status for s in statuses or [] if s.instance_id == binding.instance_id), None)
         if status is None:
-            return InstanceState(False, f"instance {binding.instance_id} does not exist")
+            return InstanceState(False, f"instance {binding.instance_id} does not exist", exists=False)
         return InstanceState(status == "Running", f"instance {binding.instance_id} is {status}")
 
     def _ecs_client(self) -> tuple[Any, Any]:

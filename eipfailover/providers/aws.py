@@ -132,10 +132,12 @@ class AwsProvider(Provider, EipAdmin):
     # --- the eip commands ---
     async def list_eips(self) -> list[EipRecord]:
         reply = await self._ec2("DescribeAddresses")  # not paginated: every address of the region at once
-        return [EipRecord(a["AllocationId"], a.get("PublicIp", ""),
-                          "associated" if a.get("AssociationId") else "available", _eip_state(a).bound_to,
-                          {t["Key"]: t["Value"] for t in a.get("Tags", [])})
-                for a in reply.get("Addresses", []) if "AllocationId" in a]
+        return [_record(a) for a in reply.get("Addresses", []) if "AllocationId" in a]
+
+    async def record(self, eip: str) -> EipRecord:
+        await self.describe([eip])  # the not-found error
+        reply = await self._ec2("DescribeAddresses", AllocationIds=[eip])
+        return _record(reply["Addresses"][0])
 
     async def plan_move(self, eip: str, to: Binding) -> list[Call]:
         await self.describe([eip])  # a clear error for an unknown EIP, as the move would give
@@ -190,7 +192,7 @@ class AwsProvider(Provider, EipAdmin):
         statuses = await self._lookup("DescribeInstanceStatus", "InvalidInstanceID.NotFound", "InstanceStatuses",
                                       InstanceIds=[instance_id], IncludeAllInstances=True)
         if not statuses:
-            return InstanceState(False, f"instance {instance_id} does not exist")
+            return InstanceState(False, f"instance {instance_id} does not exist", exists=False)
         status = statuses[0]
         state = status.get("InstanceState", {}).get("Name", "unknown")
         if state != "running":
@@ -205,15 +207,21 @@ class AwsProvider(Provider, EipAdmin):
         interfaces = await self._lookup("DescribeNetworkInterfaces", "InvalidNetworkInterfaceID.NotFound",
                                         "NetworkInterfaces", NetworkInterfaceIds=[eni])
         if not interfaces:
-            return InstanceState(False, f"ENI {eni} does not exist")
+            return InstanceState(False, f"ENI {eni} does not exist", exists=False)
         nic = interfaces[0]
         ips = {p.get("PrivateIpAddress") for p in nic.get("PrivateIpAddresses", [])}
         if private_ip is not None and private_ip not in ips:
-            return InstanceState(False, f"private IP {private_ip} is not assigned to ENI {eni}")
+            return InstanceState(False, f"private IP {private_ip} is not assigned to ENI {eni}", exists=False)
         instance_id = nic.get("Attachment", {}).get("InstanceId")
         if not instance_id:
             return InstanceState(False, f"ENI {eni} is not attached to an instance (status {nic.get('Status')})")
         return await self._instance_state(instance_id)
+
+
+def _record(address: dict[str, Any]) -> EipRecord:
+    return EipRecord(address["AllocationId"], address.get("PublicIp", ""),
+                     "associated" if address.get("AssociationId") else "available", _eip_state(address).bound_to,
+                     {t["Key"]: t["Value"] for t in address.get("Tags", [])})
 
 
 def _where(to: Binding) -> dict[str, str]:

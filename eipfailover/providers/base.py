@@ -45,6 +45,8 @@ caller: a failover deadline, shutdown): a bounded set, fit for a metric label.""
 class InstanceState:
     running: bool
     detail: str
+    exists: bool = True
+    """False when the cloud says the instance (or ENI, or private IP) is not there at all."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +175,11 @@ class EipAdmin(ABC):
     @abstractmethod
     async def list_eips(self) -> list[EipRecord]:
         """Every EIP of the account in the region (all pages)."""
+
+    @abstractmethod
+    async def record(self, eip: str) -> EipRecord:
+        """One EIP as :meth:`list_eips` shows it: its association as the cloud states it (an EIP in cut-through
+        mode on its ENI, even while the ENI is on no instance)."""
 
     @abstractmethod
     async def plan_move(self, eip: str, to: Binding) -> list[Call]:
