@@ -493,6 +493,15 @@ class Config(_Model):
             (f"groups[{i}].name", f"duplicate group name {name!r}")
             for i, name in _duplicates(g.name for g in self.groups)
         ]
+        mover: dict[str, str] = {}
+        for gi, group in enumerate(self.groups):  # a cut-through ENI moves with one group's EIP
+            if self.providers[group.provider].type != "alibaba":
+                continue
+            for eni in sorted({e for t in group.targets if (e := t.binding.network_interface_id) is not None}):
+                if eni in mover and mover[eni] != group.name:
+                    problems.append((f"groups[{gi}].targets", f"ENI {eni} is moved by groups {mover[eni]!r} and "
+                                                              f"{group.name!r}: a cut-through ENI has one group"))
+                mover.setdefault(eni, group.name)
         owner: dict[str, str] = {}
         for gi, group in enumerate(self.groups):
             for ei, eip in enumerate(group.eips):

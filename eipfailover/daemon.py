@@ -283,7 +283,7 @@ class Daemon:
                     self._announced = True
                 if waiters["reload"] in done and not engine.stop.is_set():
                     self._reload.clear()
-                    await self.reload(engine, parts)
+                    await self._reload_unless_stopped(engine, parts, waiters["stop"])
                     waiters["reload"] = asyncio.create_task(self._reload.wait())
                 if waiters["stop"] in done or running in done:
                     break
@@ -293,6 +293,14 @@ class Daemon:
                 task.cancel()
             for sig in handlers:
                 loop.remove_signal_handler(sig)
+
+    async def _reload_unless_stopped(self, engine: Engine, parts: _Parts, stop: asyncio.Task[bool]) -> None:
+        """A reload (its cloud check can take seconds) that a stop cancels: the stop is never held up by it."""
+        reloading = asyncio.create_task(self.reload(engine, parts), name="reload")
+        await asyncio.wait({reloading, stop}, return_when=asyncio.FIRST_COMPLETED)
+        if not reloading.done():
+            reloading.cancel()
+            await asyncio.wait({reloading})
 
     def _start_guards(self, parts: _Parts, guards: Mapping[GuardKey, HaVipGuard]) -> None:
         for key, guard in guards.items():
@@ -347,8 +355,14 @@ class Daemon:
             new = load_config(self.config_path)
             built = self._build(new, parts, parts.http, parts.observers)
             await _preflight(new, built.providers)
-        except (EipFailoverError, ValueError, OSError, ssl.SSLError) as exc:
-            log.error("reload_failed", error=str(exc), kept="the running config")
+        except asyncio.CancelledError:  # the daemon is stopping: the new config is not applied
+            log.warning("reload_cancelled", detail="the daemon is stopping", kept="the running config")
+            await self._close_unused()
+            raise
+        except Exception as exc:  # whatever goes wrong, the running config stays, and so does the daemon
+            error = str(exc) if isinstance(exc, EipFailoverError | ValueError | OSError | ssl.SSLError) \
+                else f"internal error: {type(exc).__name__}: {exc}"
+            log.error("reload_failed", error=error, kept="the running config")
             await self._close_unused()
             parts.metrics.config_reloads.labels("failure").inc()
             if announce:

@@ -242,6 +242,11 @@ def maintenance_from(client: Callable[[], ApiClient]) -> Callable[[str], bool]:
         flag = answer.get("maintenance")
         if not isinstance(flag, bool):
             raise Refused(f"the daemon's answer has no maintenance flag (got {flag!r})")
+        moving = answer.get("failover_in_progress")
+        if flag and moving:  # maintenance stops automatic moves, not one under way (nor an operator's failover)
+            detail = f"{moving.get('id', '?')} to {moving.get('to', '?')}" if isinstance(moving, dict) else "?"
+            raise Refused(f"the daemon is moving its EIPs right now (failover {detail}): wait for it to end "
+                          f"(eipfailover status)")
         return flag
 
     return ask

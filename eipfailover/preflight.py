@@ -22,19 +22,25 @@ async def binding_problems(config: Config, providers: Mapping[str, Provider],
                            timeout: float = TIMEOUT) -> tuple[list[str], list[str]]:
     """``(problems, unchecked)``: one line per binding the cloud contradicts, naming the target
     (``groups.web.targets.web-a.binding: ...``), and one per provider that could not be asked, with its error."""
-    problems: list[str] = []
-    unchecked: list[str] = []
-    for name, provider in providers.items():
-        bindings = {f"groups.{g.name}.targets.{t.name}.binding": binding_of(t.binding, provider.kind)
-                    for g in config.groups if g.provider == name for t in g.targets}
-        try:
-            async with asyncio.timeout(timeout):
-                problems += await provider.validate(bindings)
-        except ProviderError as exc:
-            unchecked.append(f"provider {name}: {exc}")
-        except TimeoutError:
-            unchecked.append(f"provider {name}: no answer within {timeout:g}s")
+    results = await asyncio.gather(*(_ask(config, name, provider, timeout) for name, provider in providers.items()))
+    problems = [line for found, _ in results for line in found]
+    unchecked = [line for _, error in results if error is not None for line in [error]]
     return problems, unchecked
+
+
+async def _ask(config: Config, name: str, provider: Provider, timeout: float) -> tuple[list[str], str | None]:
+    """One provider's problems, or why it could not be asked (every provider at once: one timeout in all)."""
+    bindings = {f"groups.{g.name}.targets.{t.name}.binding": binding_of(t.binding, provider.kind)
+                for g in config.groups if g.provider == name for t in g.targets}
+    try:
+        async with asyncio.timeout(timeout):
+            return await provider.validate(bindings), None
+    except ProviderError as exc:
+        return [], f"provider {name}: {exc}"
+    except TimeoutError:
+        return [], f"provider {name}: no answer within {timeout:g}s"
+    except Exception as exc:  # a driver's bug, or an answer it cannot read: not the config's fault
+        return [], f"provider {name}: internal error: {type(exc).__name__}: {exc}"
 
 
 async def check(config: Config, providers: Mapping[str, Provider]) -> list[str]:

@@ -545,6 +545,8 @@ class FakeAliyun:
         instance = self.resources.get(q.get("InstanceId", ""))
         if instance is not None and instance.status not in ("Running", "Stopped"):
             raise ApiFault(400, "InvalidOperation.InvalidEcsState", f"The instance is {instance.status}.")
+        if eni.eni_status == "Detaching" and eni.attached_to == q.get("InstanceId", ""):
+            return {}  # documented: an ENI Detaching may be detached again
         if eni.eni_status != "InUse" or eni.attached_to != q.get("InstanceId", ""):
             raise ApiFault(400, "InvalidOperation.InvalidEniState",
                            f"The network interface is {eni.eni_status} "

@@ -5,15 +5,20 @@ the start-up check reject bindings the cloud would refuse, naming the target."""
 from __future__ import annotations
 
 import asyncio
+import math
 import sys
+import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from aiohttp import web
+from structlog.testing import capture_logs
 
-from eipfailover import failover
-from eipfailover.config import parse_config
+from eipfailover import failover, preflight
+from eipfailover.config import load_config, parse_config
 from eipfailover.daemon import Daemon
 from eipfailover.errors import ConfigError, ProviderError
 from eipfailover.model import Binding
@@ -351,3 +356,179 @@ def test_the_config_check_rejects_two_eips_on_a_binding_that_takes_one(binding: 
     with pytest.raises(ConfigError) as err:
         parse_config(data)
     assert any("eips" in p for p in err.value.problems), err.value.problems
+
+
+# --- a failed instance, the start-up and reload check ---
+
+
+class HungOsFake(FakeAliyun):
+    """The failed instance's operating system does not answer the first DetachNetworkInterface: the ENI stays
+    ``Detaching`` until the request is sent again (ECS DetachNetworkInterface: "If the ENI is stuck in the
+    Detaching state ... the operating system of the instance did not respond to the ENI detachment request ...
+    you can re-initiate the request to detach the ENI"; an ENI in ``Detaching`` may be detached)."""
+
+    def _2014_05_26_DetachNetworkInterface(self, q: dict[str, str]) -> dict[str, Any]:
+        eni = self._eni(q)
+        if eni.eni_status == "Detaching":  # re-initiated: this time the OS answers
+            eni.eni_done_at = time.monotonic() + self.transition
+            return {}
+        result = super()._2014_05_26_DetachNetworkInterface(q)
+        eni.eni_done_at = math.inf  # the hung OS never acknowledges the first request
+        return result
+
+
+@pytest.fixture
+async def hung_fake() -> AsyncIterator[HungOsFake]:
+    world = HungOsFake(transition=0.3, region="cn-hangzhou")
+    await world.start()
+    yield world
+    await world.stop()
+
+
+@pytest.fixture
+async def json_list_server() -> AsyncIterator[str]:
+    """An HTTP endpoint that answers every request with 200 and the JSON ``["ok"]`` (a wrong ``ecs_endpoint``)."""
+    async def handle(_: web.Request) -> web.Response:
+        return web.json_response(["ok"])
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    yield f"127.0.0.1:{runner.addresses[0][1]}"
+    await runner.cleanup()
+
+
+async def started(data: dict[str, Any], path: Path) -> tuple[Daemon, asyncio.Task[int]]:
+    await asyncio.to_thread(path.write_text, yaml.safe_dump(data))
+    daemon = Daemon(load_config(path), path)
+    task = asyncio.create_task(daemon.run(install_signals=False))
+    await asyncio.wait_for(daemon.serving.wait(), 30)
+    assert daemon.engine is not None
+    await asyncio.wait_for(daemon.engine.ready.wait(), 30)
+    return daemon, task
+
+
+async def test_a_cut_through_failover_re_sends_a_detach_the_failed_instance_never_acknowledged(
+        hung_fake: HungOsFake, tmp_path: Path) -> None:
+    """Cut-through failover exists for the moment the active instance fails, which is when its OS is most likely
+    not to answer the detach request. ECS documents the ENI then stays ``Detaching`` and the remedy is to send
+    DetachNetworkInterface again. The move must do so while it waits for ``Available``, and the failover succeed
+    (ENI on i-b)."""
+    cut_through(hung_fake)
+    ali = provider_for(hung_fake, tmp_path)
+    outcome = await failover.execute(ali, ["eip-1"], ON_B, deadline=10, fallback=[ON_A], verify_interval=0.05)
+    eni = hung_fake.resources["eni-x"]
+    detaches = hung_fake.actions().count("DetachNetworkInterface")
+    assert outcome.ok, (outcome.error, hung_fake.sequence(skip=("DescribeEipAddresses",)))
+    assert detaches >= 2
+    assert (eni.attached_to, eni.eni_status) == ("i-b", "InUse")
+
+
+async def test_the_fake_accepts_a_detach_of_an_eni_that_is_still_detaching(fake: FakeAliyun,
+                                                                           tmp_path: Path) -> None:
+    """ECS DetachNetworkInterface: "Make sure that the ENI to be detached is in the Detaching (Unbinding) or InUse
+    (Bound) state". The fake must accept it, as the cloud does, or the tests cannot exercise the documented remedy
+    for an ENI stuck detaching."""
+    cut_through(fake)
+    fake.transition = 30.0
+    ali = provider_for(fake, tmp_path)
+    await ali._eni_call("DetachNetworkInterface", "eni-x", "i-a")
+    assert fake.resources["eni-x"].eni_status == "Detaching"
+    await ali._eni_call("DetachNetworkInterface", "eni-x", "i-a")
+
+
+async def test_a_reload_whose_binding_validation_crashes_leaves_the_daemon_running(
+        fake: FakeAliyun, tmp_path: Path, health_servers: list[HealthServer], json_list_server: str) -> None:
+    """SIGHUP with a config whose ``ecs_endpoint`` answers ``200 ["ok"]`` (a wrong endpoint): the start-up check's
+    DescribeNetworkInterfaces gets an answer that is not the API's. The check is skipped as for an unreadable cloud
+    (or the reload refused), and the daemon keeps running, whatever the driver raises."""
+    cut_through(fake)
+    data = group_data(fake, tmp_path, health_servers)
+    daemon, task = await started(data, tmp_path / "c.yaml")
+    assert daemon.engine is not None
+    try:
+        with capture_logs() as logs:
+            data["providers"]["ali"]["ecs_endpoint"] = json_list_server
+            await asyncio.to_thread((tmp_path / "c.yaml").write_text, yaml.safe_dump(data))
+            daemon.request_reload()
+            await eventually(lambda: task.done() or any(e["event"] in ("reload_done", "reload_failed")
+                                                        for e in logs), timeout=20)
+        assert not task.done(), f"the daemon died: {task.exception()!r}"
+        warning = next(e for e in logs if e["event"] == "bindings_not_validated")
+        assert "the answer has no network interface sets (is the endpoint right?)" in warning["error"]
+    finally:
+        if not task.done():
+            daemon.engine.request_stop()
+            await asyncio.wait_for(task, 30)
+
+
+async def test_a_stop_during_a_reloads_cloud_validation_is_not_held_up_by_it(
+        fake: FakeAliyun, tmp_path: Path, health_servers: list[HealthServer]) -> None:
+    """SIGTERM while a reload is validating bindings against a cloud that does not answer: the stop is acted on at
+    once (the shutdown and its ``stop_timeout`` clock must fit the unit's TimeoutStopSec), the reload is dropped,
+    and (with nothing moving) the daemon exits within 3 s."""
+    cut_through(fake)
+    data = group_data(fake, tmp_path, health_servers)
+    data["providers"]["ali"]["read_timeout"] = "8s"
+    daemon, task = await started(data, tmp_path / "c.yaml")
+    assert daemon.engine is not None
+    try:
+        data["groups"][0]["policy"]["cooldown"] = "7s"
+        await asyncio.to_thread((tmp_path / "c.yaml").write_text, yaml.safe_dump(data))
+        fake.faults["DescribeNetworkInterfaces"] = [Fault(code=None, delay=9.0) for _ in range(3)]
+        sent = len(fake.log)
+        daemon.request_reload()
+        await eventually(lambda: "DescribeNetworkInterfaces" in [e.action for e in fake.log[sent:]], timeout=10)
+        daemon.engine.request_stop()
+        done, _ = await asyncio.wait({task}, timeout=3)
+        assert done, "the daemon did not stop within 3 s: it waits for the reload's validation first"
+    finally:
+        await asyncio.wait_for(task, 60)
+
+
+async def test_the_binding_validation_asks_every_provider_at_once(fake: FakeAliyun, tmp_path: Path,
+                                                                 health_servers: list[HealthServer]) -> None:
+    """The start-up (and reload) check runs before the daemon serves anything: N unreachable providers (regions)
+    must not hold the start for N x the timeout (6 would reach the unit's TimeoutStartSec=90s, a restart loop while
+    the cloud is down). The providers are asked at once, the whole check bounded by one ``timeout``."""
+    cut_through(fake)
+    base = group_data(fake, tmp_path, health_servers)
+    provider = dict(base["providers"]["ali"], read_timeout="10s")
+    names = ["ali1", "ali2", "ali3"]
+    groups = []
+    for n, name in enumerate(names):
+        group = yaml.safe_load(yaml.safe_dump(base["groups"][0]))
+        group["name"], group["provider"], group["eips"] = f"web{n}", name, [f"eip-{n + 10}"]
+        for target in group["targets"]:
+            target["binding"]["network_interface_id"] = f"eni-{n}"  # each group its own ENI
+        groups.append(group)
+    config = parse_config({**base, "providers": dict.fromkeys(names, provider), "groups": groups})
+    built = {}
+    for name in names:
+        built[name] = AlibabaProvider.from_config(name, config.providers[name])  # type: ignore[arg-type]
+        fake.clients.append(built[name])
+    fake.faults["DescribeNetworkInterfaces"] = [Fault(code=None, delay=5.0) for _ in names]
+    start = time.monotonic()
+    problems, unchecked = await preflight.binding_problems(config, built, timeout=1.5)
+    took = time.monotonic() - start
+    assert (problems, len(unchecked)) == ([], 3)
+    assert took < 3.0, f"{took:.1f}s for 3 providers with a 1.5 s timeout: asked one after the other"
+
+
+def test_the_config_check_rejects_two_groups_moving_the_same_cut_through_eni() -> None:
+    """A cut-through ENI carries one EIP, and a group in cut-through mode moves that ENI between its own instances.
+    Two groups naming the same ``network_interface_id`` would move one ENI between different instances (and the
+    second group's EIP can never be on it: every repair of it fails, forever). ``check-config`` rejects the second
+    group, naming it."""
+    data: dict[str, Any] = {"providers": {"ali": {"type": "alibaba", "region": "cn-hangzhou"}}, "groups": [
+        {"name": name, "provider": "ali", "eips": [eip_id], "targets": [
+            {"name": f"{name}-a", "binding": {"instance_id": a, "network_interface_id": "eni-x"},
+             "checks": [{"type": "instance"}]},
+            {"name": f"{name}-b", "binding": {"instance_id": b, "network_interface_id": "eni-x"},
+             "checks": [{"type": "instance"}]}]}
+        for name, eip_id, a, b in (("web", "eip-1", "i-a", "i-b"), ("api", "eip-2", "i-c", "i-d"))]}
+    with pytest.raises(ConfigError) as err:
+        parse_config(data)
+    assert any(p.startswith("groups[1]") and "eni-x" in p for p in err.value.problems), err.value.problems

@@ -20,10 +20,12 @@ import yaml
 from aiohttp import web
 
 from eipfailover import eipcmd
+from eipfailover.model import ManualRequest
 
 from .api_daemon import running_daemon
 from .conftest import REGION, Ec2World, HealthServer, eventually
 from .fake_aliyun import FakeAliyun, Fault, key_file
+from .test_alibaba_eni import cut_through, group_data, started
 
 SCHEMA_FILE = Path(__file__).resolve().parent.parent / "docs" / "eip-list.schema.json"
 
@@ -517,3 +519,35 @@ async def test_a_nonsense_timeout_is_bad_input(ec2: Ec2World, tmp_path: Path, ti
     result = await eip(config, "associate", spare, "--to", f"instance_id={ec2.instance_b}", "--timeout", timeout)
     assert result.code == 2, result
     assert not ec2.holder(spare).get("InstanceId"), result
+
+
+async def test_an_eip_command_is_refused_while_the_daemon_is_moving_that_eip(
+        fake: FakeAliyun, tmp_path: Path, health_servers: list[HealthServer]) -> None:
+    """Maintenance stops automatic moves, not a move already running (one started before maintenance was switched
+    on, or an operator's ``failover``, which ignores maintenance). The daemon's API reports it as
+    ``failover_in_progress``. ``eip associate`` must refuse (exit 1) while that is set: two movers of one ENI
+    detach and attach it against each other."""
+    cut_through(fake)
+    data = group_data(fake, tmp_path, health_servers)
+    data["stop_timeout"] = "1s"
+    data["groups"][0]["policy"]["failover_deadline"] = "60s"
+    daemon, task = await started(data, tmp_path / "c.yaml")
+    assert daemon.engine is not None
+    runner = daemon.engine.runners["web"]
+    eni = fake.resources["eni-x"]
+    try:
+        await eventually(lambda: all(t.health.state == "up" for t in runner.targets.values()), timeout=10)
+        runner.set_maintenance(True)
+        fake.faults["AttachNetworkInterface"] = [Fault(match={"InstanceId": "i-b"}) for _ in range(100000)]
+        runner.request_failover(ManualRequest(to="web-b", id="by-hand"))  # `eipfailover failover web --to web-b`
+        await eventually(lambda: runner.current is not None and eni.eni_status == "Available", timeout=10)
+        cli = dict(data, api={"listen": f"127.0.0.1:{daemon.api_port}"})
+        path = tmp_path / "cli.yaml"
+        await asyncio.to_thread(path.write_text, yaml.safe_dump(cli))
+        assert runner.current is not None
+        result = await eip(path, "associate", "eip-1", "--target", "web/web-a")
+        assert (result.code, "refused" in result.err) == (1, True), (result, eni)
+    finally:
+        fake.faults["AttachNetworkInterface"] = []
+        daemon.engine.request_stop()
+        await asyncio.wait_for(task, 60)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
@@ -45,6 +46,8 @@ _PENDING = frozenset({"Associating", "Unassociating"})
 _BATCHABLE = frozenset({"Nat", "NetworkInterface"})
 ENI_IDS_PER_CALL = 100  # DescribeNetworkInterfaces takes NetworkInterfaceId.1 to .100
 EIP_IDS_PER_CALL = 50  # DescribeEipAddresses takes up to 50 comma-separated AllocationIds
+DETACH_RESEND = 2.0
+"""Seconds an ENI may stay ``Detaching`` before the detach is sent again."""
 CREDENTIAL_NAME = "alibaba-access-key"
 
 
@@ -167,6 +170,16 @@ class AlibabaProvider(Provider, EipAdmin):
         return ProviderError(f"Alibaba {operation} in {self.region}{where}: {code}: {message}",
                              retryable=retryable, code=code)
 
+    def _listed(self, reply: Any, operation: str, container: str, item: str) -> list[Any]:
+        """The items of a describe answer. An answer without the list at all is not the API's (a wrong endpoint, a
+        proxy's page): a retryable error, never "nothing there"."""
+        body = getattr(reply, "body", None)
+        holder = getattr(body, container, None) if body is not None else None
+        if holder is None:
+            raise ProviderError(f"Alibaba {operation} in {self.region}: the answer has no "
+                                f"{container.replace('_', ' ')} (is the endpoint right?)", retryable=True)
+        return list(getattr(holder, item, None) or [])
+
     # --- the contract ---
     async def describe(self, eips: Sequence[str]) -> dict[str, EipState]:
         """An EIP in cut-through mode is where its ENI is: on the instance the ENI is attached to, in transition
@@ -183,8 +196,8 @@ class AlibabaProvider(Provider, EipAdmin):
                                                       page_size=100)
             reply = await self._call("DescribeEipAddresses",
                                      lambda r=request: self.vpc.describe_eip_addresses_async(r))  # type: ignore[misc]
-            items = reply.body.eip_addresses.eip_address if reply.body and reply.body.eip_addresses else []
-            found.update({item.allocation_id: _eip_state(item) for item in items or []})
+            items = self._listed(reply, "DescribeEipAddresses", "eip_addresses", "eip_address")
+            found.update({item.allocation_id: _eip_state(item) for item in items})
         missing = [e for e in eips if e not in found]
         if missing:
             raise ProviderError(f"Alibaba DescribeEipAddresses in {self.region}: no EIP {', '.join(missing)}",
@@ -209,9 +222,9 @@ class AlibabaProvider(Provider, EipAdmin):
                                                           max_results=ENI_IDS_PER_CALL)
         reply = await self._call("DescribeNetworkInterfaces",
                                  lambda: ecs.describe_network_interfaces_async(request), f"ENI {', '.join(eni_ids)}")
-        sets = reply.body.network_interface_sets
         found = {}
-        for item in (sets.network_interface_set if sets else None) or []:
+        for item in self._listed(reply, "DescribeNetworkInterfaces", "network_interface_sets",
+                                 "network_interface_set"):
             ips = sorted(item.private_ip_sets.private_ip_set if item.private_ip_sets else [],
                          key=lambda p: not p.primary)
             found[item.network_interface_id] = EniState(
@@ -249,8 +262,7 @@ class AlibabaProvider(Provider, EipAdmin):
         then the ENI attached to ``to``'s instance."""
         plan = await self._plan(eips, to)
         if plan.detach is not None:
-            await self._eni_call("DetachNetworkInterface", *plan.detach)
-            await self._wait_eni(plan.detach[0], "Available")
+            await self._detach(*plan.detach)
         try:
             await self._carry_out(plan)
         except ProviderError as exc:
@@ -289,8 +301,8 @@ class AlibabaProvider(Provider, EipAdmin):
         if eni is None:
             raise ProviderError(f"Alibaba DescribeNetworkInterfaces in {self.region}: no ENI "
                                 f"{to.network_interface_id}", retryable=False, code="InvalidEniId.NotFound")
-        if eni.pending:
-            raise ProviderError(f"ENI {eni.eni_id} is {eni.status.lower()}", retryable=True,
+        if eni.status == "Attaching":  # (one stuck Detaching is detached again: the documented remedy)
+            raise ProviderError(f"ENI {eni.eni_id} is attaching", retryable=True,
                                 code="InvalidOperation.InvalidEniState")
         plan = _plan_eni_move(eips, states, to, eni)
         if plan.associate:
@@ -305,8 +317,8 @@ class AlibabaProvider(Provider, EipAdmin):
                                                   associated_instance_type="NetworkInterface", page_size=100)
         reply = await self._call("DescribeEipAddresses", lambda: self.vpc.describe_eip_addresses_async(request),
                                  f"EIPs on {eni_id}")
-        items = reply.body.eip_addresses.eip_address if reply.body and reply.body.eip_addresses else []
-        return [item.allocation_id for item in items or []]
+        return [item.allocation_id for item in self._listed(reply, "DescribeEipAddresses", "eip_addresses",
+                                                              "eip_address")]
 
     async def _eni_call(self, operation: str, eni: str, instance: str) -> None:
         ecs, models = self._ecs_client()
@@ -317,15 +329,23 @@ class AlibabaProvider(Provider, EipAdmin):
         verb = "to" if operation == "AttachNetworkInterface" else "from"
         await self._call(operation, lambda: getattr(ecs, method)(request), f"ENI {eni} {verb} {instance}")
 
-    async def _wait_eni(self, eni_id: str, status: str) -> None:
-        """Poll until the ENI is ``status``; the caller's deadline bounds this."""
+    async def _detach(self, eni_id: str, instance: str) -> None:
+        """Detach the ENI and poll until it is ``Available``, sending the detach again every
+        :data:`DETACH_RESEND` seconds while it is ``Detaching``: an instance whose OS does not answer (a failed
+        instance: the very case of a failover) leaves it so until the request is re-sent, as ECS documents. The
+        caller's deadline bounds this."""
+        await self._eni_call("DetachNetworkInterface", eni_id, instance)
+        sent = time.monotonic()
         while True:
+            await asyncio.sleep(self.config.poll_interval)
             eni = (await self.describe_enis([eni_id])).get(eni_id)
             if eni is None:
                 raise ProviderError(f"ENI {eni_id} disappeared", retryable=False, code="InvalidEniId.NotFound")
-            if eni.status == status:
+            if eni.status == "Available":
                 return
-            await asyncio.sleep(self.config.poll_interval)
+            if eni.status == "Detaching" and time.monotonic() - sent >= DETACH_RESEND:
+                await self._eni_call("DetachNetworkInterface", eni_id, eni.instance_id or instance)
+                sent = time.monotonic()
 
     async def _wait_eips(self, eips: list[str], *, associated: bool) -> None:
         """Poll until every EIP has settled, associated or not; the caller's deadline bounds this."""
@@ -367,7 +387,7 @@ class AlibabaProvider(Provider, EipAdmin):
             request = vpc.DescribeEipAddressesRequest(region_id=self.region, page_size=100, page_number=page)
             reply = await self._call("DescribeEipAddresses",
                                      lambda r=request: self.vpc.describe_eip_addresses_async(r))  # type: ignore[misc]
-            batch = (reply.body.eip_addresses.eip_address if reply.body.eip_addresses else None) or []
+            batch = self._listed(reply, "DescribeEipAddresses", "eip_addresses", "eip_address")
             items += batch
             if not batch or len(items) >= (reply.body.total_count or 0):
                 break
@@ -377,7 +397,7 @@ class AlibabaProvider(Provider, EipAdmin):
     async def record(self, eip: str) -> EipRecord:
         request = vpc.DescribeEipAddressesRequest(region_id=self.region, allocation_id=eip)
         reply = await self._call("DescribeEipAddresses", lambda: self.vpc.describe_eip_addresses_async(request))
-        items = [i for i in (reply.body.eip_addresses.eip_address if reply.body.eip_addresses else None) or []
+        items = [i for i in self._listed(reply, "DescribeEipAddresses", "eip_addresses", "eip_address")
                  if i.allocation_id == eip]
         if not items:
             raise ProviderError(f"Alibaba DescribeEipAddresses in {self.region}: no EIP {eip}", retryable=False,
@@ -434,8 +454,8 @@ class AlibabaProvider(Provider, EipAdmin):
         request = models.DescribeInstanceStatusRequest(region_id=self.region, instance_id=[binding.instance_id])
         reply = await self._call("DescribeInstanceStatus", lambda: ecs.describe_instance_status_async(request),
                                  f"instance {binding.instance_id}")
-        statuses = reply.body.instance_statuses.instance_status if reply.body.instance_statuses else []
-        status = next((s.status for s in statuses or [] if s.instance_id == binding.instance_id), None)
+        statuses = self._listed(reply, "DescribeInstanceStatus", "instance_statuses", "instance_status")
+        status = next((s.status for s in statuses if s.instance_id == binding.instance_id), None)
         if status is None:
             return InstanceState(False, f"instance {binding.instance_id} does not exist", exists=False)
         return InstanceState(status == "Running", f"instance {binding.instance_id} is {status}")
@@ -454,8 +474,8 @@ class AlibabaProvider(Provider, EipAdmin):
             vpc.DescribeHaVipsRequestFilter(key="HaVipId", value=[havip_id])])
         reply = await self._call("DescribeHaVips", lambda: self.vpc.describe_ha_vips_async(request),
                                  f"HaVip {havip_id}")
-        havips = reply.body.ha_vips.ha_vip if reply.body.ha_vips else []
-        item = next((h for h in havips or [] if h.ha_vip_id == havip_id), None)
+        havips = self._listed(reply, "DescribeHaVips", "ha_vips", "ha_vip")
+        item = next((h for h in havips if h.ha_vip_id == havip_id), None)
         if item is None:
             raise ProviderError(f"Alibaba DescribeHaVips in {self.region}: no HaVip {havip_id}", retryable=False,
                                 code="InvalidHaVipId.NotFound")
