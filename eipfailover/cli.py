@@ -36,12 +36,12 @@ def _parser() -> argparse.ArgumentParser:
                          help=f"config file (default: $EIPFAILOVER_CONFIG or {DEFAULT_CONFIG})")
         if name == "check-config":
             cmd.add_argument("--cloud", action="store_true",
-                             help="also ask the cloud about the bindings (the ENIs they name, their type and IPs), "
-                                  "as the daemon does at start-up")
+                             help="also read the cloud: the groups' EIPs and the targets' instances exist, the ENIs "
+                                  "the bindings name exist and suit their mode (as the daemon checks at start-up)")
 
     client = argparse.ArgumentParser(add_help=False)
-    client.add_argument("-c", "--config", help=f"take --api and --token-file from this config (default: "
-                                               f"{DEFAULT_CONFIG} if it exists)")
+    client.add_argument("-c", "--config", help=f"the config: its providers (eip commands), --api and --token-file "
+                                               f"(default: {DEFAULT_CONFIG} if it exists)")
     client.add_argument("--api", help=f"the daemon's API URL (default: from the config, else {DEFAULT_API})")
     client.add_argument("--token-file", type=Path, help="file holding the API token (default: api.token_file)")
     client.add_argument("--ca-file", type=Path, help="CA to verify an HTTPS API with (default: api.tls.ca_file, "
@@ -116,7 +116,7 @@ async def _check_cloud(config: Config) -> int:
     try:
         for name, cfg in config.providers.items():
             built[name] = registry.load(providers.REGISTRY, cfg.type, Provider).from_config(name, cfg)
-        problems, unchecked = await preflight.binding_problems(config, built)
+        problems, unchecked = await preflight.binding_problems(config, built, existence=True)
     except EipFailoverError as exc:
         print(f"eipfailover: {exc}", file=sys.stderr)
         return 2
@@ -192,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             code = asyncio.run(_check_cloud(config))
             if code:
                 return code
-            print("bindings: as the cloud describes them")
+            print("cloud: every EIP, instance and ENI found, as the bindings describe them")
         print(f"{args.config}: OK")
         return 0
 

@@ -433,9 +433,15 @@ def _moving_eni_problems(group: GroupConfig) -> list[tuple[str, str]]:
     return problems
 
 
+MULTI_BINDED_MAX = 10
+"""EIPs on one secondary ENI in Alibaba's MULTI_BINDED mode."""
+
+
 def _one_eip_problems(group: GroupConfig) -> list[tuple[str, str]]:
-    """Alibaba: an ECS instance, a HaVip, a CLB and one private IP of an ENI (NAT mode) each take one EIP, so a
-    group of several EIPs cannot move onto one of them."""
+    """Alibaba: an ECS instance, a HaVip, a CLB and one private IP of an ENI (NAT mode) each take one EIP, and an
+    ENI in MULTI_BINDED mode ten, so a group of more EIPs cannot move onto one of them."""
+    if len(group.eips) > MULTI_BINDED_MAX and any(t.binding.mode == "MULTI_BINDED" for t in group.targets):
+        return [("eips", f"{len(group.eips)} EIPs: an ENI in MULTI_BINDED mode takes at most {MULTI_BINDED_MAX}")]
     if len(group.eips) < 2:
         return []
     single = [(t.name, t.binding.instance_type or "EcsInstance") for t in group.targets

@@ -22,7 +22,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,7 +34,7 @@ from eipfailover.client import ApiCallError, ApiClient
 from eipfailover.config import BindingConfig, Config, GroupConfig, binding_problems
 from eipfailover.engine import binding_of
 from eipfailover.errors import EipFailoverError, ProviderError
-from eipfailover.model import Binding
+from eipfailover.model import Binding, EipState
 from eipfailover.providers.base import Call, EipAdmin, EipRecord, Provider
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -301,11 +301,14 @@ async def cmd_associate(session: Session, eip: str, to: Binding, *, dry_run: boo
     if before is not None and to.matches(before) and not states[eip].pending:
         print(f"{eip} ({states[eip].public_ip}) is already on {to}")
         return EXIT_OK
+    home = await session.admin.home_of(to)  # a cut-through ENI goes back there if the move fails
+    fallback = [b for b in (before, home) if b is not None]
     start = time.monotonic()
     with _recording(session), _interruptible() as abort:
         outcome = await failover.execute(session.provider, [eip], to, deadline=timeout, states=states,
-                                         fallback=[before] if before is not None else [], abort=abort,
-                                         resume_on_abort=False)
+                                         fallback=fallback, abort=abort, resume_on_abort=False)
+        if abort.is_set() and before is not None:  # an operator's interrupt undoes: the EIP goes where it was
+            outcome = await _undo(session, eip, before, timeout, outcome)
     took = time.monotonic() - start
     print(f"calls: {', '.join(session.sent)}")
     if outcome.ok:
@@ -313,12 +316,30 @@ async def cmd_associate(session: Session, eip: str, to: Binding, *, dry_run: boo
         return EXIT_OK
     print(f"eipfailover: moving {eip} to {to} failed after {took:.2f}s: {outcome.error}", file=sys.stderr)
     if outcome.reattached_to is not None:
-        print(f"{eip} is back on {outcome.reattached_to}", file=sys.stderr)
+        again = "again" if outcome.reattached_to == before else "(the ENI is back where it was)"
+        print(f"{eip} is on {outcome.reattached_to} {again}", file=sys.stderr)
     elif outcome.detached:
         print(f"{eip} MAY BE DETACHED: check with `eipfailover eip list`", file=sys.stderr)
     if abort.is_set():
         return EXIT_INTERRUPTED
     return EXIT_USAGE if outcome.code is not None and outcome.code.endswith("NotFound") else EXIT_FAILED
+
+
+async def _undo(session: Session, eip: str, before: Binding, timeout: float,
+                interrupted: failover.Outcome) -> failover.Outcome:
+    """After an interrupt: once the calls already sent have their answers, put the EIP back on ``before`` if the
+    move took it anywhere else (an atomic move on AWS detaches nothing, so the secure step had nothing to do)."""
+    await session.provider.settle(timeout)
+    try:
+        states: Mapping[str, EipState] | None = await session.provider.describe([eip])
+    except ProviderError:
+        states = None  # the move reads it again
+    back = await failover.execute(session.provider, [eip], before, deadline=timeout, states=states,
+                                  fallback=[before])
+    if not back.ok:
+        return failover.Outcome(False, interrupted.attempts, f"interrupted; putting it back failed: {back.error}",
+                                back.states, detached=back.detached or interrupted.detached)
+    return failover.Outcome(False, interrupted.attempts, "interrupted", back.states, reattached_to=before)
 
 
 @contextmanager
@@ -334,7 +355,7 @@ def _interruptible() -> Iterator[asyncio.Event]:
             _say("eipfailover: interrupted again: exiting now; the EIP MAY BE DETACHED (eipfailover eip list)")
             os._exit(EXIT_INTERRUPTED)
         _say("eipfailover: interrupted: stopping the move and putting the EIP back where it was "
-             "(interrupt again to exit at once)")
+             "(interrupt again to exit at once, leaving it wherever it is)")
         abort.set()
 
     for sig in signals:
@@ -430,7 +451,7 @@ async def cmd_release(session: Session, eip: str, *, dry_run: bool) -> int:
 def add_parser(sub: Any, client: argparse.ArgumentParser) -> None:
     """The ``eip`` command and its subcommands, under the CLI's subparsers (``client``: the API options)."""
     eip = sub.add_parser("eip", help="list, associate, disassociate, allocate or release EIPs by hand",
-                         description=__doc__.split("\n\n")[1])
+                         description=__doc__.split("\n\n")[1].replace("``", "'"))
     verbs = eip.add_subparsers(dest="verb", required=True, metavar="VERB")
     common = argparse.ArgumentParser(add_help=False, parents=[client])
     common.add_argument("--provider", help="the config's provider to use (required if it has several)")
@@ -445,7 +466,8 @@ def add_parser(sub: Any, client: argparse.ArgumentParser) -> None:
         cmd.add_argument("--force", action="store_true",
                          help="change an EIP a group manages even if the group is not in maintenance")
         cmd.add_argument("--timeout", type=_seconds, default=120.0,
-                         help="seconds for the change and its verification (default 120)")
+                         help="seconds for the change and its verification (default 120); after a failure, putting "
+                              "the EIP back may take as long again")
         if verb == "associate":
             where = cmd.add_mutually_exclusive_group(required=True)
             where.add_argument("--to", metavar="BINDING", help="the config's binding keys, e.g. instance_id=i-123 "

@@ -1,6 +1,8 @@
-"""What the cloud says about the config's bindings, checked before the daemon starts (and on reload) and by
+"""What the cloud says about the config, checked before the daemon starts (and on reload) and by
 ``check-config --cloud``: the ENIs an Alibaba binding names exist and suit its mode. A cloud that cannot be read
-does not stop the daemon (it starts unready and keeps reading); a binding the cloud contradicts does."""
+does not stop the daemon (it starts unready and keeps reading); a binding the cloud contradicts does.
+``check-config --cloud`` also checks that the groups' EIPs and the targets' instances exist (the daemon reports
+those at run time instead: a terminated standby must not stop it from serving the other groups)."""
 
 from __future__ import annotations
 
@@ -12,29 +14,36 @@ import structlog
 from eipfailover.config import Config
 from eipfailover.engine import binding_of
 from eipfailover.errors import ProviderError
+from eipfailover.model import Binding
 from eipfailover.providers.base import Provider
 
 log = structlog.get_logger("eipfailover.preflight")
 TIMEOUT = 15.0
 
 
-async def binding_problems(config: Config, providers: Mapping[str, Provider],
-                           timeout: float = TIMEOUT) -> tuple[list[str], list[str]]:
+async def binding_problems(config: Config, providers: Mapping[str, Provider], timeout: float = TIMEOUT, *,
+                           existence: bool = False) -> tuple[list[str], list[str]]:
     """``(problems, unchecked)``: one line per binding the cloud contradicts, naming the target
-    (``groups.web.targets.web-a.binding: ...``), and one per provider that could not be asked, with its error."""
-    results = await asyncio.gather(*(_ask(config, name, provider, timeout) for name, provider in providers.items()))
+    (``groups.web.targets.web-a.binding: ...``), and one per provider that could not be asked, with its error.
+    ``existence``: also look up every group's EIPs and every target's instance (or ENI, on AWS)."""
+    results = await asyncio.gather(*(_ask(config, name, provider, timeout, existence)
+                                     for name, provider in providers.items()))
     problems = [line for found, _ in results for line in found]
     unchecked = [line for _, error in results if error is not None for line in [error]]
     return problems, unchecked
 
 
-async def _ask(config: Config, name: str, provider: Provider, timeout: float) -> tuple[list[str], str | None]:
+async def _ask(config: Config, name: str, provider: Provider, timeout: float,
+               existence: bool) -> tuple[list[str], str | None]:
     """One provider's problems, or why it could not be asked (every provider at once: one timeout in all)."""
     bindings = {f"groups.{g.name}.targets.{t.name}.binding": binding_of(t.binding, provider.kind)
                 for g in config.groups if g.provider == name for t in g.targets}
     try:
         async with asyncio.timeout(timeout):
-            return await provider.validate(bindings), None
+            problems = await provider.validate(bindings)
+            if existence:
+                problems += await _missing(config, name, provider, bindings)
+            return problems, None
     except ProviderError as exc:
         return [], f"provider {name}: {exc}"
     except TimeoutError:
@@ -49,4 +58,22 @@ async def check(config: Config, providers: Mapping[str, Provider]) -> list[str]:
     for line in unchecked:
         log.warning("bindings_not_validated", error=line, detail="the cloud could not be read; checked again at "
                                                                   "the next start or reload")
+    return problems
+
+
+async def _missing(config: Config, name: str, provider: Provider, bindings: Mapping[str, Binding]) -> list[str]:
+    """The EIPs and instances the cloud does not know (a retryable error is raised: the cloud could not say)."""
+    problems = []
+    for group in (g for g in config.groups if g.provider == name):
+        try:
+            await provider.describe(group.eips)
+        except ProviderError as exc:
+            if exc.retryable:
+                raise
+            problems.append(f"groups.{group.name}.eips: {exc}")
+    for key, binding in bindings.items():
+        if binding.instance_type in (None, "EcsInstance"):  # what the instance check reads
+            state = await provider.instance_state(binding)
+            if not state.exists:
+                problems.append(f"{key}: {state.detail}")
     return problems

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -24,7 +25,7 @@ from eipfailover.errors import ConfigError, ProviderError
 from eipfailover.model import Binding
 from eipfailover.providers.alibaba import AlibabaProvider
 
-from .conftest import HealthServer, eventually
+from .conftest import REGION, HealthServer, eventually
 from .fake_aliyun import MULTI_BINDED_MAX, FakeAliyun, Fault, key_file, provider_for
 
 ON_A = Binding(instance_id="i-a", network_interface_id="eni-x", instance_type="EcsInstance", mode="BINDED")
@@ -278,7 +279,7 @@ async def test_check_config_cloud_passes_a_good_cut_through_group(fake: FakeAliy
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, (out + err).decode()
-    assert "bindings: as the cloud describes them" in out.decode()
+    assert "cloud: every EIP, instance and ENI found, as the bindings describe them" in out.decode()
 
 
 async def test_the_daemon_fails_a_cut_through_group_over_by_moving_the_eni(
@@ -532,3 +533,73 @@ def test_the_config_check_rejects_two_groups_moving_the_same_cut_through_eni() -
     with pytest.raises(ConfigError) as err:
         parse_config(data)
     assert any(p.startswith("groups[1]") and "eni-x" in p for p in err.value.problems), err.value.problems
+
+
+def _closed_port() -> int:
+    """A loopback port nothing listens on (bound, then closed)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _run(*args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "eipfailover", *args,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+@pytest.mark.parametrize("kind", ["aws", "alibaba"])
+async def test_check_config_cloud_says_so_when_the_cloud_cannot_be_read(tmp_path: Path, kind: str) -> None:
+    """README, commands table: `check-config --cloud` "also checks the bindings against the cloud, as the daemon
+    does at start-up (exit 2 for a binding the cloud contradicts, 1 if the cloud cannot be read)". With the
+    provider's endpoint refusing connections, it must not exit 0 saying all was found:
+    the cloud was never read."""
+    port = _closed_port()
+    provider: dict[str, Any] = (
+        {"type": "aws", "region": REGION, "endpoint_url": f"http://127.0.0.1:{port}", "max_attempts": 1}
+        if kind == "aws" else
+        {"type": "alibaba", "region": "cn-hangzhou", "endpoint": f"127.0.0.1:{port}",
+         "ecs_endpoint": f"127.0.0.1:{port}", "protocol": "http", "access_key_file": str(key_file(tmp_path))})
+    data = {"providers": {"p": provider}, "groups": [{"name": "web", "provider": "p", "eips": ["eip-1"], "targets": [
+        {"name": "web-a", "binding": {"instance_id": "i-a"}, "checks": [{"type": "instance"}]},
+        {"name": "web-b", "binding": {"instance_id": "i-b"}, "checks": [{"type": "instance"}]}]}]}
+    path = tmp_path / "cloud.yaml"
+    path.write_text(yaml.safe_dump(data))
+    code, out, err = await _run("check-config", "--cloud", "-c", str(path))
+    assert "cloud:" not in out, (code, out, err)
+    assert code == 1, (code, out, err)
+
+
+def test_the_config_check_rejects_more_eips_than_a_multi_binded_eni_takes() -> None:
+    """README (ENI modes table): MULTI_BINDED takes "up to 10" EIPs per secondary ENI (the fake refuses the 11th,
+    QuotaExceed.MultiBindedEip). The config check refuses a group of several EIPs on a one-EIP target because such a
+    group "can never be moved whole"; a group of 11 EIPs on MULTI_BINDED ENIs is the same case and must be refused,
+    naming the group's eips."""
+    checks = [{"type": "tcp", "host": "10.0.0.1", "port": 80}]
+    data = {"providers": {"ali": {"type": "alibaba", "region": "cn-hangzhou"}},
+            "groups": [{"name": "m", "provider": "ali", "eips": [f"eip-{n:02}" for n in range(11)], "targets": [
+                {"name": "a", "binding": {"instance_id": "eni-a", "instance_type": "NetworkInterface",
+                                          "mode": "MULTI_BINDED"}, "checks": checks},
+                {"name": "b", "binding": {"instance_id": "eni-b", "instance_type": "NetworkInterface",
+                                          "mode": "MULTI_BINDED"}, "checks": checks}]}]}
+    with pytest.raises(ConfigError) as err:
+        parse_config(data)
+    assert any("eips" in p for p in err.value.problems), err.value.problems
+
+
+async def test_check_config_cloud_names_every_eip_and_instance_the_cloud_does_not_know(
+        fake: FakeAliyun, tmp_path: Path, health_servers: list[HealthServer]) -> None:
+    """``check-config --cloud`` reads the groups' EIPs and the targets' instances too: an allocation ID or an
+    instance ID the cloud does not know is exit 2, each named by its key path."""
+    cut_through(fake)
+    data = group_data(fake, tmp_path, health_servers)
+    data["groups"][0]["eips"] = ["eip-nope"]
+    data["groups"][0]["targets"][1]["binding"]["instance_id"] = "i-nope"
+    path = tmp_path / "eipfailover.yaml"
+    path.write_text(yaml.safe_dump(data))
+    code, out, err = await _run("check-config", "--cloud", "-c", str(path))
+    assert code == 2, (code, out, err)
+    assert "groups.web.eips: Alibaba DescribeEipAddresses in cn-hangzhou: no EIP eip-nope" in err, err
+    assert "groups.web.targets.web-b.binding: instance i-nope does not exist" in err, err

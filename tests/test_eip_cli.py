@@ -273,7 +273,7 @@ async def test_alibaba_associate_whose_second_step_is_throttled_leaves_the_eip_w
     result = await eip(config, "associate", "eip-1", "--target", "web/web-b", "--force", "--timeout", "3")
     assert result.code == 1, result
     assert "Throttling.User" in result.err, result.err
-    assert "eip-1 is back on EcsInstance i-a" in result.err, result.err
+    assert "eip-1 is on EcsInstance i-a again" in result.err, result.err
     ali_world.advance()
     eip1 = ali_world.eips["eip-1"]
     assert (eip1.instance_id, eip1.status) == ("i-a", "InUse")
@@ -551,3 +551,55 @@ async def test_an_eip_command_is_refused_while_the_daemon_is_moving_that_eip(
         fake.faults["AttachNetworkInterface"] = []
         daemon.engine.request_stop()
         await asyncio.wait_for(task, 60)
+
+
+async def test_a_failed_associate_onto_a_cut_through_eni_re_attaches_that_eni_where_it_was(
+        fake: FakeAliyun, tmp_path: Path) -> None:
+    """eni-y (secondary, no EIP) is attached to i-c. `eip associate eip-9 --to network_interface_id=eni-y,
+    instance_id=i-b` detaches it from i-c, puts eip-9 on it and attaches it to i-b. If that attach is throttled past
+    `--timeout`, the issue's rule applies: "an ENI left detached is re-attached where it was" (README: "the
+    never-stranded rule of every move"). The command must fail (exit 1) with eni-y back on i-c, not leave i-c
+    without its ENI and eni-y on no instance."""
+    for rid in ("i-a", "i-b", "i-c"):
+        fake.add_resource(rid)
+    fake.add_eip("eip-1", "47.1.1.1")
+    fake.bind("eip-1", "i-a")
+    fake.add_eni("eni-y", "10.0.0.80", attached_to="i-c")
+    fake.add_eip("eip-9", "47.1.1.9")
+    fake.faults["AttachNetworkInterface"] = [Fault(match={"InstanceId": "i-b"}) for _ in range(1000)]
+    config = ali_data(tmp_path, fake, [WEB_GROUP])
+    result = await eip(config, "associate", "eip-9", "--to", "network_interface_id=eni-y,instance_id=i-b",
+                       "--timeout", "3")
+    fake.advance()
+    eni = fake.resources["eni-y"]
+    assert result.code == 1, result
+    assert (eni.attached_to, eni.eni_status) == ("i-c", "InUse"), (result.err[-800:], fake.sequence(
+        skip=("DescribeEipAddresses", "DescribeNetworkInterfaces")))
+
+
+async def test_an_interrupt_after_the_second_step_was_sent_puts_the_eip_back_where_it_was(
+        fake: FakeAliyun, tmp_path: Path) -> None:
+    """README, Operating by hand: "An interrupt (Ctrl-C, ...) during a move stops it and puts the EIP back where it
+    was before the command exits (130)"; the command itself says "putting the EIP back where it was". Ctrl-C while
+    AssociateEipAddress to i-b is on the wire (answered 3 s later, under the 5 s read timeout) must end with eip-1
+    on i-a, where it was, and exit 130."""
+    for rid in ("i-a", "i-b"):
+        fake.add_resource(rid)
+    fake.add_eip("eip-1", "47.1.1.1")
+    fake.bind("eip-1", "i-a")
+    fake.faults["AssociateEipAddress"] = [Fault(code=None, delay=3.0, match={"InstanceId": "i-b"})]
+    config = ali_data(tmp_path, fake, [WEB_GROUP])
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "eipfailover", "eip", "associate", "eip-1", "--target", "web/web-b", "--force",
+        "-c", str(config), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        await eventually(lambda: any(e.action == "AssociateEipAddress" for e in fake.log), timeout=60)
+        proc.send_signal(signal.SIGINT)
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    fake.advance()
+    assert proc.returncode == 130, (proc.returncode, out.decode(), err.decode())
+    assert fake.eips["eip-1"].instance_id == "i-a", (err.decode()[-600:], fake.sequence())

@@ -415,6 +415,15 @@ class AlibabaProvider(Provider, EipAdmin):
     async def plan_move(self, eip: str, to: Binding) -> list[Call]:
         return _calls(await self._plan([eip], to))
 
+    async def home_of(self, to: Binding) -> Binding | None:
+        if to.network_interface_id is None:
+            return None
+        eni = (await self.describe_enis([to.network_interface_id])).get(to.network_interface_id)
+        if eni is None or eni.instance_id is None:
+            return None
+        return Binding(instance_id=eni.instance_id, network_interface_id=eni.eni_id, instance_type="EcsInstance",
+                       mode="BINDED")
+
     async def disassociate(self, eip: str, *, dry_run: bool = False) -> list[Call]:
         state = (await self._describe_eips([eip]))[eip]
         if state.pending:

@@ -143,6 +143,9 @@ class AwsProvider(Provider, EipAdmin):
         await self.describe([eip])  # a clear error for an unknown EIP, as the move would give
         return [Call("AssociateAddress", {"AllocationId": eip, **_where(to), "AllowReassociation": "true"})]
 
+    async def home_of(self, to: Binding) -> Binding | None:
+        return None  # an association moves no resource
+
     async def disassociate(self, eip: str, *, dry_run: bool = False) -> list[Call]:
         reply = await self._ec2("DescribeAddresses", AllocationIds=[eip])
         association = next((a.get("AssociationId") for a in reply.get("Addresses", [])), None)

@@ -186,6 +186,11 @@ class EipAdmin(ABC):
         """The calls :meth:`Provider.move` would send for ``eip`` now."""
 
     @abstractmethod
+    async def home_of(self, to: Binding) -> Binding | None:
+        """Where the resource that ``to`` names is now, if a move takes it along (an Alibaba cut-through ENI: the
+        binding of the instance it is attached to); ``None`` otherwise. A failed move puts it back there."""
+
+    @abstractmethod
     async def disassociate(self, eip: str, *, dry_run: bool = False) -> list[Call]:
         """Detach ``eip`` from what holds it (nothing if it is not bound); returns the calls sent (or, with
         ``dry_run``, that would be sent). The caller verifies."""
