@@ -440,17 +440,20 @@ MULTI_BINDED_MAX = 10
 def _one_eip_problems(group: GroupConfig) -> list[tuple[str, str]]:
     """Alibaba: an ECS instance, a HaVip, a CLB and one private IP of an ENI (NAT mode) each take one EIP, and an
     ENI in MULTI_BINDED mode ten, so a group of more EIPs cannot move onto one of them."""
+    problems = []
     if len(group.eips) > MULTI_BINDED_MAX and any(t.binding.mode == "MULTI_BINDED" for t in group.targets):
-        return [("eips", f"{len(group.eips)} EIPs: an ENI in MULTI_BINDED mode takes at most {MULTI_BINDED_MAX}")]
+        problems.append(("eips", f"{len(group.eips)} EIPs: an ENI in MULTI_BINDED mode takes at most "
+                                 f"{MULTI_BINDED_MAX}"))
     if len(group.eips) < 2:
-        return []
+        return problems
     single = [(t.name, t.binding.instance_type or "EcsInstance") for t in group.targets
               if t.binding.network_interface_id is None and (t.binding.instance_type or "EcsInstance") != "Nat"
               and t.binding.mode != "MULTI_BINDED"]
-    return [("eips", f"{len(group.eips)} EIPs cannot all go to target {name}: "
-                     f"{'a private IP of an ENI' if kind == 'NetworkInterface' else 'a ' + kind} takes one EIP (a NAT "
-                     f"gateway or an ENI in MULTI_BINDED mode takes several; or give each EIP its own group)")
-            for name, kind in single]
+    return problems + [
+        ("eips", f"{len(group.eips)} EIPs cannot all go to target {name}: "
+                 f"{'a private IP of an ENI' if kind == 'NetworkInterface' else 'a ' + kind} takes one EIP (a NAT "
+                 f"gateway or an ENI in MULTI_BINDED mode takes several; or give each EIP its own group)")
+        for name, kind in single]
 
 
 def binding_problems(provider_type: str, b: BindingConfig) -> list[tuple[str, str]]:

@@ -307,8 +307,10 @@ async def cmd_associate(session: Session, eip: str, to: Binding, *, dry_run: boo
     with _recording(session), _interruptible() as abort:
         outcome = await failover.execute(session.provider, [eip], to, deadline=timeout, states=states,
                                          fallback=fallback, abort=abort, resume_on_abort=False)
-        if abort.is_set() and before is not None:  # an operator's interrupt undoes: the EIP goes where it was
+        if abort.is_set() and (before is None or outcome.reattached_to != before):  # an operator's interrupt undoes
             outcome = await _undo(session, eip, before, timeout, outcome)
+        if not outcome.ok and home is not None:
+            await _send_home(session, home, timeout)
     took = time.monotonic() - start
     print(f"calls: {', '.join(session.sent)}")
     if outcome.ok:
@@ -325,11 +327,28 @@ async def cmd_associate(session: Session, eip: str, to: Binding, *, dry_run: boo
     return EXIT_USAGE if outcome.code is not None and outcome.code.endswith("NotFound") else EXIT_FAILED
 
 
-async def _undo(session: Session, eip: str, before: Binding, timeout: float,
+async def _undo(session: Session, eip: str, before: Binding | None, timeout: float,
                 interrupted: failover.Outcome) -> failover.Outcome:
-    """After an interrupt: once the calls already sent have their answers, put the EIP back on ``before`` if the
-    move took it anywhere else (an atomic move on AWS detaches nothing, so the secure step had nothing to do)."""
+    """After an interrupt: once the calls already sent have their answers, put the EIP back where it was (on
+    ``before``, or on nothing) if the move took it anywhere else. An atomic move on AWS detaches nothing, so the
+    secure step had nothing to do."""
     await session.provider.settle(timeout)
+    error = f"{interrupted.error or 'interrupted'}"
+    if before is None:
+        try:
+            async with asyncio.timeout(timeout):  # the association already sent lands first
+                while True:
+                    if not (await session.provider.describe([eip]))[eip].pending:
+                        break
+                    await asyncio.sleep(0.25)
+            if await session.admin.disassociate(eip):
+                await _until_detached(session, eip, timeout)
+        except TimeoutError:
+            return failover.Outcome(False, interrupted.attempts, f"{error}; it is still in transition after "
+                                                                 f"{timeout:g}s: check with `eipfailover eip list`")
+        except ProviderError as exc:
+            return failover.Outcome(False, interrupted.attempts, f"{error}; detaching it again failed: {exc}")
+        return failover.Outcome(False, interrupted.attempts, f"{error}; it is bound to nothing again")
     try:
         states: Mapping[str, EipState] | None = await session.provider.describe([eip])
     except ProviderError:
@@ -337,9 +356,21 @@ async def _undo(session: Session, eip: str, before: Binding, timeout: float,
     back = await failover.execute(session.provider, [eip], before, deadline=timeout, states=states,
                                   fallback=[before])
     if not back.ok:
-        return failover.Outcome(False, interrupted.attempts, f"interrupted; putting it back failed: {back.error}",
+        return failover.Outcome(False, interrupted.attempts, f"{error}; putting it back failed: {back.error}",
                                 back.states, detached=back.detached or interrupted.detached)
-    return failover.Outcome(False, interrupted.attempts, "interrupted", back.states, reattached_to=before)
+    return failover.Outcome(False, interrupted.attempts, error, back.states, reattached_to=before)
+
+
+async def _send_home(session: Session, home: Binding, timeout: float) -> None:
+    """A failed move onto a resource that moves (a cut-through ENI) leaves it where it was: attached again."""
+    try:
+        async with asyncio.timeout(timeout):
+            if await session.admin.send_home(home):
+                _say(f"{home} again (the ENI is back where it was)")
+                return
+    except (ProviderError, TimeoutError) as exc:
+        _say(f"eipfailover: putting the ENI back failed: {exc or 'no answer in time'}")
+    _say(f"the ENI of {home} MAY BE ON NO INSTANCE: check with `eipfailover eip list`")
 
 
 @contextmanager

@@ -7,7 +7,7 @@ those at run time instead: a terminated standby must not stop it from serving th
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 
 import structlog
 
@@ -62,18 +62,33 @@ async def check(config: Config, providers: Mapping[str, Provider]) -> list[str]:
 
 
 async def _missing(config: Config, name: str, provider: Provider, bindings: Mapping[str, Binding]) -> list[str]:
-    """The EIPs and instances the cloud does not know (a retryable error is raised: the cloud could not say)."""
+    """The EIPs and instances the cloud does not know (NotFound). Any other error is raised: the cloud could not
+    say. All the provider's EIPs are read at once (each group again only if one is missing, to name it), every
+    instance once, concurrently."""
+    groups = [g for g in config.groups if g.provider == name]
     problems = []
-    for group in (g for g in config.groups if g.provider == name):
-        try:
-            await provider.describe(group.eips)
-        except ProviderError as exc:
-            if exc.retryable:
-                raise
-            problems.append(f"groups.{group.name}.eips: {exc}")
+    if await _not_found(provider.describe([e for g in groups for e in g.eips])) is not None:
+        for group, error in zip(groups, await asyncio.gather(*(_not_found(provider.describe(g.eips))
+                                                                for g in groups)), strict=True):
+            if error is not None:
+                problems.append(f"groups.{group.name}.eips: {error}")
+    looked_up: dict[Binding, list[str]] = {}
     for key, binding in bindings.items():
         if binding.instance_type in (None, "EcsInstance"):  # what the instance check reads
-            state = await provider.instance_state(binding)
-            if not state.exists:
-                problems.append(f"{key}: {state.detail}")
+            looked_up.setdefault(binding, []).append(key)
+    states = await asyncio.gather(*(provider.instance_state(b) for b in looked_up))
+    for keys, state in zip(looked_up.values(), states, strict=True):
+        if not state.exists:
+            problems += [f"{key}: {state.detail}" for key in keys]
     return problems
+
+
+async def _not_found(call: Awaitable[object]) -> ProviderError | None:
+    """The call's NotFound error, if it has one; any other error is raised."""
+    try:
+        await call
+    except ProviderError as exc:
+        if exc.code is not None and exc.code.endswith("NotFound"):
+            return exc
+        raise
+    return None

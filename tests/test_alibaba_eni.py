@@ -603,3 +603,18 @@ async def test_check_config_cloud_names_every_eip_and_instance_the_cloud_does_no
     assert code == 2, (code, out, err)
     assert "groups.web.eips: Alibaba DescribeEipAddresses in cn-hangzhou: no EIP eip-nope" in err, err
     assert "groups.web.targets.web-b.binding: instance i-nope does not exist" in err, err
+
+
+def test_the_config_check_reports_the_multi_binded_limit_and_a_one_eip_target_together() -> None:
+    """config.py: `load_config` "reports every problem at once". 11 EIPs on targets a (an ENI in MULTI_BINDED mode:
+    ten at most) and b (an ECS instance: one EIP) are two problems, both reported."""
+    checks = [{"type": "tcp", "host": "10.0.0.1", "port": 80}]
+    data = {"providers": {"ali": {"type": "alibaba", "region": "cn-hangzhou"}},
+            "groups": [{"name": "m", "provider": "ali", "eips": [f"eip-{n:02}" for n in range(11)], "targets": [
+                {"name": "a", "binding": {"instance_id": "eni-a", "instance_type": "NetworkInterface",
+                                          "mode": "MULTI_BINDED"}, "checks": checks},
+                {"name": "b", "binding": {"instance_id": "i-b"}, "checks": checks}]}]}
+    with pytest.raises(ConfigError) as err:
+        parse_config(data)
+    assert any("MULTI_BINDED" in p for p in err.value.problems), err.value.problems
+    assert any("target b" in p for p in err.value.problems), err.value.problems

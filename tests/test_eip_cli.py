@@ -10,6 +10,7 @@ import json
 import signal
 import sys
 from collections.abc import AsyncIterator
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -603,3 +604,136 @@ async def test_an_interrupt_after_the_second_step_was_sent_puts_the_eip_back_whe
     fake.advance()
     assert proc.returncode == 130, (proc.returncode, out.decode(), err.decode())
     assert fake.eips["eip-1"].instance_id == "i-a", (err.decode()[-600:], fake.sequence())
+
+
+def _world(fake: FakeAliyun) -> None:
+    """eip-1 on i-a (group web: i-a, i-b); eni-y, a secondary ENI carrying no EIP, attached to i-c; eip-9 on
+    nothing."""
+    for rid in ("i-a", "i-b", "i-c"):
+        fake.add_resource(rid)
+    fake.add_eip("eip-1", "47.1.1.1")
+    fake.bind("eip-1", "i-a")
+    fake.add_eni("eni-y", "10.0.0.80", attached_to="i-c")
+    fake.add_eip("eip-9", "47.1.1.9")
+
+
+async def test_a_failed_move_of_a_bound_eip_onto_a_cut_through_eni_re_attaches_that_eni_too(
+        fake: FakeAliyun, tmp_path: Path) -> None:
+    """Issue 9: "an ENI left detached is re-attached where it was" (README: the never-stranded rule of every move).
+    `eip associate eip-1 --to network_interface_id=eni-y,instance_id=i-b --force`, eip-1 being on i-a: the move
+    detaches eni-y from i-c, unassociates eip-1 from i-a, then its AssociateEipAddress onto eni-y is throttled past
+    `--timeout`. The command fails (exit 1) with eip-1 back on i-a AND eni-y back on i-c."""
+    _world(fake)
+    fake.faults["AssociateEipAddress"] = [Fault(match={"InstanceId": "eni-y"}) for _ in range(1000)]
+    config = ali_data(tmp_path, fake, [WEB_GROUP])
+    result = await eip(config, "associate", "eip-1", "--to", "network_interface_id=eni-y,instance_id=i-b",
+                       "--force", "--timeout", "3")
+    fake.advance()
+    eni = fake.resources["eni-y"]
+    assert result.code == 1, result
+    assert fake.eips["eip-1"].instance_id == "i-a", result.err[-600:]
+    assert (eni.attached_to, eni.eni_status) == ("i-c", "InUse"), (result.err[-800:], fake.sequence(
+        skip=("DescribeEipAddresses", "DescribeNetworkInterfaces")))
+
+
+async def test_an_interrupt_of_a_bound_eips_move_onto_a_cut_through_eni_re_attaches_that_eni_too(
+        fake: FakeAliyun, tmp_path: Path) -> None:
+    """README, Operating by hand: an interrupt "stops it and puts the EIP back where it was". Ctrl-C while the
+    AssociateEipAddress of eip-1 onto eni-y (detached from i-c for the move) is being throttled: eip-1 ends on i-a
+    and eni-y on i-c, where each was; exit 130."""
+    _world(fake)
+    fake.faults["AssociateEipAddress"] = [Fault(match={"InstanceId": "eni-y"}) for _ in range(1000)]
+    config = ali_data(tmp_path, fake, [WEB_GROUP])
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "eipfailover", "eip", "associate", "eip-1", "--to",
+        "network_interface_id=eni-y,instance_id=i-b", "--force", "--timeout", "30", "-c", str(config),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        await eventually(lambda: any(e.action == "AssociateEipAddress" for e in fake.log), timeout=60)
+        proc.send_signal(signal.SIGINT)
+        _, err = await asyncio.wait_for(proc.communicate(), 90)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    fake.advance()
+    eni = fake.resources["eni-y"]
+    assert proc.returncode == 130, (proc.returncode, err.decode()[-600:])
+    assert fake.eips["eip-1"].instance_id == "i-a", err.decode()[-600:]
+    assert (eni.attached_to, eni.eni_status) == ("i-c", "InUse"), (err.decode()[-800:], fake.sequence(
+        skip=("DescribeEipAddresses", "DescribeNetworkInterfaces")))
+
+
+async def test_an_interrupt_of_an_eip_bound_to_nothing_leaves_it_bound_to_nothing(
+        fake: FakeAliyun, tmp_path: Path) -> None:
+    """README, Operating by hand: "An interrupt ... during a move stops it and puts the EIP back where it was before
+    the command exits (130)"; the command says "putting the EIP back where it was". eip-9 is bound to nothing; Ctrl-C
+    while its AssociateEipAddress to i-b is on the wire (answered 3 s later): when the command exits 130, eip-9 is
+    bound to nothing again."""
+    _world(fake)
+    fake.faults["AssociateEipAddress"] = [Fault(code=None, delay=3.0, match={"InstanceId": "i-b"})]
+    config = ali_data(tmp_path, fake, [WEB_GROUP])
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "eipfailover", "eip", "associate", "eip-9", "--to", "instance_id=i-b",
+        "-c", str(config), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        await eventually(lambda: any(e.action == "AssociateEipAddress" for e in fake.log), timeout=60)
+        proc.send_signal(signal.SIGINT)
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    # the delayed AssociateEipAddress is answered 3 s after it was sent, whether or not the command still waits
+    with suppress(AssertionError):
+        await eventually(lambda: fake.eips["eip-9"].status != "Available", timeout=6)
+
+    def settled() -> bool:
+        fake.advance()
+        return not fake.eips["eip-9"].pending()
+
+    await eventually(settled, timeout=10)
+    assert proc.returncode == 130, (proc.returncode, err.decode()[-600:])
+    assert fake.eips["eip-9"].instance_id == "", (err.decode()[-600:], fake.sequence())
+
+
+async def test_check_config_cloud_reads_a_large_healthy_config_within_its_budget(
+        fake: FakeAliyun, tmp_path: Path) -> None:
+    """`check-config --cloud` on a healthy config must exit 0 ("cloud: every EIP, instance and ENI found"). 40
+    groups of one EIP on two ECS instances each, on a cloud answering DescribeInstanceStatus in 0.2 s (a far
+    region): the lookups are batched and concurrent, within the provider's one 15 s budget
+    (preflight.TIMEOUT), never "cannot check" for a config with nothing wrong."""
+    groups = []
+    for n in range(40):
+        fake.add_resource(f"i-{n}a")
+        fake.add_resource(f"i-{n}b")
+        fake.add_eip(f"eip-{n}", f"47.1.2.{n + 1}")
+        fake.bind(f"eip-{n}", f"i-{n}a")
+        groups.append({"name": f"g{n}", "provider": "ali", "eips": [f"eip-{n}"], "targets": [
+            {"name": "a", "binding": {"instance_id": f"i-{n}a"}, "checks": [{"type": "instance"}]},
+            {"name": "b", "binding": {"instance_id": f"i-{n}b"}, "checks": [{"type": "instance"}]}]})
+    fake.faults["DescribeInstanceStatus"] = [Fault(code=None, delay=0.2) for _ in range(500)]
+    config = ali_data(tmp_path, fake, groups)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "eipfailover", "check-config", "--cloud", "-c", str(config),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == 0, (proc.returncode, out.decode(), err.decode()[-600:])
+
+
+async def test_check_config_cloud_says_it_cannot_check_when_an_eip_lookup_is_forbidden(
+        fake: FakeAliyun, tmp_path: Path) -> None:
+    """README: `check-config --cloud` exits "2 for a binding the cloud contradicts, 1 if the cloud cannot be read".
+    A RAM policy without DescribeEipAddresses (403 Forbidden.RAM, a permanent error) means the EIPs could not be
+    read, not that they do not exist: exit 1 with "cannot check", not exit 2 counting it as "1 binding problem(s)
+    found in the cloud": only NotFound is a problem."""
+    _world(fake)
+    fake.faults["DescribeEipAddresses"] = [Fault(status=403, code="Forbidden.RAM",
+                                                 message="User not authorized to operate on the specified resource.")]
+    config = ali_data(tmp_path, fake, [WEB_GROUP])
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "eipfailover", "check-config", "--cloud", "-c", str(config),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert "binding problem" not in err.decode(), err.decode()
+    assert proc.returncode == 1, (proc.returncode, out.decode(), err.decode()[-600:])

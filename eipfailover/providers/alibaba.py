@@ -424,6 +424,20 @@ class AlibabaProvider(Provider, EipAdmin):
         return Binding(instance_id=eni.instance_id, network_interface_id=eni.eni_id, instance_type="EcsInstance",
                        mode="BINDED")
 
+    async def send_home(self, home: Binding) -> bool:
+        eni_id, instance = home.network_interface_id, home.instance_id
+        if eni_id is None or instance is None:
+            return True
+        while True:
+            eni = (await self.describe_enis([eni_id])).get(eni_id)
+            if eni is None:
+                return False
+            if eni.status == "Available":
+                await self._eni_call("AttachNetworkInterface", eni_id, instance)
+            elif eni.status == "InUse":
+                return eni.instance_id == instance
+            await asyncio.sleep(self.config.poll_interval)  # attaching or detaching: it settles
+
     async def disassociate(self, eip: str, *, dry_run: bool = False) -> list[Call]:
         state = (await self._describe_eips([eip]))[eip]
         if state.pending:

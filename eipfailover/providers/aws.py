@@ -146,6 +146,9 @@ class AwsProvider(Provider, EipAdmin):
     async def home_of(self, to: Binding) -> Binding | None:
         return None  # an association moves no resource
 
+    async def send_home(self, home: Binding) -> bool:
+        return True
+
     async def disassociate(self, eip: str, *, dry_run: bool = False) -> list[Call]:
         reply = await self._ec2("DescribeAddresses", AllocationIds=[eip])
         association = next((a.get("AssociationId") for a in reply.get("Addresses", [])), None)

@@ -191,6 +191,11 @@ class EipAdmin(ABC):
         binding of the instance it is attached to); ``None`` otherwise. A failed move puts it back there."""
 
     @abstractmethod
+    async def send_home(self, home: Binding) -> bool:
+        """Put the resource back where :meth:`home_of` found it if it is now on nothing (a detached ENI is attached
+        again, and waited for); True if it is there. The caller's deadline bounds this."""
+
+    @abstractmethod
     async def disassociate(self, eip: str, *, dry_run: bool = False) -> list[Call]:
         """Detach ``eip`` from what holds it (nothing if it is not bound); returns the calls sent (or, with
         ``dry_run``, that would be sent). The caller verifies."""
