@@ -376,7 +376,8 @@ class GroupConfig(_Model):
     @classmethod
     def _unique_targets(cls, value: object) -> object:
         if isinstance(value, list):
-            names = [t.get("name") if isinstance(t, dict) else None for t in value]
+            names = [t.get("name") if isinstance(t, dict) and isinstance(t.get("name"), str) else None
+                     for t in value]
             problems = [
                 (f"[{i}].name", f"duplicate target name {name!r}")
                 for i, name in _duplicates(names)
@@ -582,15 +583,26 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
         return Config.model_validate(data, context={"provider_types": provider_types})
     except ValidationError as exc:
         raise ConfigError(source, _problem_lines(exc)) from None
+    except RecursionError:
+        raise ConfigError(source, ["(top level): nested too deeply to be a config"]) from None
+
+
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
+"""A config is a few kilobytes; a file beyond this is not one (and is not parsed)."""
 
 
 def load_config(path: str | Path) -> Config:
     """Read and validate a YAML config file; raise :class:`ConfigError` with every problem and its key path."""
     source = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with Path(path).open("rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise ConfigError(source, [f"cannot read the file: {exc.strerror or exc}"]) from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(source, [f"the file is larger than {MAX_CONFIG_BYTES // (1024 * 1024)} MiB: not a config"])
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(source, [f"not UTF-8 text: {exc.reason} at byte {exc.start}"]) from None
     try:
@@ -600,4 +612,6 @@ def load_config(path: str | Path) -> Config:
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(source, [f"invalid YAML: {where}{problem}"]) from None
+    except RecursionError:  # the parser and the constructor recurse: thousands of nested [ or {
+        raise ConfigError(source, ["invalid YAML: nested too deeply to be a config"]) from None
     return parse_config(data, source)
