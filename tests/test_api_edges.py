@@ -265,20 +265,25 @@ async def test_the_cli_never_sends_the_token_through_a_proxy_unless_told(running
     assert seen == [f"POST {running.url}/v1/groups/web/maintenance Bearer {TOKEN}"]
 
 
-SCHEMA = schemathesis.openapi.from_path(ROOT / "docs" / "openapi.yaml", config=schemathesis.Config.from_dict({
-    "seed": 1,
-    "continue-on-failure": True,
-    "generation": {"max-examples": 25, "deterministic": True, "database": "none"},
-    "phases": {"stateful": {"enabled": False}},
-    "auth": {"openapi": {"bearer": {"bearer": TOKEN}}},
-    "parameters": {"name": "web"},
-}))
+def openapi_run(token: str, seed: int) -> Any:
+    """Schemathesis on docs/openapi.yaml, 25 examples per operation, sending ``token``."""
+    return schemathesis.openapi.from_path(ROOT / "docs" / "openapi.yaml", config=schemathesis.Config.from_dict({
+        "seed": seed,
+        "continue-on-failure": True,
+        "generation": {"max-examples": 25, "deterministic": True, "database": "none"},
+        "phases": {"stateful": {"enabled": False}},
+        "auth": {"openapi": {"bearer": {"bearer": token}}},
+        "parameters": {"name": "web"},
+    }))
 
 
-def fuzz(base_url: str) -> list[str]:
-    SCHEMA.config.update(base_url=base_url)
+SCHEMA = openapi_run(TOKEN, 1)
+
+
+def fuzz(base_url: str, schema: Any = SCHEMA) -> list[str]:
+    schema.config.update(base_url=base_url)
     found = []
-    for event in from_schema(SCHEMA).execute():
+    for event in from_schema(schema).execute():
         if isinstance(event, events.ScenarioFinished) and event.status == Status.FAILURE:
             for nodes in event.recorder.checks.values():
                 for node in nodes:
@@ -296,6 +301,21 @@ def fuzz(base_url: str) -> list[str]:
 async def test_schemathesis_finds_nothing_against_the_live_api(running: Running) -> None:
     failures = await asyncio.to_thread(fuzz, running.url)
     assert not failures, "\n".join(failures)
+
+
+WRONG_TOKEN_SCHEMA = openapi_run("not-the-token", 2)
+
+
+async def test_schemathesis_with_a_wrong_token_changes_nothing(running: Running) -> None:
+    """Every generated request with a wrong token is answered as documented, and none changes anything: no
+    maintenance, no failover, the EIP where it was."""
+    before = running.ec2.holder()["InstanceId"]
+    failures = await asyncio.to_thread(fuzz, running.url, WRONG_TOKEN_SCHEMA)
+    assert not failures, "\n".join(failures)
+    assert (running.runner.maintenance, running.runner.last_failover) == (False, None)
+    _, history = await running.get("/v1/history")
+    assert history["failovers"] == []
+    assert running.ec2.holder()["InstanceId"] == before
 
 
 async def test_a_refused_manual_request_is_recorded_as_skipped(
