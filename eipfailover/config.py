@@ -342,6 +342,13 @@ class HooksConfig(_Model):
     {failover_id}`` are substituted."""
     env: Env = Field(default_factory=dict)
     timeout: Duration = 30.0
+    before_failover: Argv | None = Field(None, min_length=1)
+    """The fencing hook: argv run (no shell) before a move takes the EIPs off a target, before any cloud call, with
+    the same placeholders (``{result}`` is ``running``). Exit 0 lets the move go ahead; any other exit, or the
+    timeout, vetoes it (a failed failover, with the hook's output), unless ``before_failover_required`` is false.
+    Not run before re-attaching detached EIPs (nothing to fence)."""
+    before_failover_timeout: Duration = 10.0
+    before_failover_required: bool = True
 
 
 class GroupConfig(_Model):

@@ -29,6 +29,7 @@ from eipfailover.checks.base import Check, describe_exception
 from eipfailover.config import BindingConfig, GroupConfig
 from eipfailover.errors import ProviderError
 from eipfailover.events import FailoverRecord, Observer
+from eipfailover.hooks import hook_environment, hook_values, run_gate, substitute
 from eipfailover.model import (
     UNKNOWN_LOCATION,
     Action,
@@ -383,7 +384,8 @@ class GroupRunner:
     async def _failover(self, record: FailoverRecord, states: Mapping[str, EipState] | None,
                         fallback: list[Binding], reason: Reason) -> None:
         try:
-            outcome = await failover.execute(
+            veto = await self._fence(record, reason)
+            outcome = failover.Outcome(False, 0, veto) if veto is not None else await failover.execute(
                 self.provider, record.eips, self.bindings[record.to_target],
                 deadline=self.config.policy.failover_deadline, states=states, fallback=fallback, abort=self._abort,
             )
@@ -410,6 +412,34 @@ class GroupRunner:
         else:
             self._fresh = False  # wait for a new read before deciding anything
         self._read_wake.set()
+
+    async def _fence(self, record: FailoverRecord, reason: Reason) -> str | None:
+        """Run ``hooks.before_failover`` before a move that takes the EIPs off a target; why the move must not go
+        ahead, or None. A stop (``abort``) while it runs kills it and cancels the move: nothing was moved yet."""
+        hooks = self.config.hooks
+        if hooks.before_failover is None or reason is Reason.REPAIR or record.from_target is None:
+            return None
+        values = hook_values(record)
+        argv = substitute(hooks.before_failover, values)
+        gate = asyncio.ensure_future(run_gate(argv, hooks.before_failover_timeout, hook_environment(values, hooks.env),
+                                              group=self.name, failover_id=record.id, hook="before_failover"))
+        stop = asyncio.ensure_future(self._abort.wait())
+        try:
+            await asyncio.wait({gate, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if not gate.done():
+            gate.cancel()
+            await asyncio.wait({gate})
+            return "aborted before the move (the daemon is stopping): the before_failover hook was killed"
+        ok, detail = gate.result()
+        if ok:
+            return None
+        if not hooks.before_failover_required:
+            log.warning("fence_ignored", group=self.name, failover_id=record.id, detail=detail,
+                        reason="before_failover_required is false")
+            return None
+        return f"vetoed by the before_failover hook ({detail}): no cloud call made"
 
     async def wait_idle(self) -> None:
         """Wait for the running failover, if any, to finish."""

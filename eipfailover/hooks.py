@@ -43,19 +43,25 @@ def hook_environment(values: Mapping[str, str], extra: Mapping[str, str]) -> dic
 
 async def run_hook(argv: list[str], timeout: float, env: Mapping[str, str], **context: str) -> bool:
     """Run one hook to completion within ``timeout`` (killed after it) and log the outcome; True if it exited 0."""
+    ok, _ = await run_gate(argv, timeout, env, **context)
+    return ok
+
+
+async def run_gate(argv: list[str], timeout: float, env: Mapping[str, str], **context: str) -> tuple[bool, str]:
+    """:func:`run_hook`, with what happened in words: ``exit status 1: <its last line>``, ``killed after 10s``."""
     try:
         async with asyncio.timeout(timeout):
             code, last_line = await run_program(argv, env)
     except TimeoutError:
         log.error("hook_failed", argv=argv, error=f"killed after {timeout:g}s", **context)
-        return False
+        return False, f"killed after {timeout:g}s"
     except OSError as exc:
         log.error("hook_failed", argv=argv, error=f"cannot run: {exc.strerror or exc}", **context)
-        return False
+        return False, f"cannot run: {exc.strerror or exc}"
     event = log.info if code == 0 else log.error
     event("hook_finished" if code == 0 else "hook_failed", argv=argv, status=describe_status(code),
           output=last_line, **context)
-    return code == 0
+    return code == 0, describe_status(code) + (f": {last_line}" if last_line else "")
 
 
 class HookObserver(NullObserver):

@@ -1,0 +1,130 @@
+"""The fencing hook (``hooks.before_failover``), a real program run before a move takes the EIPs off a target: exit 0
+lets the move go ahead, anything else vetoes it before any cloud call (a failed failover with the hook's output)
+unless ``before_failover_required`` is false; it is not run before a repair; a stop while it runs kills it and
+moves nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from eipfailover.config import parse_config
+from eipfailover.engine import GroupRunner
+from eipfailover.events import Observers
+from eipfailover.model import Binding, CheckStatus
+
+from .conftest import eventually
+from .fakes import FakeProvider, ScriptedCheck
+
+A, B = Binding(instance_id="i-a"), Binding(instance_id="i-b")
+SCRIPT = """
+import json, os, sys, time
+with open(sys.argv[1], "a") as f:
+    f.write(json.dumps({"argv": sys.argv[2:], "group": os.environ.get("EIPFAILOVER_GROUP")}) + "\\n")
+print("fencing web-a: " + sys.argv[2])
+time.sleep(float(sys.argv[3]))
+sys.exit(int(sys.argv[2]))
+"""
+
+
+def world(tmp_path: Path, exit_code: int = 0, sleep: float = 0.0, required: bool = True,
+          placement: Binding | None = A) -> tuple[GroupRunner, FakeProvider, dict[str, ScriptedCheck], Path]:
+    calls = tmp_path / "calls.jsonl"
+    data: dict[str, Any] = {
+        "providers": {"fake": {"type": "aws", "region": "r"}},
+        "groups": [{
+            "name": "web", "provider": "fake", "eips": ["e1"],
+            "policy": {"interval": 1, "timeout": 0.5, "rise": 1, "fall": 1, "cooldown": 0},
+            "hooks": {"before_failover": [sys.executable, "-c", SCRIPT, str(calls), str(exit_code), str(sleep),
+                                          "{group}", "{from}", "{to}", "{result}", "{failover_id}"],
+                      "before_failover_timeout": "1s", "before_failover_required": required},
+            "targets": [{"name": n, "binding": {"instance_id": f"i-{n[-1]}"},
+                         "checks": [{"type": "tcp", "host": "h", "port": 1}]} for n in ("web-a", "web-b")],
+        }],
+    }
+    cloud = FakeProvider({"e1": placement})
+    checks = {"web-a": ScriptedCheck(), "web-b": ScriptedCheck()}
+    runner = GroupRunner(parse_config(data).groups[0], cloud, {n: [c] for n, c in checks.items()}, Observers([]))
+    return runner, cloud, checks, calls
+
+
+async def fail_primary(runner: GroupRunner, checks: dict[str, ScriptedCheck]) -> None:
+    await runner.read_cloud()
+    await runner.check_round()
+    checks["web-a"].status = CheckStatus.FAIL
+    await runner.check_round()
+
+
+def hook_calls(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+async def test_a_hook_that_exits_0_lets_the_move_go_ahead_with_the_placeholders(tmp_path: Path) -> None:
+    runner, cloud, checks, calls = world(tmp_path)
+    await fail_primary(runner, checks)
+    await runner.wait_idle()
+    assert runner.last_failover is not None
+    assert runner.last_failover.result == "success", runner.last_failover.error
+    assert cloud.moves() == [(("e1",), B)]
+    (call,) = hook_calls(calls)
+    assert call == {"argv": ["0", "0.0", "web", "web-a", "web-b", "running", runner.last_failover.id],
+                    "group": "web"}
+
+
+async def test_a_hook_that_fails_vetoes_the_move_before_any_cloud_call(tmp_path: Path) -> None:
+    runner, cloud, checks, calls = world(tmp_path, exit_code=3)
+    await fail_primary(runner, checks)
+    before = len(cloud.calls)
+    await runner.wait_idle()
+    assert runner.last_failover is not None
+    assert runner.last_failover.result == "failure"
+    assert runner.last_failover.error == ("vetoed by the before_failover hook (exit status 3: fencing web-a: 3): "
+                                          "no cloud call made")
+    assert cloud.moves() == []
+    assert [c for c in cloud.calls[before:] if c[0] != "describe"] == []
+    assert len(hook_calls(calls)) == 1
+
+
+async def test_a_hook_that_hangs_is_killed_at_its_timeout_and_vetoes(tmp_path: Path) -> None:
+    runner, cloud, checks, _ = world(tmp_path, sleep=30)
+    await fail_primary(runner, checks)
+    await asyncio.wait_for(runner.wait_idle(), 10)
+    assert runner.last_failover is not None
+    assert runner.last_failover.error == "vetoed by the before_failover hook (killed after 1s): no cloud call made"
+    assert cloud.moves() == []
+
+
+async def test_a_failing_hook_that_is_not_required_does_not_stop_the_move(tmp_path: Path) -> None:
+    runner, cloud, checks, calls = world(tmp_path, exit_code=1, required=False)
+    await fail_primary(runner, checks)
+    await runner.wait_idle()
+    assert runner.last_failover is not None
+    assert runner.last_failover.result == "success"
+    assert cloud.moves() == [(("e1",), B)]
+    assert len(hook_calls(calls)) == 1
+
+
+async def test_a_repair_of_a_detached_eip_is_not_fenced(tmp_path: Path) -> None:
+    runner, cloud, _, calls = world(tmp_path, exit_code=1, placement=None)
+    await runner.check_round()
+    await runner.read_cloud()
+    await runner.wait_idle()
+    assert runner.last_failover is not None
+    assert (runner.last_failover.reason, runner.last_failover.result) == ("repair_detached", "success")
+    assert cloud.moves() == [(("e1",), A)]
+    assert hook_calls(calls) == []
+
+
+async def test_a_stop_while_the_hook_runs_kills_it_and_moves_nothing(tmp_path: Path) -> None:
+    runner, cloud, checks, calls = world(tmp_path, sleep=30)
+    await fail_primary(runner, checks)
+    await eventually(lambda: len(hook_calls(calls)) == 1)
+    runner.abort()
+    await asyncio.wait_for(runner.wait_idle(), 10)
+    assert runner.last_failover is not None
+    assert runner.last_failover.error == ("aborted before the move (the daemon is stopping): the before_failover "
+                                          "hook was killed")
+    assert cloud.moves() == []
