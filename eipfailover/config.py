@@ -349,6 +349,11 @@ class HooksConfig(_Model):
     Not run before re-attaching detached EIPs (nothing to fence)."""
     before_failover_timeout: Duration = 10.0
     before_failover_required: bool = True
+    on_target_down: Argv | None = Field(None, min_length=1)
+    """argv run (no shell) when a target is confirmed DOWN (after ``fall`` failures); ``{group} {target} {state}
+    {previous} {detail}`` are substituted. Queued with ``on_failover`` in event order, under the same ``timeout``."""
+    on_target_up: Argv | None = Field(None, min_length=1)
+    """The same, when a target is confirmed UP (after ``rise`` passes; also the first time, at start)."""
 
 
 class GroupConfig(_Model):

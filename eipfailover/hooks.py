@@ -1,18 +1,23 @@
-"""Hooks: programs run after each failover, serialized per group in event order, with a timeout, a fixed argv and
-no shell. Placeholders ``{group} {from} {to} {result} {reason} {trigger} {failover_id}`` are replaced in each
-argument; the same values come as ``EIPFAILOVER_GROUP``, ``EIPFAILOVER_FROM``, ... ``EIPFAILOVER_FAILOVER_ID`` in a
-minimal environment (``PATH``, ``LANG``, those, and the hook's ``env``)."""
+"""Hooks: programs run after each failover (``on_failover``) and when a target is confirmed down or up
+(``on_target_down``, ``on_target_up``), serialized per group in event order, with a timeout, a fixed argv and no
+shell. Placeholders (``{group} {from} {to} {result} {reason} {trigger} {failover_id}`` for a failover; ``{group}
+{target} {state} {previous} {detail}`` for a target) are replaced in each argument; the same values come as
+``EIPFAILOVER_GROUP``, ``EIPFAILOVER_FROM``, ... in a minimal environment (``PATH``, ``LANG``, those, and the hook's
+``env``). ``before_failover``, the fencing hook, is run by the failover itself (see ``engine``)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 import structlog
 
 from eipfailover.config import HooksConfig
 from eipfailover.events import FailoverRecord, NullObserver
+from eipfailover.model import CheckResult, Health, TargetState
 from eipfailover.process import describe_status, run_program
 
 log = structlog.get_logger("eipfailover.hooks")
@@ -64,38 +69,59 @@ async def run_gate(argv: list[str], timeout: float, env: Mapping[str, str], **co
     return code == 0, describe_status(code) + (f": {last_line}" if last_line else "")
 
 
+@dataclass(frozen=True, slots=True)
+class _Job:
+    hook: Literal["on_failover", "on_target_down", "on_target_up"]
+    values: Mapping[str, str]
+    context: Mapping[str, str]
+
+
 class HookObserver(NullObserver):
-    """An engine observer that queues ``on_failover`` hooks per group and runs them one after another."""
+    """An engine observer that queues the event hooks per group and runs them one after another, in event order."""
 
     def __init__(self, hooks: Mapping[str, HooksConfig]) -> None:
         self.hooks: dict[str, HooksConfig] = {}
         self.configure(hooks)
-        self.queues: dict[str, asyncio.Queue[FailoverRecord]] = {}
+        self.queues: dict[str, asyncio.Queue[_Job]] = {}
         self.workers: dict[str, asyncio.Task[None]] = {}
 
     def configure(self, hooks: Mapping[str, HooksConfig]) -> None:
         """Set the hooks per group (at start and on reload; queued hooks of a group run with its new settings)."""
-        self.hooks = {group: h for group, h in hooks.items() if h.on_failover}
+        self.hooks = {group: h for group, h in hooks.items() if h.on_failover or h.on_target_down or h.on_target_up}
 
     def on_failover_finished(self, record: FailoverRecord) -> None:
-        if record.group not in self.hooks or record.result == "skipped":
+        if record.result != "skipped":
+            self._queue(record.group, _Job("on_failover", hook_values(record), {"failover_id": record.id}))
+
+    def on_health(self, group: str, target: str, before: Health, after: Health, cause: CheckResult) -> None:
+        if after.state is before.state or after.state is TargetState.UNKNOWN:
             return
-        if record.group not in self.queues:
-            self.queues[record.group] = asyncio.Queue()
-            self.workers[record.group] = asyncio.create_task(self._work(record.group))
-        self.queues[record.group].put_nowait(record)
+        hook: Literal["on_target_down", "on_target_up"] = (
+            "on_target_down" if after.state is TargetState.DOWN else "on_target_up")
+        values = {"group": group, "target": target, "state": after.state.value, "previous": before.state.value,
+                  "detail": cause.detail}
+        self._queue(group, _Job(hook, values, {"target": target, "hook": hook}))
+
+    def _queue(self, group: str, job: _Job) -> None:
+        hooks = self.hooks.get(group)
+        if hooks is None or getattr(hooks, job.hook) is None:
+            return
+        if group not in self.queues:
+            self.queues[group] = asyncio.Queue()
+            self.workers[group] = asyncio.create_task(self._work(group))
+        self.queues[group].put_nowait(job)
 
     async def _work(self, group: str) -> None:
         queue = self.queues[group]
         while True:
-            record = await queue.get()
+            job = await queue.get()
             hooks = self.hooks.get(group)
-            if hooks is None or hooks.on_failover is None:  # the group or its hook went away in a reload
+            argv = getattr(hooks, job.hook) if hooks is not None else None
+            if hooks is None or argv is None:  # the group or its hook went away in a reload
                 queue.task_done()
                 continue
-            values = hook_values(record)
-            await run_hook(substitute(hooks.on_failover, values), hooks.timeout,
-                           hook_environment(values, hooks.env), group=group, failover_id=record.id)
+            await run_hook(substitute(argv, job.values), hooks.timeout, hook_environment(job.values, hooks.env),
+                           group=group, **job.context)
             queue.task_done()
 
     async def drain(self, seconds: float) -> None:

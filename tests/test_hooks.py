@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 from eipfailover.config import HooksConfig
 from eipfailover.events import FailoverRecord
 from eipfailover.hooks import HookObserver, hook_values, substitute
-from eipfailover.model import Trigger
+from eipfailover.model import CheckResult, CheckStatus, Health, TargetState, Trigger
 
 
 def record(n: int, group: str = "web") -> FailoverRecord:
@@ -118,3 +118,30 @@ async def test_a_hook_whose_child_leaves_the_process_group_still_times_out(tmp_p
         assert [(e["event"], e["error"]) for e in logs] == [("hook_failed", "killed after 0.5s")]
     finally:
         os.kill(int(pidfile.read_text()), signal.SIGKILL)
+
+
+async def test_target_hooks_run_on_confirmed_state_changes_in_order_with_the_failover_hooks(tmp_path: Path) -> None:
+    """``on_target_down`` and ``on_target_up`` run when a target's confirmed state changes (also from unknown, at
+    start), with their placeholders and variables, in one queue with ``on_failover``: in event order."""
+    log = tmp_path / "log"
+    script = ("import os, sys; open(sys.argv[1], 'a').write(' '.join(sys.argv[2:]) + ' '"
+              " + os.environ.get('EIPFAILOVER_TARGET', '-') + '\\n')")
+    hooks = HookObserver({"web": HooksConfig(
+        on_failover=[sys.executable, "-c", script, str(log), "failover", "{failover_id}", "{from}", "{to}"],
+        on_target_down=[sys.executable, "-c", script, str(log), "down", "{target}", "{previous}", "{detail}"],
+        on_target_up=[sys.executable, "-c", script, str(log), "up", "{target}", "{state}", "{previous}"])})
+    unknown, up, down = Health(), Health(TargetState.UP), Health(TargetState.DOWN)
+    fail, ok = CheckResult(CheckStatus.FAIL, 0.01, "connection refused"), CheckResult(CheckStatus.OK, 0.01)
+    hooks.on_health("web", "a", unknown, up, ok)
+    hooks.on_health("web", "a", up, up, ok)  # no change: nothing
+    hooks.on_health("web", "a", up, down, fail)
+    hooks.on_failover_finished(record(1))
+    hooks.on_health("web", "a", down, up, ok)
+    hooks.on_health("api", "x", up, down, fail)  # a group without hooks
+    await hooks.drain(20)
+    assert log.read_text().splitlines() == [
+        "up a up unknown a",
+        "down a up connection refused a",
+        "failover f1 a b -",
+        "up a up down a",
+    ]
