@@ -34,6 +34,9 @@ def _parser() -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=text, description=text)
         cmd.add_argument("-c", "--config", default=DEFAULT_CONFIG,
                          help=f"config file (default: $EIPFAILOVER_CONFIG or {DEFAULT_CONFIG})")
+        if name == "run":
+            cmd.add_argument("--dry-run", action="store_true",
+                             help="every group in dry run: check, decide and report, change nothing in the cloud")
         if name == "check-config":
             cmd.add_argument("--cloud", action="store_true",
                              help="also read the cloud: the groups' EIPs and the targets' instances exist, the ENIs "
@@ -201,6 +204,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     log.configure(config.log.format, config.log.level)
     try:
-        return asyncio.run(Daemon(config, args.config).run())
+        return asyncio.run(Daemon(config, args.config, dry_run=args.dry_run).run())
     except KeyboardInterrupt:
         return 130

@@ -366,6 +366,9 @@ class GroupConfig(_Model):
     adopt_foreign: bool = False
     """An EIP found on a resource that is none of the group's targets (moved by hand, or an allocation ID that
     belongs to another service) is reported and left alone; ``true`` takes it back."""
+    dry_run: bool = False
+    """Check, decide and report ("would move": logs, history, metrics, status) but make no change: no mutating
+    cloud call, no fencing hook, no HaVip takeover. For rolling the daemon out next to the tool it replaces."""
 
     @field_validator("provider")
     @classmethod
@@ -534,6 +537,11 @@ class Config(_Model):
         if problems:
             raise _Problems(problems)
         return self
+
+
+def dry(config: Config) -> Config:
+    """``config`` with every group in dry run (``eipfailover run --dry-run``)."""
+    return config.model_copy(update={"groups": [g.model_copy(update={"dry_run": True}) for g in config.groups]})
 
 
 def _duplicates(names: Iterable[_T]) -> list[tuple[int, _T]]:

@@ -27,7 +27,7 @@ from eipfailover import checks, preflight, providers, registry
 from eipfailover import log as log_config
 from eipfailover.api import Api, read_token
 from eipfailover.checks.base import Check, CheckContext
-from eipfailover.config import CheckConfig, Config, GroupConfig, check_name, load_config, split_host_port
+from eipfailover.config import CheckConfig, Config, GroupConfig, check_name, dry, load_config, split_host_port
 from eipfailover.engine import Engine, GroupRunner, binding_of
 from eipfailover.errors import EipFailoverError
 from eipfailover.events import Observers
@@ -81,7 +81,8 @@ def build_checks(group: GroupConfig, provider: Provider, http: aiohttp.ClientSes
 def _guard_spec(group: GroupConfig, target_name: str, provider: Provider) -> tuple[object, ...]:
     target = next(t for t in group.targets if t.name == target_name)
     p = group.policy
-    return target.havip_takeover, target.binding, id(provider), p.interval, p.timeout, p.rise, p.fall
+    return (target.havip_takeover, target.binding, id(provider), p.interval, p.timeout, p.rise, p.fall,
+            group.dry_run)
 
 
 def build_guard(group: GroupConfig, target_name: str, provider: Provider, http: aiohttp.ClientSession) -> HaVipGuard:
@@ -103,7 +104,7 @@ def build_guard(group: GroupConfig, target_name: str, provider: Provider, http: 
         for m in takeover.members
     }
     return HaVipGuard(group.name, target.name, target.binding.instance_id, provider, members, takeover, group.policy,
-                      spec=_guard_spec(group, target_name, provider))
+                      spec=_guard_spec(group, target_name, provider), dry_run=group.dry_run)
 
 
 def _guard_keys(config: Config) -> list[GuardKey]:
@@ -135,8 +136,11 @@ class _Parts:
 
 
 class Daemon:
-    def __init__(self, config: Config, config_path: str | Path | None = None) -> None:
-        self.config = config
+    def __init__(self, config: Config, config_path: str | Path | None = None, *, dry_run: bool = False) -> None:
+        """``dry_run``: every group in dry run, whatever the file says (also after a reload), and no driver may
+        send a mutating call."""
+        self.dry_run = dry_run
+        self.config = dry(config) if dry_run else config
         self.config_path = config_path
         self.engine: Engine | None = None
         self.api: Api | None = None
@@ -173,6 +177,7 @@ class Daemon:
             else:
                 cls = registry.load(providers.REGISTRY, cfg.type, Provider)
                 by_name[name] = fresh[name] = cls.from_config(name, cfg)
+                fresh[name].read_only = self.dry_run
                 self._opened.append(fresh[name])
         old_groups = {g.name: g for g in old.groups} if old is not None else {}
         for group in config.groups:
@@ -353,6 +358,7 @@ class Daemon:
             if self.config_path is None:
                 raise EipFailoverError("the daemon was not started from a config file")
             new = load_config(self.config_path)
+            new = dry(new) if self.dry_run else new
             built = self._build(new, parts, parts.http, parts.observers)
             await _preflight(new, built.providers)
         except asyncio.CancelledError:  # the daemon is stopping: the new config is not applied

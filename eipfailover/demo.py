@@ -59,7 +59,10 @@ class LocalInstance:
 class DaemonProcess:
     """The daemon as a subprocess; its JSON log lines are parsed into ``events`` as they arrive."""
 
-    def __init__(self, config_path: Path, env: dict[str, str], echo: Callable[[float, dict[str, Any]], None]) -> None:
+    def __init__(self, config_path: Path, env: dict[str, str], echo: Callable[[float, dict[str, Any]], None],
+                 *options: str) -> None:
+        """``options``: more arguments of ``eipfailover run`` (e.g. ``--dry-run``)."""
+        self.options = options
         self.config_path = config_path
         self.env = env
         self.echo = echo
@@ -70,7 +73,7 @@ class DaemonProcess:
 
     async def start(self) -> None:
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "eipfailover", "run", "-c", str(self.config_path),
+            sys.executable, "-m", "eipfailover", "run", "-c", str(self.config_path), *self.options,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=self.env,
         )
         self._reader = asyncio.create_task(self._read())

@@ -384,16 +384,23 @@ class GroupRunner:
     async def _failover(self, record: FailoverRecord, states: Mapping[str, EipState] | None,
                         fallback: list[Binding], reason: Reason) -> None:
         try:
-            veto = await self._fence(record, reason)
-            outcome = failover.Outcome(False, 0, veto) if veto is not None else await failover.execute(
-                self.provider, record.eips, self.bindings[record.to_target],
-                deadline=self.config.policy.failover_deadline, states=states, fallback=fallback, abort=self._abort,
-            )
+            if self.config.dry_run:  # decided and reported, not made: no fencing, no cloud call
+                outcome = failover.Outcome(False, 0, f"would move {', '.join(record.eips)} from "
+                                                     f"{record.from_target or 'where they are'} to "
+                                                     f"{record.to_target}; no cloud call made")
+            else:
+                veto = await self._fence(record, reason)
+                outcome = failover.Outcome(False, 0, veto) if veto is not None else await failover.execute(
+                    self.provider, record.eips, self.bindings[record.to_target],
+                    deadline=self.config.policy.failover_deadline, states=states, fallback=fallback,
+                    abort=self._abort,
+                )
         except Exception as exc:  # a bug below must not poison the group: record it and go on
             log.exception("failover_crashed", group=self.name, failover_id=record.id)
             outcome = failover.Outcome(False, 0, f"internal error: {describe_exception(exc)}")
-        done = replace(record, result="success" if outcome.ok else "failure", error=outcome.error,
-                       finished_at=time.time(), attempts=outcome.attempts)
+        result = "dry_run" if self.config.dry_run else "success" if outcome.ok else "failure"
+        done = replace(record, result=result, error=outcome.error, finished_at=time.time(),
+                       attempts=outcome.attempts)
         now = time.monotonic()
         if reason is Reason.REPAIR:  # not counted; a failed one makes the next wait, doubling from an interval
             self.repair_failures = 0 if outcome.ok else self.repair_failures + 1

@@ -31,8 +31,9 @@ log = structlog.get_logger("eipfailover.havip")
 class HaVipGuard:
     def __init__(self, group: str, target: str, havip_id: str, provider: AlibabaProvider,
                  members: Mapping[str, Sequence[Check]], config: HaVipTakeoverConfig, policy_config: PolicyConfig,
-                 spec: tuple[object, ...] = ()) -> None:
+                 spec: tuple[object, ...] = (), dry_run: bool = False) -> None:
         self.spec = spec
+        self.dry_run = dry_run
         """What the guard was built from: a reload rebuilds it only when this changes."""
         self.group, self.target, self.havip_id = group, target, havip_id
         self.provider = provider
@@ -108,6 +109,9 @@ class HaVipGuard:
     async def _take_over(self, master: str, standby: str) -> None:
         fields = {"group": self.group, "target": self.target, "havip": self.havip_id, "from_instance": master,
                   "to_instance": standby}
+        if self.dry_run:  # decided and reported, not made
+            log.warning("havip_takeover_dry_run", detail="would unassociate the master (Force=True)", **fields)
+            return
         log.warning("havip_takeover_started", **fields)
         try:
             await self.provider.unassociate_havip(self.havip_id, master, force=True)

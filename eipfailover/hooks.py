@@ -90,7 +90,7 @@ class HookObserver(NullObserver):
         self.hooks = {group: h for group, h in hooks.items() if h.on_failover or h.on_target_down or h.on_target_up}
 
     def on_failover_finished(self, record: FailoverRecord) -> None:
-        if record.result != "skipped":
+        if record.result not in ("skipped", "dry_run"):  # a move that was not made notifies nothing
             self._queue(record.group, _Job("on_failover", hook_values(record), {"failover_id": record.id}))
 
     def on_health(self, group: str, target: str, before: Health, after: Health, cause: CheckResult) -> None:

@@ -115,5 +115,7 @@ class LogObserver(NullObserver):
             log.info("failover_verified", **fields)
         elif record.result == "skipped":
             log.warning("failover_skipped", error=record.error, requested_by=record.requested_by, **fields)
+        elif record.result == "dry_run":
+            log.warning("failover_dry_run", detail=record.error, requested_by=record.requested_by, **fields)
         else:
             log.error("failover_failed", error=record.error, **fields)

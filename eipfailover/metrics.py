@@ -29,7 +29,7 @@ CHECK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2
 FAILOVER_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
 PROVIDER_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 TRIGGERS = ("auto", "manual", "failback")
-RESULTS = ("success", "failure", "skipped")
+RESULTS = ("success", "failure", "skipped", "dry_run")
 PROVIDER_RESULTS = ("ok", "retryable", "error", "timeout", "cancelled")
 _HELD = frozenset({Reason.COOLDOWN, Reason.RATE_LIMITED, Reason.NO_HEALTHY_STANDBY})
 """Decisions that hold back an automatic move that was called for (refused manual requests come as records)."""
@@ -48,7 +48,8 @@ class Metrics(NullObserver):
         self.check_duration = Histogram(P + "check_duration_seconds", "Health check latency.",
                                         ["group", "target", "check"], buckets=CHECK_BUCKETS, registry=r)
         self.failovers = Counter(P + "failovers", "Failovers by trigger and result (skipped: a move was called "
-                                 "for but held back).", ["group", "trigger", "result"], registry=r)
+                                 "for but held back; dry_run: a move a group in dry run would have made).",
+                                  ["group", "trigger", "result"], registry=r)
         self.failover_duration = Histogram(P + "failover_duration_seconds", "Time from the start of a failover to "
                                            "its verification or failure.", ["group"], buckets=FAILOVER_BUCKETS,
                                            registry=r)
@@ -139,7 +140,7 @@ class Metrics(NullObserver):
         if record.group not in self.groups:
             return
         self.failovers.labels(record.group, record.trigger.value, record.result).inc()
-        if record.result != "skipped" and record.finished_at is not None:
+        if record.result not in ("skipped", "dry_run") and record.finished_at is not None:
             self.failover_duration.labels(record.group).observe(record.duration or 0.0)
             self.last_failover.labels(record.group).set(record.finished_at)
 

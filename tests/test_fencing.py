@@ -1,22 +1,30 @@
 """The fencing hook (``hooks.before_failover``), a real program run before a move takes the EIPs off a target: exit 0
 lets the move go ahead, anything else vetoes it before any cloud call (a failed failover with the hook's output)
 unless ``before_failover_required`` is false; it is not run before a repair; a stop while it runs kills it and
-moves nothing."""
+moves nothing. And dry run: a move decided and reported, not made."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from eipfailover.config import parse_config
+import pytest
+import yaml
+
+from eipfailover.config import AwsProviderConfig, parse_config
+from eipfailover.demo import DaemonProcess
 from eipfailover.engine import GroupRunner
+from eipfailover.errors import ProviderError
 from eipfailover.events import Observers
 from eipfailover.model import Binding, CheckStatus
+from eipfailover.providers.aws import AwsProvider
 
-from .conftest import eventually
+from .api_daemon import config_data
+from .conftest import REGION, Ec2World, HealthServer, eventually
 from .fakes import FakeProvider, ScriptedCheck
 
 A, B = Binding(instance_id="i-a"), Binding(instance_id="i-b")
@@ -31,13 +39,14 @@ sys.exit(int(sys.argv[2]))
 
 
 def world(tmp_path: Path, exit_code: int = 0, sleep: float = 0.0, required: bool = True,
-          placement: Binding | None = A) -> tuple[GroupRunner, FakeProvider, dict[str, ScriptedCheck], Path]:
+          placement: Binding | None = A,
+          dry_run: bool = False) -> tuple[GroupRunner, FakeProvider, dict[str, ScriptedCheck], Path]:
     calls = tmp_path / "calls.jsonl"
     data: dict[str, Any] = {
         "providers": {"fake": {"type": "aws", "region": "r"}},
         "groups": [{
-            "name": "web", "provider": "fake", "eips": ["e1"],
-            "policy": {"interval": 1, "timeout": 0.5, "rise": 1, "fall": 1, "cooldown": 0},
+            "name": "web", "provider": "fake", "eips": ["e1"], "dry_run": dry_run,
+            "policy": {"interval": 1, "timeout": 0.5, "rise": 1, "fall": 1, "cooldown": 0 if not dry_run else 60},
             "hooks": {"before_failover": [sys.executable, "-c", SCRIPT, str(calls), str(exit_code), str(sleep),
                                           "{group}", "{from}", "{to}", "{result}", "{failover_id}"],
                       "before_failover_timeout": "1s", "before_failover_required": required},
@@ -128,3 +137,64 @@ async def test_a_stop_while_the_hook_runs_kills_it_and_moves_nothing(tmp_path: P
     assert runner.last_failover.error == ("aborted before the move (the daemon is stopping): the before_failover "
                                           "hook was killed")
     assert cloud.moves() == []
+
+
+# --- dry run: decided and reported, not made ---
+async def test_a_group_in_dry_run_reports_the_move_and_makes_none(tmp_path: Path) -> None:
+    """A failover a group in dry run would make is recorded (result ``dry_run``, "would move ...") with no cloud
+    call and no fencing hook; the cooldown then applies as after a real move."""
+    runner, cloud, checks, calls = world(tmp_path, dry_run=True)
+    await fail_primary(runner, checks)
+    before = len(cloud.calls)
+    await runner.wait_idle()
+    assert runner.last_failover is not None
+    assert (runner.last_failover.result, runner.last_failover.error) == (
+        "dry_run", "would move e1 from web-a to web-b; no cloud call made")
+    assert [c for c in cloud.calls[before:] if c[0] != "describe"] == []
+    assert hook_calls(calls) == []
+    await runner.read_cloud()
+    await runner.check_round()
+    await runner.wait_idle()
+    assert runner.decision is not None
+    assert runner.decision.reason.value == "cooldown"  # not a "would move" every interval
+
+
+async def test_a_read_only_driver_refuses_a_mutating_call_before_sending_it(ec2: Ec2World) -> None:
+    """Under ``run --dry-run`` every driver is read-only: a mutating request is refused, never sent; reads work."""
+    provider = AwsProvider("aws", AwsProviderConfig(type="aws", region=REGION, endpoint_url=ec2.endpoint))
+    provider.read_only = True
+    sent: list[str] = []
+    provider.client.meta.events.register("before-send.ec2", lambda request, **_: sent.append(str(request.body)))
+    try:
+        with pytest.raises(ProviderError) as err:
+            await provider.move([ec2.eip], Binding(instance_id=ec2.instance_b))
+        assert (err.value.code, err.value.retryable) == ("DryRun", False)
+        assert (await provider.describe([ec2.eip]))[ec2.eip].bound_to is not None
+    finally:
+        await provider.close()
+    assert not [b for b in sent if "AssociateAddress" in b]
+    assert ec2.holder()["InstanceId"] == ec2.instance_a
+
+
+async def test_run_dry_run_decides_and_reports_but_never_moves(ec2: Ec2World, health_servers: list[HealthServer],
+                                                               tmp_path: Path) -> None:
+    """``eipfailover run --dry-run`` (a process): the primary dies, the daemon logs ``failover_dry_run`` and records
+    it in the history, and the EIP stays where it was; it exits 0 on SIGTERM."""
+    data = config_data(ec2, health_servers, None)
+    data["log"] = {"format": "json"}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(data))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFY")}
+    proc = DaemonProcess(path, env, lambda at, event: None, "--dry-run")
+    try:
+        await proc.start_and_settle("web-a", "web-b")
+        await health_servers[0].stop()
+        await proc.wait_for("failover_dry_run", 30)
+        event = next(e for _, e in proc.events if e.get("event") == "failover_dry_run")
+        assert (event["from_target"], event["target"]) == ("web-a", "web-b")
+        assert event["detail"] == f"would move {ec2.eip} from web-a to web-b; no cloud call made"
+        assert ec2.holder()["InstanceId"] == ec2.instance_a
+    finally:
+        assert await proc.stop() == 0
+    assert proc.count("failover_started") == 1  # decided once, then the cooldown
+    assert proc.count("failover_verified") == 0

@@ -146,3 +146,22 @@ def test_takeover_config_is_valid_on_a_havip() -> None:
     takeover = parsed.groups[0].targets[0].havip_takeover
     assert takeover is not None
     assert [m.instance_id for m in takeover.members] == ["i-1", "i-2"]
+
+
+async def test_a_guard_in_dry_run_reports_the_takeover_and_makes_none(fake: FakeAliyun, ali: AlibabaProvider,
+                                                                      health_servers: list[HealthServer]) -> None:
+    """A group in dry run: the takeover is decided and logged (``havip_takeover_dry_run``), no UnassociateHaVip is
+    sent, and the cooldown holds the next one back."""
+    fake.add_havip("havip-a", "10.0.0.100", ["i-1", "i-2"], master="i-1")
+    g = guard(ali, health_servers)
+    g.dry_run = True
+    for _ in range(2):
+        await g.tick()
+    await health_servers[0].stop()
+    with capture_logs() as logs:
+        for _ in range(4):
+            await g.tick()
+    assert "UnassociateHaVip" not in fake.actions()
+    assert [e["event"] for e in logs if e["event"].startswith("havip_takeover")] == ["havip_takeover_dry_run"]
+    assert g.decision is not None
+    assert g.decision.reason is Reason.COOLDOWN

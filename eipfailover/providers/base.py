@@ -89,6 +89,8 @@ class Provider(ABC):
     def __init__(self, name: str) -> None:
         self.name = name
         self.on_request: RequestObserver | None = None
+        self.read_only = False
+        """True under ``eipfailover run --dry-run``: a mutating request is refused before it is sent."""
         self._in_flight: dict[asyncio.Future[Any], object | None] = {}
 
     @classmethod
@@ -123,6 +125,9 @@ class Provider(ABC):
             f"{operation} is missing from {type(self).__name__}.operations"
         if operation not in self.mutating:
             return await self._timed(operation, call)
+        if self.read_only:
+            raise ProviderError(f"{operation} refused: the daemon runs with --dry-run", retryable=False,
+                                code="DryRun")
         sent: asyncio.Future[T] = asyncio.ensure_future(self._timed(operation, call))
         self._in_flight[sent] = _CALLER.get()
         sent.add_done_callback(_forget(self._in_flight))
