@@ -220,7 +220,7 @@ class HttpCheckConfig(_CheckBase):
         if value is not None:
             try:
                 re.compile(value)
-            except re.error as exc:
+            except (re.error, OverflowError, RecursionError) as exc:
                 raise ValueError(f"invalid regular expression: {exc}") from None
         return value
 
@@ -375,7 +375,7 @@ class GroupConfig(_Model):
     def _known_provider(cls, value: str, info: ValidationInfo) -> str:
         provider_types: Mapping[str, str] = (info.context or {}).get("provider_types", {})
         if value not in provider_types:
-            known = ", ".join(sorted(provider_types)) or "none defined"
+            known = ", ".join(sorted(map(str, provider_types))) or "none defined"
             raise ValueError(f"unknown provider {value!r} (known: {known})")
         return value
 
@@ -626,7 +626,7 @@ def load_config(path: str | Path) -> Config:
     except UnicodeDecodeError as exc:
         raise ConfigError(source, [f"not UTF-8 text: {exc.reason} at byte {exc.start}"]) from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader that refuses duplicate keys
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
@@ -634,4 +634,23 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError(source, [f"invalid YAML: {where}{problem}"]) from None
     except RecursionError:  # the parser and the constructor recurse: thousands of nested [ or {
         raise ConfigError(source, ["invalid YAML: nested too deeply to be a config"]) from None
+    except (ValueError, OverflowError) as exc:  # a constructor's: 2024-13-45, !!int abc, a 5000-digit integer
+        raise ConfigError(source, [f"invalid YAML: {exc}"]) from None
     return parse_config(data, source)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (YAML keeps the last one silently: a second
+    ``policy:`` block would replace the first without a word)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, list | dict | set):
+                continue  # unhashable: the base class reports it
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)

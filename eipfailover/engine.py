@@ -421,12 +421,15 @@ class GroupRunner:
         self._read_wake.set()
 
     async def _fence(self, record: FailoverRecord, reason: Reason) -> str | None:
-        """Run ``hooks.before_failover`` before a move that takes the EIPs off a target; why the move must not go
-        ahead, or None. A stop (``abort``) while it runs kills it and cancels the move: nothing was moved yet."""
+        """Run ``hooks.before_failover`` before a move that takes EIPs off a target; why the move must not go ahead,
+        or None. ``{from}`` is the target they are taken off (several: comma-separated; the cloud unreadable: the
+        last active target). An abort (the daemon stopping past ``stop_timeout``) kills it and cancels the move:
+        nothing was moved yet."""
         hooks = self.config.hooks
-        if hooks.before_failover is None or reason is Reason.REPAIR or record.from_target is None:
+        sources = self._sources(record.to_target)
+        if hooks.before_failover is None or reason is Reason.REPAIR or not sources:
             return None
-        values = hook_values(record)
+        values = {**hook_values(record), "from": ",".join(sources)}
         argv = substitute(hooks.before_failover, values)
         gate = asyncio.ensure_future(run_gate(argv, hooks.before_failover_timeout, hook_environment(values, hooks.env),
                                               group=self.name, failover_id=record.id, hook="before_failover"))
@@ -447,6 +450,13 @@ class GroupRunner:
                         reason="before_failover_required is false")
             return None
         return f"vetoed by the before_failover hook ({detail}): no cloud call made"
+
+    def _sources(self, to: str) -> list[str]:
+        """The targets a move to ``to`` takes EIPs off: those holding any (where the cloud cannot be read, the last
+        active target)."""
+        if self.placement is Placement.UNKNOWN:
+            return [self.last_active] if self.last_active is not None and self.last_active != to else []
+        return [holder for holder in self.location.holders if holder != to]
 
     async def wait_idle(self) -> None:
         """Wait for the running failover, if any, to finish."""

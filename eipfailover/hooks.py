@@ -60,9 +60,9 @@ async def run_gate(argv: list[str], timeout: float, env: Mapping[str, str], **co
     except TimeoutError:
         log.error("hook_failed", argv=argv, error=f"killed after {timeout:g}s", **context)
         return False, f"killed after {timeout:g}s"
-    except OSError as exc:
-        log.error("hook_failed", argv=argv, error=f"cannot run: {exc.strerror or exc}", **context)
-        return False, f"cannot run: {exc.strerror or exc}"
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in an argument or variable
+        log.error("hook_failed", argv=argv, error=f"cannot run: {getattr(exc, 'strerror', None) or exc}", **context)
+        return False, f"cannot run: {getattr(exc, 'strerror', None) or exc}"
     event = log.info if code == 0 else log.error
     event("hook_finished" if code == 0 else "hook_failed", argv=argv, status=describe_status(code),
           output=last_line, **context)
@@ -99,7 +99,7 @@ class HookObserver(NullObserver):
         hook: Literal["on_target_down", "on_target_up"] = (
             "on_target_down" if after.state is TargetState.DOWN else "on_target_up")
         values = {"group": group, "target": target, "state": after.state.value, "previous": before.state.value,
-                  "detail": cause.detail}
+                  "detail": cause.detail.replace("\x00", "")}  # a program's output: no argv or variable holds NUL
         self._queue(group, _Job(hook, values, {"target": target, "hook": hook}))
 
     def _queue(self, group: str, job: _Job) -> None:
@@ -120,8 +120,11 @@ class HookObserver(NullObserver):
             if hooks is None or argv is None:  # the group or its hook went away in a reload
                 queue.task_done()
                 continue
-            await run_hook(substitute(argv, job.values), hooks.timeout, hook_environment(job.values, hooks.env),
-                           group=group, **job.context)
+            try:
+                await run_hook(substitute(argv, job.values), hooks.timeout, hook_environment(job.values, hooks.env),
+                               group=group, **job.context)
+            except Exception:  # a bug must not stop the group's later hooks
+                log.exception("hook_crashed", group=group, **job.context)
             queue.task_done()
 
     async def drain(self, seconds: float) -> None:

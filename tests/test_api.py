@@ -255,7 +255,8 @@ async def test_metric_families_and_initial_label_sets(running: Running) -> None:
     assert {n for n in families if n.startswith("eipfailover_")} == expected
     failovers = {(s.labels["trigger"], s.labels["result"]) for s in families["eipfailover_failovers"].samples
                  if s.name.endswith("_total")}
-    assert failovers == {(t, r) for t in ("auto", "manual", "failback") for r in ("success", "failure", "skipped")}
+    assert failovers == {(t, r) for t in ("auto", "manual", "failback")
+                         for r in ("success", "failure", "skipped", "dry_run")}
     checks = {(s.labels["target"], s.labels["result"]) for s in families["eipfailover_checks"].samples
               if s.name.endswith("_total")}
     assert checks == {(t, r) for t in ("web-a", "web-b") for r in ("ok", "fail", "timeout", "error", "unknown")}

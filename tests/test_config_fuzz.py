@@ -137,3 +137,63 @@ def test_a_deeply_nested_config_is_exit_2_from_the_cli_with_no_traceback(tmp_pat
     assert result.returncode == 2, result.stderr
     assert "nested too deeply" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+
+
+# --- what PyYAML's constructors and the validators raise on their own ---
+
+BASE = yaml.safe_dump(minimal())
+INT_KEY_PROVIDER = """\
+providers:
+  123: {type: aws, region: us-east-1}
+groups:
+  - name: web
+    provider: aws
+    eips: [eipalloc-1]
+    targets:
+      - {name: a, binding: {instance_id: i-a}, checks: [{type: tcp, host: h, port: 1}]}
+      - {name: b, binding: {instance_id: i-b}, checks: [{type: tcp, host: h, port: 2}]}
+"""
+HUGE_REPEAT = BASE.replace("- host: h\n      port: 1\n      type: tcp",
+                           "- type: http\n      url: http://h/\n      body_regex: 'a{99999999999}'")
+HOSTILE = {
+    "impossible date": BASE + "stop_timeout: 2024-13-45\n",
+    "impossible date as a key": BASE.replace("providers:\n", "providers:\n  2024-02-30: {type: aws, region: x}\n"),
+    "impossible time": BASE + "stop_timeout: 2024-01-01T25:00:00\n",
+    "5000-digit integer": BASE + "stop_timeout: " + "1" * 5000 + "\n",
+    "!!int on a word": BASE + "stop_timeout: !!int abc\n",
+    "!!float on a word": BASE + "stop_timeout: !!float abc\n",
+    "numeric provider name": INT_KEY_PROVIDER,
+    "huge regex repetition": HUGE_REPEAT,
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_any_file_is_a_config_error(tmp_path: Path, name: str) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(HOSTILE[name])
+    assert HOSTILE[name] != BASE
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert all(": " in line for line in info.value.problems), info.value.problems
+
+
+@pytest.mark.parametrize("name", ["impossible date", "numeric provider name", "huge regex repetition"])
+def test_run_on_such_a_file_is_exit_2_without_a_traceback(tmp_path: Path, name: str) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(HOSTILE[name])
+    result = subprocess.run([sys.executable, "-m", "eipfailover", "run", "-c", str(path)],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert "Traceback" not in result.stderr + result.stdout, result.stderr[-600:]
+    assert result.returncode == 2
+
+
+def test_a_key_given_twice_is_a_config_error_naming_its_line(tmp_path: Path) -> None:
+    """YAML keeps the last of two equal keys without a word; a config refuses it (a second ``policy:`` block would
+    silently replace the first)."""
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(minimal()) + "providers: {aws: {type: aws, region: eu-west-1}}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    (problem,) = info.value.problems
+    assert problem.startswith("invalid YAML: line "), problem
+    assert problem.endswith("duplicate key 'providers'"), problem

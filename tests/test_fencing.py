@@ -20,7 +20,7 @@ from eipfailover.demo import DaemonProcess
 from eipfailover.engine import GroupRunner
 from eipfailover.errors import ProviderError
 from eipfailover.events import Observers
-from eipfailover.model import Binding, CheckStatus
+from eipfailover.model import Binding, CheckStatus, ManualRequest
 from eipfailover.providers.aws import AwsProvider
 
 from .api_daemon import config_data
@@ -198,3 +198,75 @@ async def test_run_dry_run_decides_and_reports_but_never_moves(ec2: Ec2World, he
         assert await proc.stop() == 0
     assert proc.count("failover_started") == 1  # decided once, then the cooldown
     assert proc.count("failover_verified") == 0
+
+
+# --- every move that takes EIPs off a target is fenced ---
+FENCE = """
+import sys
+open(sys.argv[1], "a").write(" ".join(sys.argv[3:]) + "\\n")
+print("cannot reach the old primary")
+sys.exit(int(sys.argv[2]))
+"""
+
+
+def fenced(tmp_path: Path, placement: dict[str, Binding | None], exit_code: int = 3,
+           ) -> tuple[GroupRunner, FakeProvider, dict[str, ScriptedCheck], Path]:
+    calls = tmp_path / "fence.log"
+    data: dict[str, Any] = {
+        "providers": {"fake": {"type": "aws", "region": "r"}},
+        "groups": [{
+            "name": "web", "provider": "fake", "eips": sorted(placement),
+            "policy": {"interval": 1, "timeout": 0.5, "rise": 1, "fall": 1, "cooldown": 0},
+            "hooks": {"before_failover": [sys.executable, "-c", FENCE, str(calls), str(exit_code), "{from}", "{to}"],
+                      "before_failover_timeout": "5s"},
+            "targets": [{"name": n, "binding": {"instance_id": f"i-{n[-1]}"},
+                         "checks": [{"type": "tcp", "host": "h", "port": 1}]} for n in ("web-a", "web-b")],
+        }],
+    }
+    cloud = FakeProvider(placement)
+    checks = {"web-a": ScriptedCheck(), "web-b": ScriptedCheck()}
+    runner = GroupRunner(parse_config(data).groups[0], cloud, {n: [c] for n, c in checks.items()}, Observers([]))
+    return runner, cloud, checks, calls
+
+
+async def test_a_manual_move_of_split_eips_is_fenced(tmp_path: Path) -> None:
+    """e1 on web-a, e2 on web-b (split); the operator moves the group to web-b, which takes e1 off web-a: the
+    fencing hook runs first, and its failure vetoes the move."""
+    runner, cloud, _, calls = fenced(tmp_path, {"e1": A, "e2": B})
+    runner.set_maintenance(True)  # no automatic adoption meanwhile
+    await runner.check_round()
+    await runner.read_cloud()
+    runner.request_failover(ManualRequest(to="web-b", id="m1"))
+    await runner.wait_idle()
+    assert runner.last_failover is not None
+    assert calls.exists(), f"no fencing before taking e1 off web-a: {runner.last_failover}"
+    assert cloud.moves() == []
+
+
+async def test_an_adoption_of_split_eips_is_fenced(tmp_path: Path) -> None:
+    """The automatic adoption of split EIPs takes e2 off web-b: fenced like any other move off a target."""
+    runner, cloud, _, calls = fenced(tmp_path, {"e1": A, "e2": B})
+    await runner.check_round()
+    await runner.read_cloud()
+    await runner.wait_idle()
+    assert runner.last_failover is not None
+    assert runner.last_failover.reason == "adopt"
+    assert calls.exists(), f"no fencing before taking e2 off web-b: {runner.last_failover}"
+    assert cloud.moves() == []
+
+
+async def test_a_forced_move_while_the_cloud_is_unreadable_is_fenced(tmp_path: Path) -> None:
+    """The EIP was last seen on web-a; the cloud cannot be read; a forced manual move to web-b takes it off web-a:
+    the fencing hook runs first (``{from}`` the last active target), and its failure vetoes the move."""
+    runner, cloud, _, calls = fenced(tmp_path, {"e1": A})
+    await runner.check_round()
+    await runner.read_cloud()
+    assert runner.active == "web-a"
+    runner.set_maintenance(True)
+    cloud.faults["describe"] = [ProviderError("throttled", retryable=True)] * 5
+    await runner.read_cloud()
+    runner.request_failover(ManualRequest(to="web-b", force=True, id="m1"))
+    await runner.wait_idle()
+    assert runner.last_failover is not None
+    assert calls.exists(), f"no fencing before a forced move off web-a: {runner.last_failover}"
+    assert cloud.moves() == []

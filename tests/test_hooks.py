@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
+from eipfailover.checks.exec import ExecCheck
 from eipfailover.config import HooksConfig
 from eipfailover.events import FailoverRecord
 from eipfailover.hooks import HookObserver, hook_values, substitute
@@ -145,3 +146,22 @@ async def test_target_hooks_run_on_confirmed_state_changes_in_order_with_the_fai
         "failover f1 a b -",
         "up a up down a",
     ]
+
+
+async def test_a_target_hook_that_cannot_start_does_not_stop_the_groups_later_hooks(tmp_path: Path) -> None:
+    """An exec check that prints a NUL byte makes the detail of the target's DOWN event; the on_target_down hook
+    (which gets it as ``EIPFAILOVER_DETAIL``) cannot be started: that is logged, and the group's on_failover hook
+    still runs."""
+    check = ExecCheck("x", 5.0, [sys.executable, "-c", "import sys; print('bad\\x00output'); sys.exit(1)"], {})
+    status, detail = await check.probe()
+    assert status is CheckStatus.FAIL
+    assert "\x00" in detail
+    marker = tmp_path / "on_failover"
+    hooks = HookObserver({"web": HooksConfig(
+        on_target_down=[sys.executable, "-c", "pass"],
+        on_failover=[sys.executable, "-c", f"open({str(marker)!r}, 'w').write('ran')"])})
+    cause = await check.run()
+    hooks.on_health("web", "web-a", Health(TargetState.UP), Health(TargetState.DOWN), cause)
+    hooks.on_failover_finished(record(1))
+    await hooks.drain(10)
+    assert marker.exists(), "on_failover never ran: the group's hook worker died on the NUL byte"
