@@ -8,6 +8,7 @@ of seconds.
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -28,7 +29,7 @@ from pydantic import (
 
 from eipfailover.errors import ConfigError
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 _T = TypeVar("_T")
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
@@ -42,7 +43,9 @@ def parse_duration(value: object) -> object:
         match = _DURATION.match(value)
         if match is None:
             raise ValueError(f"invalid duration {value!r}: use a number with ms, s, m or h (e.g. 500ms, 2s)")
-        return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        value = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("expected a finite duration")
     return value
 
 
@@ -72,7 +75,7 @@ class LogConfig(_Model):
 
 def _host_port(value: str) -> str:
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
         raise ValueError(f"expected HOST:PORT (e.g. 127.0.0.1:9797), got {value!r}")
     return value
 

@@ -197,3 +197,17 @@ def test_a_key_given_twice_is_a_config_error_naming_its_line(tmp_path: Path) -> 
     (problem,) = info.value.problems
     assert problem.startswith("invalid YAML: line "), problem
     assert problem.endswith("duplicate key 'providers'"), problem
+
+
+@pytest.mark.parametrize(("line", "expected"), [
+    ("stop_timeout: .inf\n", "stop_timeout: expected a finite duration"),
+    ("stop_timeout: .nan\n", "stop_timeout: expected a finite duration"),
+    ("stop_timeout: \u0661s\n", "stop_timeout: invalid duration '\u0661s'"),  # an Arabic-Indic digit one
+    ("api: {listen: 'h:\u0663'}\n", "api.listen: expected HOST:PORT"),
+])
+def test_infinite_durations_and_non_ascii_digits_are_refused(tmp_path: Path, line: str, expected: str) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(BASE + line, encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert any(p.startswith(expected) for p in info.value.problems), info.value.problems
