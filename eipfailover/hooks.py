@@ -69,6 +69,11 @@ async def run_gate(argv: list[str], timeout: float, env: Mapping[str, str], **co
     return code == 0, describe_status(code) + (f": {last_line}" if last_line else "")
 
 
+QUEUE_LIMIT = 100
+"""Hooks waiting per group. Beyond it (a flapping target, a slow hook), target hooks are dropped (counted and logged),
+never ``on_failover``: a backlog must not delay the failover's hook without end."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Job:
     hook: Literal["on_failover", "on_target_down", "on_target_up"]
@@ -84,6 +89,8 @@ class HookObserver(NullObserver):
         self.configure(hooks)
         self.queues: dict[str, asyncio.Queue[_Job]] = {}
         self.workers: dict[str, asyncio.Task[None]] = {}
+        self.dropped: dict[str, int] = {}
+        """Target hooks dropped per group because the queue was full."""
 
     def configure(self, hooks: Mapping[str, HooksConfig]) -> None:
         """Set the hooks per group (at start and on reload; queued hooks of a group run with its new settings)."""
@@ -109,6 +116,11 @@ class HookObserver(NullObserver):
         if group not in self.queues:
             self.queues[group] = asyncio.Queue()
             self.workers[group] = asyncio.create_task(self._work(group))
+        if job.hook != "on_failover" and self.queues[group].qsize() >= QUEUE_LIMIT:
+            self.dropped[group] = self.dropped.get(group, 0) + 1
+            log.warning("hook_dropped", group=group, hook=job.hook, dropped=self.dropped[group],
+                        detail=f"{QUEUE_LIMIT} hooks already waiting: the target flaps faster than its hooks run")
+            return
         self.queues[group].put_nowait(job)
 
     async def _work(self, group: str) -> None:

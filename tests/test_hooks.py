@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 from eipfailover.checks.exec import ExecCheck
 from eipfailover.config import HooksConfig
 from eipfailover.events import FailoverRecord
-from eipfailover.hooks import HookObserver, hook_values, substitute
+from eipfailover.hooks import QUEUE_LIMIT, HookObserver, hook_values, substitute
 from eipfailover.model import CheckResult, CheckStatus, Health, TargetState, Trigger
 
 
@@ -165,3 +165,25 @@ async def test_a_target_hook_that_cannot_start_does_not_stop_the_groups_later_ho
     hooks.on_failover_finished(record(1))
     await hooks.drain(10)
     assert marker.exists(), "on_failover never ran: the group's hook worker died on the NUL byte"
+
+
+async def test_a_flapping_target_cannot_queue_target_hooks_without_end(tmp_path: Path) -> None:
+    """Beyond ``QUEUE_LIMIT`` waiting hooks, target hooks are dropped and logged; ``on_failover`` is still queued
+    and runs."""
+    marker = tmp_path / "on_failover"
+    hooks = HookObserver({"web": HooksConfig(
+        on_target_down=[sys.executable, "-c", "import time; time.sleep(0.01)"],
+        on_target_up=[sys.executable, "-c", "import time; time.sleep(0.01)"],
+        on_failover=[sys.executable, "-c", f"open({str(marker)!r}, 'w').write('ran')"])})
+    up, down = Health(TargetState.UP), Health(TargetState.DOWN)
+    fail, ok = CheckResult(CheckStatus.FAIL, 0.01, "refused"), CheckResult(CheckStatus.OK, 0.01)
+    with capture_logs() as logs:
+        for _ in range(QUEUE_LIMIT):
+            hooks.on_health("web", "a", up, down, fail)
+            hooks.on_health("web", "a", down, up, ok)
+        hooks.on_failover_finished(record(1))
+    assert hooks.queues["web"].qsize() <= QUEUE_LIMIT + 2  # the worker may have taken one; on_failover queued
+    assert hooks.dropped["web"] >= QUEUE_LIMIT - 2
+    assert {e["event"] for e in logs} == {"hook_dropped"}
+    await hooks.drain(60)
+    assert marker.read_text() == "ran"
