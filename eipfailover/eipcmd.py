@@ -101,8 +101,13 @@ class Session:
     config: Config
     name: str
     provider: Provider
-    admin: EipAdmin
     sent: list[str] = field(default_factory=list)
+
+    @property
+    def admin(self) -> EipAdmin:
+        """The driver's ``eip`` operations (checked when the session is made)."""
+        assert isinstance(self.provider, EipAdmin)
+        return self.provider
 
     def managed_by(self, eip: str) -> GroupConfig | None:
         """The group that manages ``eip``, whichever provider entry names it (an EIP belongs to one group)."""
@@ -336,16 +341,10 @@ async def _undo(session: Session, eip: str, before: Binding | None, timeout: flo
     error = f"{interrupted.error or 'interrupted'}"
     if before is None:
         try:
-            async with asyncio.timeout(timeout):  # the association already sent lands first
-                while True:
-                    if not (await session.provider.describe([eip]))[eip].pending:
-                        break
-                    await asyncio.sleep(0.25)
+            await _until(session, eip, timeout, lambda r: r.status.lower() not in ("associating", "unassociating"),
+                         "settled")  # the association already sent lands first
             if await session.admin.disassociate(eip):
-                await _until_detached(session, eip, timeout)
-        except TimeoutError:
-            return failover.Outcome(False, interrupted.attempts, f"{error}; it is still in transition after "
-                                                                 f"{timeout:g}s: check with `eipfailover eip list`")
+                await _until(session, eip, timeout, _detached, "detached")
         except ProviderError as exc:
             return failover.Outcome(False, interrupted.attempts, f"{error}; detaching it again failed: {exc}")
         return failover.Outcome(False, interrupted.attempts, f"{error}; it is bound to nothing again")
@@ -431,21 +430,26 @@ async def cmd_disassociate(session: Session, eip: str, *, dry_run: bool, timeout
         if not calls:
             print(f"{eip} ({before.public_ip}) is bound to nothing")
             return EXIT_OK
-        await _until_detached(session, eip, timeout)
+        await _until(session, eip, timeout, _detached, "detached")
     print(f"calls: {', '.join(session.sent)}")
     print(f"{eip} ({before.public_ip}): {before.bound_to or 'nothing'} -> nothing, verified in "
           f"{time.monotonic() - start:.2f}s")
     return EXIT_OK
 
 
-async def _until_detached(session: Session, eip: str, timeout: float) -> None:
+def _detached(record: EipRecord) -> bool:
+    return record.bound_to is None and record.status.lower() == "available"
+
+
+async def _until(session: Session, eip: str, timeout: float, done: Callable[[EipRecord], bool], what: str) -> None:
+    """Poll the EIP's record until ``done``; a :class:`ProviderError` after ``timeout``."""
     end = time.monotonic() + timeout
     while True:
         record = await session.admin.record(eip)
-        if record.bound_to is None and record.status.lower() == "available":
+        if done(record):
             return
         if time.monotonic() > end:
-            raise ProviderError(f"{eip} not detached after {timeout:g}s (last seen {record.status} on "
+            raise ProviderError(f"{eip} not {what} after {timeout:g}s (last seen {record.status} on "
                                 f"{record.bound_to or 'nothing'})", retryable=False)
         await asyncio.sleep(0.25)
 
@@ -546,7 +550,7 @@ async def _run(args: argparse.Namespace, config: Config, client: Callable[[], Ap
     try:
         if not isinstance(provider, EipAdmin):
             raise UsageError(f"provider {name} ({cfg.type}) has no eip commands")
-        session = Session(config, name, provider, provider)
+        session = Session(config, name, provider)
         return await _dispatch(session, args, to, client)
     finally:
         await provider.close()

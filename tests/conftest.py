@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import boto3
 import pytest
@@ -19,6 +20,7 @@ from aiohttp import web
 from .fake_aliyun import FakeAliyun
 
 REGION = "us-east-1"
+W = TypeVar("W", bound=FakeAliyun)
 
 # Nothing may leave the machine: no proxy, no metadata service, fake credentials only.
 # (the Alibaba SDK honours HTTP(S)_PROXY and ignores NO_PROXY; it falls back to the ECS metadata service)
@@ -141,10 +143,18 @@ async def health_servers() -> AsyncIterator[list[HealthServer]]:
 @pytest.fixture
 async def fake() -> AsyncIterator[FakeAliyun]:
     """An empty fake Alibaba VPC/ECS API (region cn-hangzhou, 0.3 s transitions) serving on 127.0.0.1."""
-    world = FakeAliyun(transition=0.3, region="cn-hangzhou")
+    async with serving(FakeAliyun(transition=0.3, region="cn-hangzhou")) as world:
+        yield world
+
+
+@contextlib.asynccontextmanager
+async def serving(world: W) -> AsyncIterator[W]:
+    """``world`` serving on 127.0.0.1 until the block ends (its drivers closed then)."""
     await world.start()
-    yield world
-    await world.stop()
+    try:
+        yield world
+    finally:
+        await world.stop()
 
 
 TOOL_MISSING = "not installed (Debian package"

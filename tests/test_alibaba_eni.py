@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import math
 import socket
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -25,7 +24,8 @@ from eipfailover.errors import ConfigError, ProviderError
 from eipfailover.model import Binding
 from eipfailover.providers.alibaba import AlibabaProvider
 
-from .conftest import REGION, HealthServer, eventually
+from .cli_run import run_cli
+from .conftest import REGION, HealthServer, eventually, serving
 from .fake_aliyun import MULTI_BINDED_MAX, FakeAliyun, Fault, key_file, provider_for
 
 ON_A = Binding(instance_id="i-a", network_interface_id="eni-x", instance_type="EcsInstance", mode="BINDED")
@@ -259,12 +259,9 @@ async def test_a_primary_eni_is_refused_at_start_up_and_by_check_config_cloud_na
     path = tmp_path / "eipfailover.yaml"
     path.write_text(yaml.safe_dump(group_data(fake, tmp_path, health_servers, eni="eni-a0")))
     for args in (["check-config", "--cloud"], ["run"]):
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "eipfailover", *args, "-c", str(path),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        out, err = await asyncio.wait_for(proc.communicate(), 60)
-        text = (out + err).decode()
-        assert proc.returncode == 2, text
+        result = await run_cli(*args, "-c", str(path))
+        text = result.out + result.err
+        assert result.code == 2, text
         assert "groups.web.targets.web-a.binding: ENI eni-a0 is a primary ENI (of i-a)" in text, text
         assert "groups.web.targets.web-b.binding" in text, text
 
@@ -274,12 +271,9 @@ async def test_check_config_cloud_passes_a_good_cut_through_group(fake: FakeAliy
     cut_through(fake)
     path = tmp_path / "eipfailover.yaml"
     path.write_text(yaml.safe_dump(group_data(fake, tmp_path, health_servers)))
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "eipfailover", "check-config", "--cloud", "-c", str(path),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode == 0, (out + err).decode()
-    assert "cloud: every EIP, instance and ENI found, as the bindings describe them" in out.decode()
+    result = await run_cli("check-config", "--cloud", "-c", str(path))
+    assert result.code == 0, result
+    assert "cloud: every EIP, instance and ENI found, as the bindings describe them" in result.out
 
 
 async def test_the_daemon_fails_a_cut_through_group_over_by_moving_the_eni(
@@ -380,10 +374,8 @@ class HungOsFake(FakeAliyun):
 
 @pytest.fixture
 async def hung_fake() -> AsyncIterator[HungOsFake]:
-    world = HungOsFake(transition=0.3, region="cn-hangzhou")
-    await world.start()
-    yield world
-    await world.stop()
+    async with serving(HungOsFake(transition=0.3, region="cn-hangzhou")) as world:
+        yield world
 
 
 @pytest.fixture
@@ -542,14 +534,6 @@ def _closed_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def _run(*args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "eipfailover", *args,
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 120)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
-
-
 @pytest.mark.parametrize("kind", ["aws", "alibaba"])
 async def test_check_config_cloud_says_so_when_the_cloud_cannot_be_read(tmp_path: Path, kind: str) -> None:
     """README, commands table: `check-config --cloud` "also checks the bindings against the cloud, as the daemon
@@ -567,9 +551,9 @@ async def test_check_config_cloud_says_so_when_the_cloud_cannot_be_read(tmp_path
         {"name": "web-b", "binding": {"instance_id": "i-b"}, "checks": [{"type": "instance"}]}]}]}
     path = tmp_path / "cloud.yaml"
     path.write_text(yaml.safe_dump(data))
-    code, out, err = await _run("check-config", "--cloud", "-c", str(path))
-    assert "cloud:" not in out, (code, out, err)
-    assert code == 1, (code, out, err)
+    result = await run_cli("check-config", "--cloud", "-c", str(path))
+    assert "cloud:" not in result.out, result
+    assert result.code == 1, result
 
 
 def test_the_config_check_rejects_more_eips_than_a_multi_binded_eni_takes() -> None:
@@ -599,10 +583,10 @@ async def test_check_config_cloud_names_every_eip_and_instance_the_cloud_does_no
     data["groups"][0]["targets"][1]["binding"]["instance_id"] = "i-nope"
     path = tmp_path / "eipfailover.yaml"
     path.write_text(yaml.safe_dump(data))
-    code, out, err = await _run("check-config", "--cloud", "-c", str(path))
-    assert code == 2, (code, out, err)
-    assert "groups.web.eips: Alibaba DescribeEipAddresses in cn-hangzhou: no EIP eip-nope" in err, err
-    assert "groups.web.targets.web-b.binding: instance i-nope does not exist" in err, err
+    result = await run_cli("check-config", "--cloud", "-c", str(path))
+    assert result.code == 2, result
+    assert "groups.web.eips: Alibaba DescribeEipAddresses in cn-hangzhou: no EIP eip-nope" in result.err, result
+    assert "groups.web.targets.web-b.binding: instance i-nope does not exist" in result.err, result
 
 
 def test_the_config_check_reports_the_multi_binded_limit_and_a_one_eip_target_together() -> None:

@@ -8,10 +8,8 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import sys
 from collections.abc import AsyncIterator
 from contextlib import suppress
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,7 @@ from eipfailover import eipcmd
 from eipfailover.model import ManualRequest
 
 from .api_daemon import running_daemon
+from .cli_run import Result, interrupted, run_cli
 from .conftest import REGION, Ec2World, HealthServer, eventually
 from .fake_aliyun import FakeAliyun, Fault, key_file
 from .test_alibaba_eni import cut_through, group_data, started
@@ -31,21 +30,9 @@ from .test_alibaba_eni import cut_through, group_data, started
 SCHEMA_FILE = Path(__file__).resolve().parent.parent / "docs" / "eip-list.schema.json"
 
 
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-
 async def eip(config: Path, *args: str) -> Result:
-    """``eipfailover eip ARGS -c CONFIG`` as a subprocess (the test's event loop keeps serving the fakes)."""
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "eipfailover", "eip", *args, "-c",
-                                                str(config), stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 120)
-    assert proc.returncode is not None
-    return Result(proc.returncode, out.decode(), err.decode())
+    """``eipfailover eip ARGS -c CONFIG`` as a subprocess."""
+    return await run_cli("eip", *args, "-c", str(config))
 
 
 def validated(text: str) -> dict[str, Any]:
@@ -447,21 +434,12 @@ async def test_an_interrupted_associate_does_not_leave_the_eip_detached(ali_worl
     eip-1 is on i-a again (or on i-b), never left detached."""
     config = ali_data(tmp_path, ali_world, [WEB_GROUP])
     ali_world.faults["AssociateEipAddress"] = [Fault(match={"InstanceId": "i-b"}) for _ in range(500)]
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "eipfailover", "eip", "associate", "eip-1", "--target", "web/web-b", "--force",
-        "--timeout", "60", "-c", str(config), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    try:
-        await eventually(lambda: any(e.action == "AssociateEipAddress" for e in ali_world.log), timeout=30)
-        proc.send_signal(signal_number)
-        out, err = await asyncio.wait_for(proc.communicate(), 60)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+    result = await interrupted(lambda: "AssociateEipAddress" in ali_world.actions(), signal_number, "eip",
+                               "associate", "eip-1", "--target", "web/web-b", "--force", "--timeout", "60", "-c",
+                               str(config))
     ali_world.advance()
     eip1 = ali_world.eips["eip-1"]
-    assert eip1.instance_id in ("i-a", "i-b"), (proc.returncode, out.decode(), err.decode()[-600:],
-                                                ali_world.sequence())
+    assert eip1.instance_id in ("i-a", "i-b"), (result, ali_world.sequence())
 
 
 @pytest.mark.parametrize("args", [["--force"], []])
@@ -590,20 +568,11 @@ async def test_an_interrupt_after_the_second_step_was_sent_puts_the_eip_back_whe
     fake.bind("eip-1", "i-a")
     fake.faults["AssociateEipAddress"] = [Fault(code=None, delay=3.0, match={"InstanceId": "i-b"})]
     config = ali_data(tmp_path, fake, [WEB_GROUP])
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "eipfailover", "eip", "associate", "eip-1", "--target", "web/web-b", "--force",
-        "-c", str(config), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    try:
-        await eventually(lambda: any(e.action == "AssociateEipAddress" for e in fake.log), timeout=60)
-        proc.send_signal(signal.SIGINT)
-        out, err = await asyncio.wait_for(proc.communicate(), 60)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+    result = await interrupted(lambda: "AssociateEipAddress" in fake.actions(), signal.SIGINT, "eip", "associate",
+                               "eip-1", "--target", "web/web-b", "--force", "-c", str(config))
     fake.advance()
-    assert proc.returncode == 130, (proc.returncode, out.decode(), err.decode())
-    assert fake.eips["eip-1"].instance_id == "i-a", (err.decode()[-600:], fake.sequence())
+    assert result.code == 130, result
+    assert fake.eips["eip-1"].instance_id == "i-a", (result.err[-600:], fake.sequence())
 
 
 def _world(fake: FakeAliyun) -> None:
@@ -644,23 +613,14 @@ async def test_an_interrupt_of_a_bound_eips_move_onto_a_cut_through_eni_re_attac
     _world(fake)
     fake.faults["AssociateEipAddress"] = [Fault(match={"InstanceId": "eni-y"}) for _ in range(1000)]
     config = ali_data(tmp_path, fake, [WEB_GROUP])
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "eipfailover", "eip", "associate", "eip-1", "--to",
-        "network_interface_id=eni-y,instance_id=i-b", "--force", "--timeout", "30", "-c", str(config),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    try:
-        await eventually(lambda: any(e.action == "AssociateEipAddress" for e in fake.log), timeout=60)
-        proc.send_signal(signal.SIGINT)
-        _, err = await asyncio.wait_for(proc.communicate(), 90)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+    result = await interrupted(lambda: "AssociateEipAddress" in fake.actions(), signal.SIGINT, "eip", "associate",
+                               "eip-1", "--to", "network_interface_id=eni-y,instance_id=i-b", "--force", "--timeout",
+                               "30", "-c", str(config))
     fake.advance()
     eni = fake.resources["eni-y"]
-    assert proc.returncode == 130, (proc.returncode, err.decode()[-600:])
-    assert fake.eips["eip-1"].instance_id == "i-a", err.decode()[-600:]
-    assert (eni.attached_to, eni.eni_status) == ("i-c", "InUse"), (err.decode()[-800:], fake.sequence(
+    assert result.code == 130, result
+    assert fake.eips["eip-1"].instance_id == "i-a", result.err[-600:]
+    assert (eni.attached_to, eni.eni_status) == ("i-c", "InUse"), (result.err[-800:], fake.sequence(
         skip=("DescribeEipAddresses", "DescribeNetworkInterfaces")))
 
 
@@ -673,17 +633,8 @@ async def test_an_interrupt_of_an_eip_bound_to_nothing_leaves_it_bound_to_nothin
     _world(fake)
     fake.faults["AssociateEipAddress"] = [Fault(code=None, delay=3.0, match={"InstanceId": "i-b"})]
     config = ali_data(tmp_path, fake, [WEB_GROUP])
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "eipfailover", "eip", "associate", "eip-9", "--to", "instance_id=i-b",
-        "-c", str(config), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    try:
-        await eventually(lambda: any(e.action == "AssociateEipAddress" for e in fake.log), timeout=60)
-        proc.send_signal(signal.SIGINT)
-        _, err = await asyncio.wait_for(proc.communicate(), 60)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+    result = await interrupted(lambda: "AssociateEipAddress" in fake.actions(), signal.SIGINT, "eip", "associate",
+                               "eip-9", "--to", "instance_id=i-b", "-c", str(config))
     # the delayed AssociateEipAddress is answered 3 s after it was sent, whether or not the command still waits
     with suppress(AssertionError):
         await eventually(lambda: fake.eips["eip-9"].status != "Available", timeout=6)
@@ -693,8 +644,8 @@ async def test_an_interrupt_of_an_eip_bound_to_nothing_leaves_it_bound_to_nothin
         return not fake.eips["eip-9"].pending()
 
     await eventually(settled, timeout=10)
-    assert proc.returncode == 130, (proc.returncode, err.decode()[-600:])
-    assert fake.eips["eip-9"].instance_id == "", (err.decode()[-600:], fake.sequence())
+    assert result.code == 130, result
+    assert fake.eips["eip-9"].instance_id == "", (result.err[-600:], fake.sequence())
 
 
 async def test_check_config_cloud_reads_a_large_healthy_config_within_its_budget(
@@ -714,11 +665,8 @@ async def test_check_config_cloud_reads_a_large_healthy_config_within_its_budget
             {"name": "b", "binding": {"instance_id": f"i-{n}b"}, "checks": [{"type": "instance"}]}]})
     fake.faults["DescribeInstanceStatus"] = [Fault(code=None, delay=0.2) for _ in range(500)]
     config = ali_data(tmp_path, fake, groups)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "eipfailover", "check-config", "--cloud", "-c", str(config),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 120)
-    assert proc.returncode == 0, (proc.returncode, out.decode(), err.decode()[-600:])
+    result = await run_cli("check-config", "--cloud", "-c", str(config))
+    assert result.code == 0, result
 
 
 async def test_check_config_cloud_says_it_cannot_check_when_an_eip_lookup_is_forbidden(
@@ -731,9 +679,6 @@ async def test_check_config_cloud_says_it_cannot_check_when_an_eip_lookup_is_for
     fake.faults["DescribeEipAddresses"] = [Fault(status=403, code="Forbidden.RAM",
                                                  message="User not authorized to operate on the specified resource.")]
     config = ali_data(tmp_path, fake, [WEB_GROUP])
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "eipfailover", "check-config", "--cloud", "-c", str(config),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 120)
-    assert "binding problem" not in err.decode(), err.decode()
-    assert proc.returncode == 1, (proc.returncode, out.decode(), err.decode()[-600:])
+    result = await run_cli("check-config", "--cloud", "-c", str(config))
+    assert "binding problem" not in result.err, result.err
+    assert result.code == 1, result

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -434,11 +436,11 @@ async def test_a_repair_does_not_arm_the_cooldown() -> None:
     assert w.cloud.moves()[-1] == (("e1",), B), f"active a is DOWN but the failover is held: {w.runner.decision}"
 
 
-async def test_a_group_renamed_during_its_move_starts_when_the_move_ends() -> None:
-    """A reload that renames a group (removes 'web', adds 'web2' with the same EIPs) while 'web' is moving: 'web2'
-    starts only once that move ends, never moving the same EIP at the same time."""
-    cloud = FakeProvider({"e1": A}, two_step=True)
-    web, checks = runner("web", cloud)
+@contextlib.asynccontextmanager
+async def slow_move_under_way(web: GroupRunner, checks: dict[str, ScriptedCheck],
+                              cloud: FakeProvider) -> AsyncIterator[Engine]:
+    """An engine running ``web`` (healthy, on target a), then a's failure and a slow (2 s) move to b under way;
+    stopped after."""
     engine = Engine([web])
     running = asyncio.create_task(engine.run())
     try:
@@ -447,6 +449,18 @@ async def test_a_group_renamed_during_its_move_starts_when_the_move_ends() -> No
         cloud.move_delay = 2.0
         checks["a"].status = FAIL
         await eventually(lambda: web.in_progress, 5)
+        yield engine
+    finally:
+        engine.request_stop()
+        await running
+
+
+async def test_a_group_renamed_during_its_move_starts_when_the_move_ends() -> None:
+    """A reload that renames a group (removes 'web', adds 'web2' with the same EIPs) while 'web' is moving: 'web2'
+    starts only once that move ends, never moving the same EIP at the same time."""
+    cloud = FakeProvider({"e1": A}, two_step=True)
+    web, checks = runner("web", cloud)
+    async with slow_move_under_way(web, checks, cloud) as engine:
         web2, _ = runner("web2", cloud, a=FAIL)
         engine.apply({"web": None, "web2": web2})
         await asyncio.sleep(1.0)  # web's move is still under way (2 s)
@@ -455,9 +469,6 @@ async def test_a_group_renamed_during_its_move_starts_when_the_move_ends() -> No
         assert "web2" not in engine.runners
         await eventually(lambda: "web2" in engine.runners, 5)  # once web's move has ended
         assert not web.in_progress
-    finally:
-        engine.request_stop()
-        await running
 
 
 async def test_a_stop_abandons_a_hanging_cloud_read_at_once(monkeypatch: Any) -> None:
@@ -581,14 +592,7 @@ async def test_an_eip_handed_to_a_group_listed_before_its_old_group_waits_for_th
     e1+e2: 'api' starts only once that move ends, whatever the order of the groups in the config."""
     cloud = FakeProvider({"e1": A, "e2": A}, two_step=True)
     web, checks = make("web", ["e1", "e2"], cloud)
-    engine = Engine([web])
-    running = asyncio.create_task(engine.run())
-    try:
-        await eventually(lambda: web.active == "a" and all(t.health.state.value == "up"
-                                                             for t in web.targets.values()), 5)
-        cloud.move_delay = 2.0
-        checks["a"].status = FAIL
-        await eventually(lambda: web.in_progress, 5)
+    async with slow_move_under_way(web, checks, cloud) as engine:
         api, _ = make("api", ["e2"], cloud)
         web2, _ = make("web", ["e1"], cloud, a=FAIL)
         engine.apply({"api": api, "web": web2})  # in config order, as Daemon.reload does
@@ -598,9 +602,6 @@ async def test_an_eip_handed_to_a_group_listed_before_its_old_group_waits_for_th
         assert "api" not in engine.runners, f"'api' started during web's move of e2; moves: {cloud.moves()}"
         assert len(moves_of_e2) == 1, f"e2 moved by two groups at once: {cloud.moves()}"
         await eventually(lambda: "api" in engine.runners, 5)  # once web's move has ended
-    finally:
-        engine.request_stop()
-        await running
 
 
 async def test_a_forced_request_to_the_active_target_takes_the_foreign_eip_back() -> None:
