@@ -11,6 +11,7 @@ import hmac
 import json
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from importlib import resources
 from pathlib import Path
@@ -24,13 +25,14 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 from eipfailover.credentials import credential_file
 from eipfailover.engine import Engine, GroupRunner
 from eipfailover.events import FailoverRecord
-from eipfailover.history import History
 from eipfailover.model import Action, ManualRequest, Reason
 
 MAX_BODY = 64 * 1024
 BODY_TIMEOUT = 10.0
 """How long a request body may take to arrive (the head's limit is the server's keep-alive timeout)."""
 _M = TypeVar("_M", bound=BaseModel)
+HistoryReader = Callable[[str | None, int], Awaitable[list[FailoverRecord]]]
+"""``(group or None, limit)`` -> the newest failover records first (the journal, or the history in memory)."""
 
 
 class ApiError(Exception):
@@ -74,6 +76,8 @@ def record_json(record: FailoverRecord | None) -> dict[str, Any] | None:
         "from": record.from_target, "to": record.to_target, "eips": list(record.eips), "result": record.result,
         "error": record.error or None, "requested_by": record.requested_by, "attempts": record.attempts,
         "started_at": record.started_at, "finished_at": record.finished_at, "duration_seconds": record.duration,
+        "steps": [{"operation": s.operation, "sent_at": s.sent_at, "seconds": s.seconds, "result": s.result}
+                  for s in record.steps],
     }
 
 
@@ -156,7 +160,8 @@ _CODES = {Reason.IN_TRANSITION: "in_transition"}
 class Api:
     """The aiohttp application over an engine, its history and its metrics registry."""
 
-    def __init__(self, engine: Engine, history: History, registry: CollectorRegistry, token: str | None) -> None:
+    def __init__(self, engine: Engine, history: HistoryReader, registry: CollectorRegistry,
+                 token: str | None) -> None:
         self.engine = engine
         self.history = history
         self.token = token
@@ -268,7 +273,7 @@ class Api:
             limit = -1
         if not 1 <= limit <= 1000:
             raise ApiError(400, "invalid_request", "limit must be an integer from 1 to 1000")
-        return web.json_response({"failovers": [record_json(r) for r in self.history.query(group, limit)]})
+        return web.json_response({"failovers": [record_json(r) for r in await self.history(group, limit)]})
 
     async def openapi(self, request: web.Request) -> web.Response:
         text = resources.files("eipfailover").joinpath("openapi.yaml").read_text(encoding="utf-8")

@@ -1,14 +1,15 @@
 """The YAML configuration: pydantic v2 models and :func:`load_config`.
 
 Every model is frozen and forbids unknown keys. :func:`load_config` reports every problem at once, each with its key
-path (``groups[0].targets[1].checks[0].port: ...``). Durations accept ``250ms``, ``1s``, ``2m``, ``1h`` or a number
-of seconds.
+path (``groups[0].targets[1].checks[0].port: ...``). Durations accept ``250ms``, ``1s``, ``2m``, ``1h``, ``7d`` or a
+number of seconds.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import math
+import os
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -29,20 +30,21 @@ from pydantic import (
 
 from eipfailover.errors import ConfigError
 
-_DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 _T = TypeVar("_T")
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 
 
 def parse_duration(value: object) -> object:
-    """Turn ``250ms``/``1s``/``2m``/``1h``/a number into seconds; leave anything else to pydantic's float check."""
+    """Turn ``250ms``/``1s``/``2m``/``1h``/``7d``/a number into seconds; leave anything else to pydantic's float
+    check."""
     if isinstance(value, bool):
         raise ValueError("expected a duration such as 500ms, 2s, 1m or a number of seconds")
     if isinstance(value, str):
         match = _DURATION.match(value)
         if match is None:
-            raise ValueError(f"invalid duration {value!r}: use a number with ms, s, m or h (e.g. 500ms, 2s)")
+            raise ValueError(f"invalid duration {value!r}: use a number with ms, s, m, h or d (e.g. 500ms, 2s)")
         value = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError("expected a finite duration")
@@ -505,9 +507,25 @@ def binding_problems(provider_type: str, b: BindingConfig) -> list[tuple[str, st
     return []
 
 
+def default_state_directory() -> Path:
+    """``$STATE_DIRECTORY`` (systemd's ``StateDirectory=``; the first if it lists several), else
+    ``/var/lib/eipfailover``."""
+    return Path(os.environ.get("STATE_DIRECTORY", "").split(":")[0] or "/var/lib/eipfailover")
+
+
+class JournalConfig(_Model):
+    max_age: Duration = 90 * 86400.0
+    """Finished failovers older than this are pruned from the journal."""
+    max_records: int = Field(default=10000, ge=1, le=10_000_000)
+    """At most this many finished failovers are kept (the newest)."""
+
+
 class Config(_Model):
     log: LogConfig = LogConfig()
     api: ApiConfig = ApiConfig()
+    state_directory: Path | None = Field(default_factory=default_state_directory)
+    """Where the journal (``journal.db``, SQLite) lives; ``null`` runs without one (history in memory only)."""
+    journal: JournalConfig = JournalConfig()
     stop_timeout: Duration = 20.0
     """On SIGTERM or SIGINT, how long a running failover may take to finish. Then it is aborted: it makes no further
     move, and any EIP it has detached is re-attached (within the group's ``failover_deadline``) before the daemon

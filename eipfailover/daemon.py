@@ -14,7 +14,7 @@ import os
 import signal
 import ssl
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,16 +23,17 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from eipfailover import checks, preflight, providers, registry
+from eipfailover import checks, preflight, providers, recovery, registry
 from eipfailover import log as log_config
 from eipfailover.api import Api, read_token
 from eipfailover.checks.base import Check, CheckContext
 from eipfailover.config import CheckConfig, Config, GroupConfig, check_name, dry, load_config, split_host_port
 from eipfailover.engine import Engine, GroupRunner, binding_of
 from eipfailover.errors import EipFailoverError
-from eipfailover.events import Observers
+from eipfailover.events import FailoverRecord, Observers
 from eipfailover.history import History
 from eipfailover.hooks import HookObserver
+from eipfailover.journal import Journal
 from eipfailover.log import LogObserver
 from eipfailover.metrics import Metrics
 from eipfailover.model import Binding
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("eipfailover.daemon")
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+PRUNE_PERIOD = 3600.0
 GuardKey = tuple[str, str]
 
 
@@ -131,6 +133,7 @@ class _Parts:
     metrics: Metrics
     hooks: HookObserver
     status: SystemdObserver
+    journal: Journal | None = None
     guards: dict[GuardKey, tuple[HaVipGuard, asyncio.Task[None]]] = field(default_factory=dict)
     closing: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -156,6 +159,7 @@ class Daemon:
         self._opened: list[Provider] = []
         self._building: dict[str, Provider] = {}
         self._announced = False  # READY=1 went out: a reload may say RELOADING=1 and READY=1 again
+        self.journal: Journal | None = None
 
     def request_reload(self) -> None:
         """What SIGHUP does: reload the config file at the next turn of the main loop."""
@@ -184,7 +188,7 @@ class Daemon:
             provider = by_name[group.provider]
             if old_groups.get(group.name) != group or group.provider in fresh:
                 built.runners.append(GroupRunner(group, provider, build_checks(group, provider, http),
-                                                 observers))
+                                                 observers, self.journal))
         for key in _guard_keys(config):
             group = next(g for g in config.groups if g.name == key[0])
             provider = by_name[group.provider]
@@ -207,17 +211,21 @@ class Daemon:
         http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True, limit=0))
         runner: web.AppRunner | None = None
         metrics_runner: web.AppRunner | None = None
+        pruning: asyncio.Task[None] | None = None
         try:
             metrics = Metrics(self.config, {})
             history = History()
             hooks = HookObserver({g.name: g.hooks for g in self.config.groups})
-            observers = Observers([LogObserver(), metrics, history, hooks])
+            observers = Observers([LogObserver(), metrics, hooks])
             try:
+                self.journal = _open_journal(self.config)
                 built = self._build(self.config, None, http, observers)
                 await _preflight(self.config, built.providers)
             except (EipFailoverError, ValueError, OSError, ssl.SSLError) as exc:
                 log.error("startup_failed", error=str(exc))
                 return EXIT_CONFIG
+            journal = self.journal
+            observers.observers.append(journal if journal is not None else history)
             self.providers = built.providers
             for name, provider in built.providers.items():
                 provider.on_request = metrics.on_request
@@ -226,8 +234,13 @@ class Daemon:
             metrics.watch(engine)
             status = SystemdObserver(self.notifier, engine)
             observers.observers.append(status)
-            parts = _Parts(http, observers, metrics, hooks, status)
-            api = self.api = Api(engine, history, metrics.registry, built.token)
+            parts = _Parts(http, observers, metrics, hooks, status, journal)
+            if journal is not None:
+                journal.on_state(metrics.journal_up.set)
+                await _restore(journal, built.runners)
+                pruning = asyncio.create_task(journal.prune_every(PRUNE_PERIOD), name="journal-prune")
+            api = self.api = Api(engine, journal.query if journal is not None else _in_memory(history),
+                                 metrics.registry, built.token)
             tls = server_tls(self.config.api.tls.cert_file, self.config.api.tls.key_file) if self.config.api.tls \
                 else None
             runner = app_runner(api.app)
@@ -248,12 +261,16 @@ class Daemon:
             return await self._serve(engine, parts, install_signals)
         finally:
             self.notifier.close()
+            if pruning is not None:
+                pruning.cancel()
             for site_runner in (runner, metrics_runner):
                 if site_runner is not None:
                     await site_runner.cleanup()
             await http.close()
             for provider in self._opened:
                 await provider.close()
+            if self.journal is not None:
+                await self.journal.close()
 
     def _interrupt(self, engine: Engine) -> None:
         if engine.stop.is_set():  # a second Ctrl-C: the operator does not want to wait
@@ -381,6 +398,10 @@ class Daemon:
             parts.metrics.add_provider(name, type(provider).operations)
         for runner in built.runners:
             parts.metrics.add_group(runner.config)
+        if parts.journal is not None:  # a group added back finds its maintenance and recent moves again
+            await _remember(parts.journal, [r for r in built.runners if r.name not in old_groups])
+        if new.state_directory != self.config.state_directory or new.journal != self.config.journal:
+            log.warning("reload_partial", detail="state_directory and journal apply at restart")
         parts.hooks.configure({g.name: g.hooks for g in new.groups})
         stale = [p for name, p in self.providers.items() if built.providers.get(name) is not p]
         users = {id(p): [r for r in engine.runners.values() if r.provider is p] for p in stale}
@@ -421,6 +442,45 @@ class Daemon:
         if provider in self._opened:
             self._opened.remove(provider)
             await provider.close()
+
+
+def _open_journal(config: Config) -> Journal | None:
+    if config.state_directory is None:
+        log.warning("journal_disabled", detail="state_directory is null: history and state live in memory only")
+        return None
+    journal = Journal.open(config.state_directory, max_age=config.journal.max_age,
+                           max_records=config.journal.max_records)
+    log.info("journal_opened", path=str(journal.path))
+    return journal
+
+
+async def _restore(journal: Journal, runners: Sequence[GroupRunner]) -> None:
+    """Before the engine starts: each group's memory, then the failovers a crash left unfinished, reconciled."""
+    await _remember(journal, runners)
+    try:
+        unfinished = await journal.unfinished()
+    except Exception as exc:
+        log.error("journal_read_failed", error=str(exc), detail="unfinished failovers are not reconciled; the "
+                                                                "engine repairs any EIP left detached")
+        return
+    if unfinished:
+        await recovery.recover(unfinished, {r.name: r for r in runners})
+
+
+async def _remember(journal: Journal, runners: Sequence[GroupRunner]) -> None:
+    try:
+        memory = await journal.remember({r.name: r.config.policy.max_failovers.window for r in runners})
+    except Exception as exc:
+        log.error("journal_read_failed", error=str(exc), detail="maintenance and recent moves not restored")
+        return
+    for runner in runners:
+        runner.remember(memory[runner.name])
+
+
+def _in_memory(history: History) -> Callable[[str | None, int], Awaitable[list[FailoverRecord]]]:
+    async def query(group: str | None, limit: int) -> list[FailoverRecord]:
+        return history.query(group, limit)
+    return query
 
 
 async def _finished(task: asyncio.Task[None], timeout: float) -> bool:

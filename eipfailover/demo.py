@@ -192,6 +192,7 @@ async def _demo(workdir: Path) -> int:
     config = {
         "log": {"format": "json", "level": "info"},
         "api": {"listen": "127.0.0.1:0"},
+        "state_directory": str(workdir / "state"),
         "providers": {"moto": {"type": "aws", "region": "us-east-1", "endpoint_url": endpoint}},
         "groups": [{
             "name": "web", "provider": "moto", "eips": [eip["AllocationId"]], "policy": POLICY,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -28,7 +29,7 @@ from eipfailover import failover, health, policy
 from eipfailover.checks.base import Check, describe_exception
 from eipfailover.config import BindingConfig, GroupConfig
 from eipfailover.errors import ProviderError
-from eipfailover.events import FailoverRecord, Observer
+from eipfailover.events import FailoverJournal, FailoverRecord, GroupMemory, Observer
 from eipfailover.hooks import hook_environment, hook_values, run_gate, substitute
 from eipfailover.model import (
     UNKNOWN_LOCATION,
@@ -47,7 +48,7 @@ from eipfailover.model import (
     Trigger,
     locate,
 )
-from eipfailover.providers.base import Provider
+from eipfailover.providers.base import Provider, recorded_steps
 
 log = structlog.get_logger("eipfailover.engine")
 
@@ -73,10 +74,11 @@ class GroupRunner:
     """Runs one failover group. The cloud's association is re-read every interval: memory is never trusted alone."""
 
     def __init__(self, config: GroupConfig, provider: Provider, checks: Mapping[str, Sequence[Check]],
-                 observers: Observer) -> None:
+                 observers: Observer, journal: FailoverJournal | None = None) -> None:
         self.config = config
         self.provider = provider
         self.observers = observers
+        self.journal = journal
         self.targets = {
             t.name: TargetRuntime(t.name, binding_of(t.binding, provider.kind), checks[t.name]) for t in config.targets
         }
@@ -150,6 +152,16 @@ class GroupRunner:
             self.maintenance = enabled
             self.observers.on_maintenance(self.name, enabled)
         self._decide(time.monotonic())
+
+    def remember(self, memory: GroupMemory) -> None:
+        """Take what the journal remembers of this group from before a restart: maintenance, the automatic moves
+        still within the ``max_failovers`` window, the end of the last move (the cooldown runs from it)."""
+        ago = time.time() - time.monotonic()  # wall clock minus monotonic: turns journal times into monotonic ones
+        self.maintenance = memory.maintenance
+        self.recent_moves = [t - ago for t in memory.window_starts]
+        self.last_move_at = None if memory.last_move_at is None else memory.last_move_at - ago
+        if memory.maintenance:
+            self.observers.on_maintenance(self.name, True)
 
     # --- the loops ---
     async def run(self, phase: float = 0.0) -> None:
@@ -357,9 +369,10 @@ class GroupRunner:
         assert decision.target is not None
         assert decision.trigger is not None
         counted = decision.reason is not Reason.REPAIR  # a repair neither waits for the holds nor arms them
+        windowed = counted and decision.trigger is not Trigger.MANUAL
         if counted:
             self.last_move_at = now
-        if counted and decision.trigger is not Trigger.MANUAL:
+        if windowed:
             window = self.config.policy.max_failovers.window
             self.recent_moves = [t for t in self.recent_moves if now - t < window] + [now]
         record = self._record(decision.target, decision.trigger, request, eips, decision.reason.value)
@@ -369,7 +382,7 @@ class GroupRunner:
         self.observers.on_failover_started(record)
         states = self.eip_states if self._fresh and self.cloud_error is None else None
         self._task = asyncio.create_task(self._failover(record, states, self._fallback(record),
-                                                        decision.reason),
+                                                        decision.reason, counted, windowed),
                                          name=f"failover-{self.name}-{record.id}")
 
     def _fallback(self, record: FailoverRecord) -> list[Binding]:
@@ -382,19 +395,22 @@ class GroupRunner:
         return [self.bindings[n] for n in (*order, record.to_target)]
 
     async def _failover(self, record: FailoverRecord, states: Mapping[str, EipState] | None,
-                        fallback: list[Binding], reason: Reason) -> None:
+                        fallback: list[Binding], reason: Reason, counted: bool, windowed: bool) -> None:
         try:
+            if self.journal is not None:  # on disk before any cloud call (or degraded: it never blocks)
+                await self.journal.begin(record, counted=counted, windowed=windowed)
             if self.config.dry_run:  # decided and reported, not made: no fencing, no cloud call
                 outcome = failover.Outcome(False, 0, f"would move {', '.join(record.eips)} from "
                                                      f"{record.from_target or 'where they are'} to "
                                                      f"{record.to_target}; no cloud call made")
             else:
                 veto = await self._fence(record, reason)
-                outcome = failover.Outcome(False, 0, veto) if veto is not None else await failover.execute(
-                    self.provider, record.eips, self.bindings[record.to_target],
-                    deadline=self.config.policy.failover_deadline, states=states, fallback=fallback,
-                    abort=self._abort,
-                )
+                with self.journaled(record):
+                    outcome = failover.Outcome(False, 0, veto) if veto is not None else await failover.execute(
+                        self.provider, record.eips, self.bindings[record.to_target],
+                        deadline=self.config.policy.failover_deadline, states=states, fallback=fallback,
+                        abort=self._abort,
+                    )
         except Exception as exc:  # a bug below must not poison the group: record it and go on
             log.exception("failover_crashed", group=self.name, failover_id=record.id)
             outcome = failover.Outcome(False, 0, f"internal error: {describe_exception(exc)}")
@@ -419,6 +435,12 @@ class GroupRunner:
         else:
             self._fresh = False  # wait for a new read before deciding anything
         self._read_wake.set()
+
+    def journaled(self, record: FailoverRecord) -> contextlib.AbstractContextManager[None]:
+        """Each cloud call of the failover written to the journal before it is sent."""
+        if self.journal is None:
+            return contextlib.nullcontext()
+        return recorded_steps(functools.partial(self.journal.step, record.id))
 
     async def _fence(self, record: FailoverRecord, reason: Reason) -> str | None:
         """Run ``hooks.before_failover`` before a move that takes EIPs off a target; why the move must not go ahead,

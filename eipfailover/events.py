@@ -20,6 +20,16 @@ log = structlog.get_logger("eipfailover.engine")
 
 
 @dataclass(frozen=True, slots=True)
+class Step:
+    """One mutating cloud call of a failover, as the journal recorded it (``result`` ``sent`` until answered)."""
+
+    operation: str
+    sent_at: float
+    seconds: float | None
+    result: str
+
+
+@dataclass(frozen=True, slots=True)
 class FailoverRecord:
     """One failover, as started and then as finished. Times are wall-clock seconds since the epoch."""
 
@@ -32,14 +42,39 @@ class FailoverRecord:
     eips: tuple[str, ...]
     started_at: float
     requested_by: str | None = None
-    result: str = "running"  # running | success | failure | skipped (a manual request refused)
+    result: str = "running"
+    """running | success | failure | skipped (a manual request refused) | dry_run | interrupted (the daemon died
+    during it: reconciled at the next start)"""
     error: str = ""
     finished_at: float | None = None
     attempts: int = 0
+    steps: tuple[Step, ...] = ()
+    """The cloud calls it sent (from the journal; empty in memory)."""
 
     @property
     def duration(self) -> float | None:
         return None if self.finished_at is None else self.finished_at - self.started_at
+
+
+@dataclass(frozen=True, slots=True)
+class GroupMemory:
+    """What a group remembers across a restart (from the journal)."""
+
+    maintenance: bool = False
+    window_starts: tuple[float, ...] = ()
+    """Wall-clock starts of the automatic moves that count against ``max_failovers``, within its window."""
+    last_move_at: float | None = None
+    """Wall-clock end of the last move that arms the cooldown."""
+
+
+class FailoverJournal(Protocol):
+    """Where a failover is written before each cloud call (see :mod:`eipfailover.journal`)."""
+
+    async def begin(self, record: FailoverRecord, *, counted: bool, windowed: bool) -> None:
+        """Record the start; ``counted``: it arms the cooldown; ``windowed``: it counts against max_failovers."""
+
+    async def step(self, failover_id: str, operation: str) -> Callable[[str, float], None]:
+        """Record a call about to be sent; returns what records its ``(result, seconds)``."""
 
 
 class Observer(Protocol):

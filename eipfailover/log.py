@@ -117,5 +117,7 @@ class LogObserver(NullObserver):
             log.warning("failover_skipped", error=record.error, requested_by=record.requested_by, **fields)
         elif record.result == "dry_run":
             log.warning("failover_dry_run", detail=record.error, requested_by=record.requested_by, **fields)
+        elif record.result == "interrupted":  # found unfinished in the journal at start, and reconciled
+            log.warning("failover_interrupted", detail=record.error, **fields)
         else:
             log.error("failover_failed", error=record.error, **fields)

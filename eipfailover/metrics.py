@@ -29,7 +29,7 @@ CHECK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2
 FAILOVER_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
 PROVIDER_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 TRIGGERS = ("auto", "manual", "failback")
-RESULTS = ("success", "failure", "skipped", "dry_run")
+RESULTS = ("success", "failure", "skipped", "dry_run", "interrupted")
 PROVIDER_RESULTS = ("ok", "retryable", "error", "timeout", "cancelled")
 _HELD = frozenset({Reason.COOLDOWN, Reason.RATE_LIMITED, Reason.NO_HEALTHY_STANDBY})
 """Decisions that hold back an automatic move that was called for (refused manual requests come as records)."""
@@ -48,7 +48,8 @@ class Metrics(NullObserver):
         self.check_duration = Histogram(P + "check_duration_seconds", "Health check latency.",
                                         ["group", "target", "check"], buckets=CHECK_BUCKETS, registry=r)
         self.failovers = Counter(P + "failovers", "Failovers by trigger and result (skipped: a move was called "
-                                 "for but held back; dry_run: a move a group in dry run would have made).",
+                                 "for but held back; dry_run: a move a group in dry run would have made; interrupted: "
+                                 "the daemon died during it, reconciled at the next start).",
                                   ["group", "trigger", "result"], registry=r)
         self.failover_duration = Histogram(P + "failover_duration_seconds", "Time from the start of a failover to "
                                            "its verification or failure.", ["group"], buckets=FAILOVER_BUCKETS,
@@ -62,6 +63,10 @@ class Metrics(NullObserver):
                                            ["provider", "operation"], buckets=PROVIDER_BUCKETS, registry=r)
         self.config_reloads = Counter(P + "config_reloads", "Config reloads (SIGHUP) by result.", ["result"],
                                       registry=r)
+        self.journal_up = Gauge(P + "journal_up", "1 while the journal records (or there is none: state_directory "
+                                "null); 0 when degraded: writes fail or hang, failovers go on unrecorded.",
+                                registry=r)
+        self.journal_up.set(1)
         self.groups: dict[str, GroupConfig] = {}
         self.build_info.labels(__version__).set(1)
         for result in ("success", "failure"):

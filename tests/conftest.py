@@ -7,9 +7,11 @@ import contextlib
 import logging
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import boto3
@@ -29,6 +31,17 @@ for var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY
 os.environ.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                    "AWS_DEFAULT_REGION": REGION, "AWS_EC2_METADATA_DISABLED": "true",
                    "ALIBABA_CLOUD_ECS_METADATA_DISABLED": "true", "NO_PROXY": "127.0.0.1,localhost"})
+# The journal's default place (state_directory unset) is $STATE_DIRECTORY: a directory of the test's own (below),
+# this one for what runs outside a test (module fixtures); never /var/lib/eipfailover.
+os.environ["STATE_DIRECTORY"] = tempfile.mkdtemp(prefix="eipfailover-tests-")
+
+
+@pytest.fixture(autouse=True)
+def state_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test's journal (the default ``state_directory``) in its own directory."""
+    path = tmp_path / "state"
+    monkeypatch.setenv("STATE_DIRECTORY", str(path))
+    return path
 
 
 @pytest.fixture(scope="session")

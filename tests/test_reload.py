@@ -230,7 +230,7 @@ async def test_an_eip_handed_to_a_group_listed_first_waits_for_its_old_groups_mo
         await eventually(lambda: not web.in_progress, timeout=15)
         await eventually(lambda: "api" in engine.runners, timeout=5)  # then api starts
         api_runner = engine.runners.get("api")
-        history = [(r.reason, r.to_target, r.result, r.error) for r in daemon.api.history.query("api", 5)] \
+        history = [(r.reason, r.to_target, r.result, r.error) for r in await daemon.api.history("api", 5)] \
             if daemon.api is not None else []
         assert not running_early, (f"api ran while web still moved eip-2; web's last failover: "
                                    f"{web.last_failover and (web.last_failover.result, web.last_failover.error)}; "

@@ -35,6 +35,22 @@ def own_calls() -> Iterator[None]:
         _CALLER.reset(token)
 
 
+StepRecorder = Callable[[str], Awaitable[Callable[[str, float], None]]]
+"""Awaited with the operation before a mutating call is sent; returns what is called with ``(result, seconds)`` once
+it is answered (the failover journal)."""
+_STEPS: contextvars.ContextVar[StepRecorder | None] = contextvars.ContextVar("eipfailover_steps", default=None)
+
+
+@contextlib.contextmanager
+def recorded_steps(recorder: StepRecorder) -> Iterator[None]:
+    """Every mutating call made inside (in this task and the tasks it starts) goes through ``recorder`` first."""
+    token = _STEPS.set(recorder)
+    try:
+        yield
+    finally:
+        _STEPS.reset(token)
+
+
 RequestObserver = Callable[[str, str, str, float], None]
 """Called as ``(provider, operation, result, seconds)`` after every cloud request; ``result`` is ``ok``,
 ``retryable``, ``error``, ``timeout`` (no answer within the driver's timeouts) or ``cancelled`` (abandoned by the
@@ -128,7 +144,9 @@ class Provider(ABC):
         if self.read_only:
             raise ProviderError(f"{operation} refused: the daemon runs with --dry-run", retryable=False,
                                 code="DryRun")
-        sent: asyncio.Future[T] = asyncio.ensure_future(self._timed(operation, call))
+        recorder = _STEPS.get()
+        answered = await recorder(operation) if recorder is not None else None
+        sent: asyncio.Future[T] = asyncio.ensure_future(self._timed(operation, call, answered))
         self._in_flight[sent] = _CALLER.get()
         sent.add_done_callback(_forget(self._in_flight))
         return await asyncio.shield(sent)
@@ -143,7 +161,8 @@ class Provider(ABC):
         _, pending = await asyncio.wait(mine, timeout=max(timeout, 0.001))
         return not pending
 
-    async def _timed(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
+    async def _timed(self, operation: str, call: Callable[[], Awaitable[T]],
+                     answered: Callable[[str, float], None] | None = None) -> T:
         start = time.monotonic()
         result = "error"
         try:
@@ -157,8 +176,11 @@ class Provider(ABC):
             result = "cancelled"
             raise
         finally:
+            seconds = time.monotonic() - start
             if self.on_request is not None:
-                self.on_request(self.name, operation, result, time.monotonic() - start)
+                self.on_request(self.name, operation, result, seconds)
+            if answered is not None:
+                answered(result, seconds)
 
 
 def _forget(in_flight: dict[asyncio.Future[Any], object | None]) -> Callable[[asyncio.Future[Any]], None]:
