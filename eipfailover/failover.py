@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from eipfailover.checks.base import describe_exception
 from eipfailover.errors import ProviderError
 from eipfailover.model import Binding, EipState
-from eipfailover.providers.base import Provider, own_calls
+from eipfailover.providers.base import Provider, hedged, last_error, own_calls
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +215,7 @@ async def _move_and_verify(provider: Provider, eips: Sequence[str], to: Binding,
             if not exc.retryable or remaining() <= delay:
                 return failure(f"move failed: {exc}")
         except TimeoutError:
+            last = last_error() or last
             return failure(f"move did not complete within the {deadline:g}s deadline{since_last()}")
         except Exception as exc:  # a driver bug: report it, and let the caller secure what it left
             return failure(f"move failed: internal error: {describe_exception(exc)}")
@@ -227,22 +228,31 @@ async def _move_and_verify(provider: Provider, eips: Sequence[str], to: Binding,
             pass
 
     last_seen = ""
-    while True:
-        try:
-            async with asyncio.timeout(max(remaining(), 0.001)):
-                states = await provider.describe(eips)
-            if not _pending(eips, to, states):
-                return Outcome(True, attempts, "", states)
-            last_seen = "; ".join(f"{e} on {states[e].bound_to or 'nothing'}" for e in _pending(eips, to, states))
-        except ProviderError as exc:
-            last = exc
-            if not exc.retryable:
-                return failure(f"verification failed: {exc}")
-            last_seen = str(exc)
-        except TimeoutError:
-            pass
-        except Exception as exc:
-            return failure(f"verification failed: internal error: {describe_exception(exc)}")
-        if remaining() <= verify_interval:
-            return failure(f"not verified within {deadline:g}s (last seen: {last_seen})")
-        await asyncio.sleep(verify_interval)
+    verified: Outcome | None = None
+
+    def accept(answer: dict[str, EipState] | Exception) -> bool:
+        """One describe's answer: True once it decides the verification."""
+        nonlocal states, last, last_seen, verified
+        if isinstance(answer, ProviderError):
+            last = answer
+            if not answer.retryable:
+                verified = failure(f"verification failed: {answer}")
+                return True
+            last_seen = str(answer)
+            return False
+        if isinstance(answer, Exception):  # a driver bug
+            verified = failure(f"verification failed: internal error: {describe_exception(answer)}")
+            return True
+        states = answer
+        if not _pending(eips, to, states):
+            verified = Outcome(True, attempts, "", states)
+            return True
+        last_seen = "; ".join(f"{e} on {states[e].bound_to or 'nothing'}" for e in _pending(eips, to, states))
+        return False
+
+    try:  # a slow describe does not hold the verification up: the next one goes out an interval later
+        async with asyncio.timeout(max(remaining(), 0.001)):
+            await hedged(lambda: provider.describe(eips), verify_interval, accept)
+    except TimeoutError:
+        pass
+    return verified or failure(f"not verified within {deadline:g}s (last seen: {last_seen or 'no answer'})")

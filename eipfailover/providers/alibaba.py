@@ -14,6 +14,7 @@ are classified by their ``code``, not their class (a throttle without ``x-acs-re
 from __future__ import annotations
 
 import asyncio
+import random
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -32,7 +33,7 @@ from eipfailover.errors import ProviderError
 from eipfailover.model import Binding, EipState
 from eipfailover.providers import tea_transport
 from eipfailover.providers.alibaba_auth import DefaultChainCredentials, KeyFileCredentials
-from eipfailover.providers.base import Call, EipAdmin, EipRecord, InstanceState, Provider
+from eipfailover.providers.base import Call, EipAdmin, EipRecord, InstanceState, Provider, hedged
 
 T = TypeVar("T")
 _RETRYABLE_CODES = frozenset({
@@ -46,6 +47,10 @@ _PENDING = frozenset({"Associating", "Unassociating"})
 _BATCHABLE = frozenset({"Nat", "NetworkInterface"})
 ENI_IDS_PER_CALL = 100  # DescribeNetworkInterfaces takes NetworkInterfaceId.1 to .100
 EIP_IDS_PER_CALL = 50  # DescribeEipAddresses takes up to 50 comma-separated AllocationIds
+SECOND_STEP_BACKOFF = (0.05, 0.1, 0.2, 0.4, 0.5)
+"""Seconds (then jittered down to half) between sends of a refused second step: short, as the EIP is detached."""
+_UNKNOWN_OUTCOME = frozenset({"InternalError", "UnknownError", "ServiceUnavailable"})
+"""Codes after which a call may or may not have been carried out."""
 DETACH_RESEND = 2.0
 """Seconds an ENI may stay ``Detaching`` before the detach is sent again."""
 CREDENTIAL_NAME = "alibaba-access-key"
@@ -280,10 +285,8 @@ class AlibabaProvider(Provider, EipAdmin):
         if plan.unassociate:
             await self._wait_eips(list(plan.unassociate), associated=False)
         if plan.associate and plan.associate_to is not None:
-            if plan.batch:
-                await self._associate_batch(list(plan.associate), plan.associate_to)
-            else:
-                await _all(self._associate(e, plan.associate_to) for e in plan.associate)
+            if plan.unassociate or plan.detach is not None or any(e not in plan.unassociate for e in plan.associate):
+                await self._second_step(plan.associate, plan.associate_to, plan.batch)
             if plan.attach is not None:  # the EIP is on the ENI before the ENI is on the instance
                 await self._wait_eips(list(plan.associate), associated=True)
         if plan.attach is not None:
@@ -348,12 +351,55 @@ class AlibabaProvider(Provider, EipAdmin):
                 sent = time.monotonic()
 
     async def _wait_eips(self, eips: list[str], *, associated: bool) -> None:
-        """Poll until every EIP has settled, associated or not; the caller's deadline bounds this."""
+        """Poll until every EIP has settled, associated or not. A describe that fails retryably, or is slow, does
+        not end or hold up the wait (see :func:`hedged`); the caller's deadline bounds it."""
+        failed: list[ProviderError] = []
+
+        def accept(answer: dict[str, EipState] | Exception) -> bool:
+            if isinstance(answer, ProviderError) and answer.retryable:
+                return False
+            if isinstance(answer, Exception):
+                failed.append(answer if isinstance(answer, ProviderError) else ProviderError(
+                    f"Alibaba DescribeEipAddresses in {self.region}: {answer!r}", retryable=True))
+                return True
+            return all((s.bound_to is not None) == associated and not s.pending for s in answer.values())
+
+        await hedged(lambda: self._describe_eips(eips), self.config.poll_interval, accept)
+        if failed:
+            raise failed[0]
+
+    async def _second_step(self, eips: tuple[str, ...], to: Binding, batch: bool) -> None:
+        """Associate EIPs that are detached: every second now is downtime. A retryable refusal (throttling, a
+        transition still settling) is answered by sending again at once and often (:data:`SECOND_STEP_BACKOFF`),
+        with no describe in between; only where the answer was lost (no answer, a dropped connection, an
+        unparsable or internal-error reply) does a describe come first, since the call may have gone through.
+        Returns once every EIP is associating or on ``to``; the caller's deadline bounds this."""
+        left = list(eips)
+        unknown = False
+        attempt = 0
         while True:
-            states = await self._describe_eips(eips)
-            if all((s.bound_to is not None) == associated and not s.pending for s in states.values()):
+            try:
+                if unknown:
+                    states = await self._describe_eips(left)
+                    left = [e for e in left if (at := states[e].bound_to) is None or not to.matches(at)]
+                    busy = [e for e in left if states[e].pending]
+                    if not left:
+                        return
+                    if busy:  # still unassociating: sending now would only be refused
+                        raise ProviderError(f"EIP transition in progress: {', '.join(busy)}", retryable=True,
+                                            code="IncorrectEipStatus")
+                if batch and len(left) > 1:
+                    await self._associate_batch(left, to)
+                else:
+                    await _all(self._associate(e, to) for e in left)
                 return
-            await asyncio.sleep(self.config.poll_interval)
+            except ProviderError as exc:
+                if not exc.retryable:
+                    raise
+                unknown = len(left) > 1 or exc.code is None or exc.timed_out or exc.code in _UNKNOWN_OUTCOME
+            await asyncio.sleep(SECOND_STEP_BACKOFF[min(attempt, len(SECOND_STEP_BACKOFF) - 1)] *
+                                random.uniform(0.5, 1.0))
+            attempt += 1
 
     async def _unassociate(self, eip: str, current: Binding) -> None:
         request = vpc.UnassociateEipAddressRequest(

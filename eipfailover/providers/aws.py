@@ -27,6 +27,7 @@ from botocore.exceptions import (
     ProfileNotFound,
     ReadTimeoutError,
 )
+from botocore.parsers import ResponseParserError
 
 from eipfailover.config import AwsProviderConfig
 from eipfailover.errors import ProviderError
@@ -85,6 +86,10 @@ class AwsProvider(Provider, EipAdmin):
                 result: dict[str, Any] = await asyncio.get_running_loop().run_in_executor(self.executor, method)
             except (ClientError, BotoCoreError) as exc:
                 raise self._error(operation, exc) from None
+            except ResponseParserError as exc:  # not a BotoCoreError: an HTML page, a truncated body
+                detail = str(exc).splitlines()[0][:200] if str(exc) else "ResponseParserError"
+                raise ProviderError(f"EC2 {operation} in {self.region}: the answer could not be read ({detail})",
+                                    retryable=True) from None
             return result
 
         return await self.request(operation, call)
@@ -112,6 +117,9 @@ class AwsProvider(Provider, EipAdmin):
         reply = await self._ec2("DescribeAddresses", AllocationIds=list(eips))
         found = {a["AllocationId"]: _eip_state(a) for a in reply.get("Addresses", [])}
         missing = [e for e in eips if e not in found]
+        if eips and not found:  # EC2 answers InvalidAllocationID.NotFound for a missing EIP: this is no answer
+            raise ProviderError(f"EC2 DescribeAddresses in {self.region}: the answer lists none of the EIPs asked "
+                                f"for (is the endpoint right?)", retryable=True)
         if missing:
             raise ProviderError(
                 f"EC2 DescribeAddresses in {self.region}: no EIP {', '.join(missing)}", retryable=False,

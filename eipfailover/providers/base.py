@@ -21,14 +21,30 @@ from eipfailover.errors import ProviderError
 from eipfailover.model import Binding, EipState
 
 T = TypeVar("T")
-_CALLER: contextvars.ContextVar[object | None] = contextvars.ContextVar("eipfailover_caller", default=None)
+class _Calls:
+    """The calls of one :func:`own_calls` block."""
+
+    __slots__ = ("last_error",)
+
+    def __init__(self) -> None:
+        self.last_error: ProviderError | None = None
+
+
+_CALLER: contextvars.ContextVar[_Calls | None] = contextvars.ContextVar("eipfailover_caller", default=None)
+
+
+def last_error() -> ProviderError | None:
+    """The last error a cloud call of the current :func:`own_calls` block got (a driver may retry some calls
+    itself: when its caller's deadline cuts it short, this says what it was up against)."""
+    calls = _CALLER.get()
+    return calls.last_error if calls is not None else None
 
 
 @contextlib.contextmanager
 def own_calls() -> Iterator[None]:
     """The mutating calls made inside (in this task and the tasks it starts) are its own, for
     :meth:`Provider.settle`."""
-    token = _CALLER.set(object())
+    token = _CALLER.set(_Calls())
     try:
         yield
     finally:
@@ -107,7 +123,7 @@ class Provider(ABC):
         self.on_request: RequestObserver | None = None
         self.read_only = False
         """True under ``eipfailover run --dry-run``: a mutating request is refused before it is sent."""
-        self._in_flight: dict[asyncio.Future[Any], object | None] = {}
+        self._in_flight: dict[asyncio.Future[Any], _Calls | None] = {}
 
     @classmethod
     @abstractmethod
@@ -171,6 +187,9 @@ class Provider(ABC):
             return value
         except ProviderError as exc:
             result = "timeout" if exc.timed_out else "retryable" if exc.retryable else "error"
+            calls = _CALLER.get()
+            if calls is not None:
+                calls.last_error = exc
             raise
         except asyncio.CancelledError:  # the caller gave up: its deadline, or shutdown
             result = "cancelled"
@@ -183,7 +202,43 @@ class Provider(ABC):
                 answered(result, seconds)
 
 
-def _forget(in_flight: dict[asyncio.Future[Any], object | None]) -> Callable[[asyncio.Future[Any]], None]:
+async def hedged(call: Callable[[], Awaitable[T]], interval: float, accept: Callable[[T | Exception], bool], *,
+                 at_most: int = 3) -> None:
+    """Poll: start ``call`` every ``interval`` seconds without waiting for a slow answer (at most ``at_most`` in
+    flight), and hand each outcome, a value or the exception it raised, to ``accept`` until it returns True. The
+    calls still in flight are then cancelled (only read-only calls may be polled so). The caller bounds the time."""
+    loop = asyncio.get_running_loop()
+    in_flight: set[asyncio.Future[T]] = set()
+    next_start = loop.time()
+    try:
+        while True:
+            if loop.time() >= next_start and len(in_flight) < at_most:
+                in_flight.add(asyncio.ensure_future(call()))
+                next_start = loop.time() + interval
+            wait = None if len(in_flight) >= at_most else max(next_start - loop.time(), 0.0)
+            if not in_flight:
+                await asyncio.sleep(wait or 0.0)
+                continue
+            done, in_flight = await asyncio.wait(in_flight, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+            for future in done:
+                outcome: T | Exception
+                try:
+                    outcome = future.result()
+                except Exception as exc:
+                    outcome = exc
+                if accept(outcome):
+                    return
+    finally:
+        for future in in_flight:
+            future.cancel()
+        if in_flight:
+            await asyncio.wait(in_flight)
+            for future in in_flight:
+                if not future.cancelled():
+                    future.exception()
+
+
+def _forget(in_flight: dict[asyncio.Future[Any], _Calls | None]) -> Callable[[asyncio.Future[Any]], None]:
     """A done-callback that drops a finished call from ``in_flight`` and consumes its outcome (whoever was waiting
     for it may have given up: its error is reported through ``on_request``, not as a never-retrieved exception)."""
     def done(future: asyncio.Future[Any]) -> None:
