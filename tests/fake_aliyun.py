@@ -128,6 +128,9 @@ class FakeAliyun:
         self.havips: dict[str, HaVip] = {}
         self.faults: dict[str, list[Fault]] = {}
         self.log: list[Logged] = []
+        self.timeline: list[tuple[float, str, str, str]] = []
+        """Every EIP status change: ``(monotonic time, allocation ID, status, instance ID)``; a transition's end at
+        the time it was due (the state machine runs lazily)."""
         self.nonces: set[str] = set()
         self.keys: dict[str, tuple[str, str | None]] = {ACCESS_KEY_ID: (ACCESS_KEY_SECRET, None)}
         """AccessKeyId -> (secret, the STS security token it must come with, if it is an STS key)."""
@@ -295,6 +298,7 @@ class FakeAliyun:
                 else:
                     eip.status, eip.instance_id, eip.instance_type, eip.private_ip, eip.mode = (
                         "Available", "", "", "", "")
+                self.timeline.append((eip.done_at, eip.allocation_id, eip.status, eip.instance_id))
         for eni in self.resources.values():
             if eni.eni_pending() and now >= eni.eni_done_at:
                 if eni.eni_status == "Attaching":
@@ -368,6 +372,7 @@ class FakeAliyun:
         eip.status, eip.instance_id, eip.instance_type = status, resource.id, resource.kind
         eip.private_ip, eip.mode = private_ip, mode
         eip.done_at = time.monotonic() + self.transition
+        self.timeline.append((time.monotonic(), eip.allocation_id, status, resource.id))
 
     # --- VPC 2016-04-28 ---
     def _2016_04_28_DescribeEipAddresses(self, q: dict[str, str]) -> dict[str, Any]:
@@ -436,6 +441,7 @@ class FakeAliyun:
         if q.get("InstanceId") and q["InstanceId"] != eip.instance_id:
             raise ApiFault(400, "InvalidInstanceId.MisMatch", "The EIP is not associated with the specified instance.")
         eip.status, eip.done_at = "Unassociating", time.monotonic() + self.transition
+        self.timeline.append((time.monotonic(), eip.allocation_id, "Unassociating", eip.instance_id))
         return {}
 
     def _2016_04_28_AllocateEipAddress(self, q: dict[str, str]) -> dict[str, Any]:

@@ -281,8 +281,15 @@ class AlibabaProvider(Provider, EipAdmin):
 
     async def _carry_out(self, plan: _Plan) -> None:
         """A plan's steps after the ENI's detachment."""
-        await _all(self._unassociate(e, b) for e, b in plan.unassociate.items())
         if plan.unassociate:
+            try:
+                await _all(self._unassociate(e, b) for e, b in plan.unassociate.items())
+            except ProviderError as exc:  # the answer lost, the call perhaps carried out: look before retrying
+                if not exc.retryable or not _lost(exc):
+                    raise
+                states = await self._poll(list(plan.unassociate), _settled, self.config.poll_interval / 4)
+                if any(s.bound_to is not None for s in states.values()):
+                    raise
             await self._wait_eips(list(plan.unassociate), associated=False)
         if plan.associate and plan.associate_to is not None:
             if plan.unassociate or plan.detach is not None or any(e not in plan.unassociate for e in plan.associate):
@@ -293,7 +300,7 @@ class AlibabaProvider(Provider, EipAdmin):
             await self._eni_call("AttachNetworkInterface", *plan.attach)
 
     async def _plan(self, eips: Sequence[str], to: Binding) -> _Plan:
-        states = await self._describe_eips(eips)
+        states = await self._poll(list(eips), lambda _: True, self.config.poll_interval / 4)
         busy = [f"{e} is {'associating' if s.bound_to else 'unassociating'}" for e, s in states.items() if s.pending]
         if busy:
             raise ProviderError(f"EIP transition in progress: {'; '.join(busy)}", retryable=True,
@@ -351,22 +358,33 @@ class AlibabaProvider(Provider, EipAdmin):
                 sent = time.monotonic()
 
     async def _wait_eips(self, eips: list[str], *, associated: bool) -> None:
-        """Poll until every EIP has settled, associated or not. A describe that fails retryably, or is slow, does
-        not end or hold up the wait (see :func:`hedged`); the caller's deadline bounds it."""
+        """Poll until every EIP has settled, associated or not (waiting for them to be detached, every
+        ``poll_interval / 4``: each poll missed then is downtime). The caller's deadline bounds this."""
+        interval = self.config.poll_interval if associated else self.config.poll_interval / 4
+        await self._poll(eips, lambda states: all((s.bound_to is not None) == associated and not s.pending
+                                                  for s in states.values()), interval)
+
+    async def _poll(self, eips: list[str], done: Callable[[dict[str, EipState]], bool],
+                    interval: float) -> dict[str, EipState]:
+        """Describe ``eips`` every ``interval`` until an answer is ``done``. A describe that fails retryably, or is
+        slow, neither ends nor holds up the poll (see :func:`hedged`); a permanent error is raised."""
+        answer: dict[str, EipState] = {}
         failed: list[ProviderError] = []
 
-        def accept(answer: dict[str, EipState] | Exception) -> bool:
-            if isinstance(answer, ProviderError) and answer.retryable:
+        def accept(outcome: dict[str, EipState] | Exception) -> bool:
+            if isinstance(outcome, ProviderError) and outcome.retryable:
                 return False
-            if isinstance(answer, Exception):
-                failed.append(answer if isinstance(answer, ProviderError) else ProviderError(
-                    f"Alibaba DescribeEipAddresses in {self.region}: {answer!r}", retryable=True))
+            if isinstance(outcome, Exception):
+                failed.append(outcome if isinstance(outcome, ProviderError) else ProviderError(
+                    f"Alibaba DescribeEipAddresses in {self.region}: {outcome!r}", retryable=True))
                 return True
-            return all((s.bound_to is not None) == associated and not s.pending for s in answer.values())
+            answer.update(outcome)
+            return done(outcome)
 
-        await hedged(lambda: self._describe_eips(eips), self.config.poll_interval, accept)
+        await hedged(lambda: self._describe_eips(eips), interval, accept)
         if failed:
             raise failed[0]
+        return answer
 
     async def _second_step(self, eips: tuple[str, ...], to: Binding, batch: bool) -> None:
         """Associate EIPs that are detached: every second now is downtime. A retryable refusal (throttling, a
@@ -379,8 +397,8 @@ class AlibabaProvider(Provider, EipAdmin):
         attempt = 0
         while True:
             try:
-                if unknown:
-                    states = await self._describe_eips(left)
+                if unknown:  # the first answer of describes sent every poll_interval / 4
+                    states = await self._poll(left, lambda _: True, self.config.poll_interval / 4)
                     left = [e for e in left if (at := states[e].bound_to) is None or not to.matches(at)]
                     busy = [e for e in left if states[e].pending]
                     if not left:
@@ -395,8 +413,14 @@ class AlibabaProvider(Provider, EipAdmin):
                 return
             except ProviderError as exc:
                 if not exc.retryable:
+                    if attempt == 0:
+                        raise
+                    # refused after a resend: perhaps because an earlier send went through after all
+                    states = await self._poll(left, _settled, self.config.poll_interval / 4)
+                    if all((at := s.bound_to) is not None and to.matches(at) for s in states.values()):
+                        return
                     raise
-                unknown = len(left) > 1 or exc.code is None or exc.timed_out or exc.code in _UNKNOWN_OUTCOME
+                unknown = len(left) > 1 or _lost(exc)
             await asyncio.sleep(SECOND_STEP_BACKOFF[min(attempt, len(SECOND_STEP_BACKOFF) - 1)] *
                                 random.uniform(0.5, 1.0))
             attempt += 1
@@ -569,6 +593,15 @@ async def _all(calls: Iterable[Awaitable[None]]) -> None:
     errors = [r for r in results if isinstance(r, BaseException)]
     if errors:
         raise min(errors, key=lambda e: isinstance(e, ProviderError) and e.retryable)
+
+
+def _lost(exc: ProviderError) -> bool:
+    """Whether a failed call's answer was lost: it may or may not have been carried out."""
+    return exc.code is None or exc.timed_out or exc.code in _UNKNOWN_OUTCOME
+
+
+def _settled(states: Mapping[str, EipState]) -> bool:
+    return not any(s.pending for s in states.values())
 
 
 def _plan_association(eips: Sequence[str], states: Mapping[str, EipState], to: Binding) -> _Plan:
