@@ -7,16 +7,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import sys
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 import pytest
 
-sys.path.append(str(Path(__file__).resolve().parent.parent / "bench"))
-
-import hostile_soak
+from bench import hostile_soak
 
 TIMEOUT, SLACK = 0.5, 0.1
 

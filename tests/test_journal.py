@@ -226,6 +226,11 @@ async def test_a_hung_disk_delays_a_failover_by_at_most_the_write_wait(journal: 
     assert [(s.operation, s.result) for s in done.steps] == [("AssociateAddress", "ok")]
 
 
+def detached(fake: FakeAliyun) -> bool:
+    fake.advance()
+    return fake.eips["eip-1"].status == "Available"
+
+
 async def api_get(address: str, path: str) -> Any:
     async with aiohttp.ClientSession() as session, session.get(f"http://{address}{path}") as response:
         return await response.json()
@@ -244,7 +249,7 @@ async def test_sigkill_between_the_two_steps_is_reconciled_at_the_next_start(
     assert proc.proc is not None
     proc.proc.send_signal(signal.SIGKILL)
     assert await proc.wait(10) == -signal.SIGKILL
-    await eventually(lambda: (fake.advance(), fake.eips["eip-1"].status)[1] == "Available", timeout=10)  # detached
+    await eventually(lambda: detached(fake), timeout=10)
     associations = fake.actions().count("AssociateEipAddress")
 
     again = start(config)

@@ -1,0 +1,1 @@
+"""Benchmarks: scripts that print figures (``.venv/bin/python bench/NAME.py``); the tests import their cores."""
