@@ -212,6 +212,7 @@ class Daemon:
         runner: web.AppRunner | None = None
         metrics_runner: web.AppRunner | None = None
         pruning: asyncio.Task[None] | None = None
+        handlers: list[signal.Signals] = []
         try:
             metrics = Metrics(self.config, {})
             history = History()
@@ -235,6 +236,8 @@ class Daemon:
             status = SystemdObserver(self.notifier, engine)
             observers.observers.append(status)
             parts = _Parts(http, observers, metrics, hooks, status, journal)
+            if install_signals:  # from here on: a signal during the start-up recovery is handled, not fatal
+                handlers = self._install_signals(engine)
             if journal is not None:
                 journal.on_state(metrics.journal_up.set)
                 await _restore(journal, built.runners)
@@ -258,8 +261,10 @@ class Daemon:
                      changes_enabled=built.token is not None, metrics_port=self.metrics_port)
             self.engine = engine
             self._start_guards(parts, built.guards)
-            return await self._serve(engine, parts, install_signals)
+            return await self._serve(engine, parts)
         finally:
+            for sig in handlers:
+                asyncio.get_running_loop().remove_signal_handler(sig)
             self.notifier.close()
             if pruning is not None:
                 pruning.cancel()
@@ -279,12 +284,16 @@ class Daemon:
             os._exit(130)
         engine.request_stop()
 
-    async def _serve(self, engine: Engine, parts: _Parts, install_signals: bool) -> int:
+    def _install_signals(self, engine: Engine) -> list[signal.Signals]:
+        """TERM: stop; INT: stop, a second one exits at once; HUP: reload. The handlers only set flags."""
         loop = asyncio.get_running_loop()
         handlers = {signal.SIGTERM: engine.request_stop, signal.SIGINT: lambda: self._interrupt(engine),
-                    signal.SIGHUP: self.request_reload} if install_signals else {}
+                    signal.SIGHUP: self.request_reload}
         for sig, handler in handlers.items():
             loop.add_signal_handler(sig, handler)
+        return list(handlers)
+
+    async def _serve(self, engine: Engine, parts: _Parts) -> int:
         log.info("daemon_starting", groups=[g.name for g in self.config.groups],
                  detection_seconds={g.name: g.policy.detection_seconds for g in self.config.groups})
         running = asyncio.create_task(engine.run(), name="engine")
@@ -313,8 +322,6 @@ class Daemon:
         finally:
             for task in (*waiters.values(), *helpers):
                 task.cancel()
-            for sig in handlers:
-                loop.remove_signal_handler(sig)
 
     async def _reload_unless_stopped(self, engine: Engine, parts: _Parts, stop: asyncio.Task[bool]) -> None:
         """A reload (its cloud check can take seconds) that a stop cancels: the stop is never held up by it."""
@@ -455,7 +462,8 @@ def _open_journal(config: Config) -> Journal | None:
 
 
 async def _restore(journal: Journal, runners: Sequence[GroupRunner]) -> None:
-    """Before the engine starts: each group's memory, then the failovers a crash left unfinished, reconciled."""
+    """Before the engine starts: each group's memory, then the failovers a crash left unfinished, reconciled (those
+    of groups no longer configured are recorded as not reconciled)."""
     await _remember(journal, runners)
     try:
         unfinished = await journal.unfinished()
@@ -463,8 +471,10 @@ async def _restore(journal: Journal, runners: Sequence[GroupRunner]) -> None:
         log.error("journal_read_failed", error=str(exc), detail="unfinished failovers are not reconciled; the "
                                                                 "engine repairs any EIP left detached")
         return
-    if unfinished:
-        await recovery.recover(unfinished, {r.name: r for r in runners})
+    groups = {r.name: r for r in runners}
+    for record in await recovery.recover(unfinished, groups):
+        if record.group not in groups:
+            journal.on_failover_finished(record)
 
 
 async def _remember(journal: Journal, runners: Sequence[GroupRunner]) -> None:

@@ -156,10 +156,13 @@ class GroupRunner:
     def remember(self, memory: GroupMemory) -> None:
         """Take what the journal remembers of this group from before a restart: maintenance, the automatic moves
         still within the ``max_failovers`` window, the end of the last move (the cooldown runs from it)."""
-        ago = time.time() - time.monotonic()  # wall clock minus monotonic: turns journal times into monotonic ones
+        now = time.monotonic()
+        ago = time.time() - now  # wall clock minus monotonic: turns journal times into monotonic ones
+        # a time ahead of now (the clock was stepped back since, or the journal comes from a host ahead) counts as
+        # now: it holds the group for one cooldown or window at most, never for as long as the clock was off
         self.maintenance = memory.maintenance
-        self.recent_moves = [t - ago for t in memory.window_starts]
-        self.last_move_at = None if memory.last_move_at is None else memory.last_move_at - ago
+        self.recent_moves = [min(t - ago, now) for t in memory.window_starts]
+        self.last_move_at = None if memory.last_move_at is None else min(memory.last_move_at - ago, now)
         if memory.maintenance:
             self.observers.on_maintenance(self.name, True)
 

@@ -17,9 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import fcntl
+import functools
 import json
 import os
+import queue
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -42,7 +46,9 @@ WRITE_WAIT = 0.5
 """How long a failover waits for a write that must precede a cloud call before going on without it (degraded)."""
 READ_WAIT = 2.0
 QUEUE_LIMIT = 10_000
-"""Writes waiting for the database beyond this (it hangs) are dropped, and counted."""
+"""Writes kept for a degraded journal beyond this are dropped, the oldest first, and counted."""
+RETRY_EVERY = 1.0
+"""Seconds between attempts to write the backlog of a degraded journal."""
 SCHEMA_VERSION = 1
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS failovers (
@@ -67,11 +73,43 @@ class JournalError(EipFailoverError):
     """The journal cannot be opened (at start: the daemon exits 2)."""
 
 
+class _Writer:
+    """One daemon thread that owns the connection and runs jobs in the order they came (a daemon thread: a job hung
+    on a dead disk never keeps the process from exiting)."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[tuple[concurrent.futures.Future[Any], Callable[..., Any], tuple[Any, ...]]
+                                      | None] = queue.SimpleQueue()
+        threading.Thread(target=self._run, name="journal", daemon=True).start()
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> concurrent.futures.Future[T]:
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._jobs.put((future, fn, args))
+        return future
+
+    def stop(self) -> None:
+        self._jobs.put(None)
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            future, fn, args = job
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn(*args))
+                except BaseException as exc:
+                    future.set_exception(exc)
+
+
 @dataclass(slots=True)
 class _State:
     degraded: str | None = None
+    backlog: list[tuple[int, Callable[..., Any], tuple[Any, ...]]] = field(default_factory=list)
+    """The writes not on disk since the journal degraded, with their sequence numbers: tried again, in order."""
+    seq: int = 0
     dropped: int = 0
-    queued: int = 0
+    last: asyncio.Future[Any] | None = None
+    """The last write handed to the thread."""
+    flushing: asyncio.Task[None] | None = None
     listeners: list[Callable[[bool], None]] = field(default_factory=list)
 
 
@@ -79,41 +117,54 @@ class Journal(NullObserver):
     """The journal of one daemon. Use :meth:`open`; an observer of the engine (it records every started and finished
     failover and every maintenance change), and the source of ``/v1/history``."""
 
-    def __init__(self, path: Path, connection: sqlite3.Connection, executor: concurrent.futures.Executor,
+    def __init__(self, path: Path, connection: sqlite3.Connection, writer: _Writer, lock: int,
                  max_age: float, max_records: int) -> None:
         self.path = path
         self.max_age, self.max_records = max_age, max_records
         self.memory = History()
         """The same records in memory: what reads fall back to."""
         self._db = connection
-        self._executor = executor
+        self._executor = writer
+        self._lock = lock
         self._state = _State()
         self._closed = False
 
     # --- life ---
     @classmethod
     def open(cls, directory: Path, *, max_age: float, max_records: int) -> Journal:
-        """Open (or create) ``directory/journal.db`` and check it; :class:`JournalError` says what is wrong."""
+        """Open (or create) ``directory/journal.db``, check it and lock it for this process; :class:`JournalError`
+        says what is wrong (another daemon holding it, too)."""
         path = directory / "journal.db"
-        executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
+        writer = _Writer()
         try:
-            db = executor.submit(_connect, directory, path).result()
+            lock = _lock(directory, path)
+            try:
+                db = writer.submit(_connect, path).result()
+            except JournalError:
+                os.close(lock)
+                raise
         except JournalError:
-            executor.shutdown(wait=False)
+            writer.stop()
             raise
-        return cls(path, db, executor, max_age, max_records)
+        return cls(path, db, writer, lock, max_age, max_records)
 
     async def close(self) -> None:
         """Wait for the queued writes (a hung disk: up to :data:`READ_WAIT`), then close the database."""
         if self._closed:
             return
+        if self._state.flushing is not None:
+            self._state.flushing.cancel()
         self._closed = True
         done = asyncio.wrap_future(self._executor.submit(self._db.close))
         try:
             await asyncio.wait_for(asyncio.shield(done), READ_WAIT)
         except Exception as exc:  # a hung or broken disk: what is queued is lost, and said so
-            log.error("journal_close_failed", path=str(self.path), error=_describe(exc))
-        self._executor.shutdown(wait=False)
+            log.error("journal_close_failed", path=str(self.path), error=_describe(exc),
+                      unwritten=len(self._state.backlog))
+        if self._state.backlog:
+            log.error("journal_unwritten", path=str(self.path), writes=len(self._state.backlog))
+        self._executor.stop()
+        os.close(self._lock)
 
     @property
     def degraded(self) -> str | None:
@@ -128,17 +179,17 @@ class Journal(NullObserver):
     # --- writes ---
     async def begin(self, record: FailoverRecord, *, counted: bool, windowed: bool) -> None:
         """Record a failover about to make its first cloud call; returns once it is on disk, or after
-        :data:`WRITE_WAIT` (degraded)."""
+        :data:`WRITE_WAIT` (degraded: then at once)."""
         self.memory.on_failover_started(record)
-        await self._wait(self._submit(_insert, record, counted, windowed, os.getpid()))
+        await self._write(_insert, (record, counted, windowed, os.getpid()), wait=True)
 
     async def step(self, failover_id: str, operation: str) -> Callable[[str, float], None]:
         """Record a cloud call about to be sent (awaited like :meth:`begin`); returns what records its result."""
         step_id = uuid.uuid4().hex
-        await self._wait(self._submit(_step_sent, step_id, failover_id, operation, time.time()))
+        await self._write(_step_sent, (step_id, failover_id, operation, time.time()), wait=True)
 
         def answered(result: str, seconds: float) -> None:
-            self._submit(_step_answered, step_id, result, seconds)
+            self._queue(_step_answered, (step_id, result, seconds))
         return answered
 
     def on_failover_started(self, record: FailoverRecord) -> None:
@@ -146,29 +197,26 @@ class Journal(NullObserver):
 
     def on_failover_finished(self, record: FailoverRecord) -> None:
         self.memory.on_failover_finished(record)
-        self._submit(_finish, record, os.getpid())
+        self._queue(_finish, (record, os.getpid()))
 
     def on_maintenance(self, group: str, enabled: bool) -> None:
-        self._submit(_maintenance, group, enabled)
-
-    def finish_interrupted(self, record: FailoverRecord) -> None:
-        """Record the outcome of a failover found unfinished at start (result ``interrupted``)."""
-        self.on_failover_finished(record)
+        self._queue(_maintenance, (group, enabled, time.time()))
 
     # --- reads ---
     async def query(self, group: str | None = None, limit: int = 100) -> list[FailoverRecord]:
-        """The newest records first, from the database (from memory if it cannot be read; while degraded, with what
-        only memory has)."""
+        """The newest records first, from the database (from memory if it cannot be read; while writes wait, with
+        memory's newer versions of the records)."""
         try:
             stored = await self._read(_query, group, limit)
         except Exception as exc:
             log.warning("journal_read_failed", path=str(self.path), error=_describe(exc), fallback="memory")
             return self.memory.query(group, limit)
-        if self._state.degraded is None:
+        if self._state.degraded is None and not self._state.backlog:
             return stored
-        ids = {r.id for r in stored}
-        merged = stored + [r for r in self.memory.query(group, limit) if r.id not in ids]
-        return sorted(merged, key=lambda r: r.started_at, reverse=True)[:limit]
+        newer = {r.id: r for r in self.memory.query(group, limit)}
+        merged = {r.id: newer.get(r.id, r) for r in stored}
+        merged.update({i: r for i, r in newer.items() if i not in merged})
+        return sorted(merged.values(), key=lambda r: r.started_at, reverse=True)[:limit]
 
     async def unfinished(self) -> list[FailoverRecord]:
         """The failovers that started and never finished (a crash, ``kill -9``), oldest first."""
@@ -195,38 +243,65 @@ class Journal(NullObserver):
             await asyncio.sleep(period)
 
     # --- machinery ---
-    def _submit(self, work: Callable[..., T], *args: Any) -> asyncio.Future[T] | None:
+    def _queue(self, work: Callable[..., Any], args: tuple[Any, ...]) -> asyncio.Future[Any] | None:
+        """Hand a write to the thread; while degraded, add it to the backlog instead (None)."""
         if self._closed:
             return None
-        if self._state.queued >= QUEUE_LIMIT:
-            self._state.dropped += 1
-            self._degrade(f"{self._state.queued} writes waiting for the database; dropped {self._state.dropped}")
+        self._state.seq += 1
+        if self._state.degraded is not None:
+            self._backlog(self._state.seq, work, args)
             return None
-        self._state.queued += 1
         future = asyncio.wrap_future(self._executor.submit(work, self._db, *args))
-        future.add_done_callback(self._written)
+        future.add_done_callback(functools.partial(self._written, self._state.seq, work, args))
+        self._state.last = future
         return future
 
-    def _written(self, future: asyncio.Future[Any]) -> None:
-        self._state.queued -= 1
-        exc = None if future.cancelled() else future.exception()
-        if exc is not None:
-            self._degrade(_describe(exc))
-        elif self._state.degraded is not None:
-            log.warning("journal_recovered", path=str(self.path), was=self._state.degraded)
-            self._state.degraded = None
-            self._tell(True)
-
-    async def _wait(self, future: asyncio.Future[T] | None) -> T | None:
-        if future is None:
-            return None
+    async def _write(self, work: Callable[..., Any], args: tuple[Any, ...], *, wait: bool) -> None:
+        future = self._queue(work, args)
+        if future is None or not wait:
+            return
         try:
-            return await asyncio.wait_for(asyncio.shield(future), WRITE_WAIT)
+            await asyncio.wait_for(asyncio.shield(future), WRITE_WAIT)
         except TimeoutError:
             self._degrade(f"a write took more than {WRITE_WAIT:g}s")
-        except Exception:  # reported by _written
+        except Exception:  # a failed write is in the backlog (see _written)
             pass
-        return None
+
+    def _written(self, seq: int, work: Callable[..., Any], args: tuple[Any, ...], future: asyncio.Future[Any]) -> None:
+        exc = None if future.cancelled() else future.exception()
+        if exc is not None and not self._closed:
+            self._backlog(seq, work, args)
+            self._degrade(_describe(exc))
+
+    def _backlog(self, seq: int, work: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        backlog = self._state.backlog
+        backlog.append((seq, work, args))
+        backlog.sort(key=lambda job: job[0])
+        if len(backlog) > QUEUE_LIMIT:  # a dead disk for hours: keep the newest
+            del backlog[0]
+            self._state.dropped += 1
+
+    async def _flush(self) -> None:
+        """While degraded: once the writes handed to the thread are done, write the backlog in order, every
+        :data:`RETRY_EVERY` seconds until it is all on disk."""
+        while self._state.backlog or self._state.degraded is not None:
+            last = self._state.last
+            if last is not None and not last.done():
+                await asyncio.wait({last})  # a hung disk: wait for the thread, which holds the order
+                await asyncio.sleep(0)  # and for its done-callback, which may add it to the backlog
+            jobs, self._state.backlog = self._state.backlog, []
+            try:
+                done = await asyncio.wrap_future(self._executor.submit(_replay, self._db, jobs))
+            except Exception:
+                done = 0
+            self._state.backlog = jobs[done:] + self._state.backlog
+            if not self._state.backlog:
+                log.warning("journal_recovered", path=str(self.path), was=self._state.degraded,
+                            dropped=self._state.dropped)
+                self._state.degraded = None
+                self._tell(True)
+                return
+            await asyncio.sleep(RETRY_EVERY)
 
     async def _read(self, work: Callable[..., T], *args: Any) -> T:
         if self._closed:
@@ -236,9 +311,12 @@ class Journal(NullObserver):
     def _degrade(self, why: str) -> None:
         first = self._state.degraded is None
         self._state.degraded = why
+        if self._state.flushing is None or self._state.flushing.done():
+            self._state.flushing = asyncio.ensure_future(self._flush())
         if first:
             log.error("journal_degraded", path=str(self.path), error=why,
-                      detail="failovers go on; history and state are not recorded until the journal recovers")
+                      detail="failovers go on; history and state are kept in memory and written once the journal "
+                             "recovers")
             self._tell(False)
 
     def _tell(self, ok: bool) -> None:
@@ -251,12 +329,32 @@ def _describe(exc: BaseException) -> str:
 
 
 # --- what runs in the journal's thread ---
-def _connect(directory: Path, path: Path) -> sqlite3.Connection:
+def _lock(directory: Path, path: Path) -> int:
+    """Create the directory and take ``journal.lock`` (held while the process lives: a second daemon on the same
+    directory is refused)."""
     try:
         directory.mkdir(mode=0o750, parents=True, exist_ok=True)
     except OSError as exc:
         raise JournalError(f"state_directory {directory}: cannot create it: {exc.strerror or exc}; set "
                            f"state_directory to a writable directory (or null to run without a journal)") from exc
+    lock_path = directory / "journal.lock"
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    except OSError as exc:
+        raise JournalError(f"{lock_path}: cannot open it: {exc.strerror or exc}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise JournalError(f"{path}: in use by another eipfailover (pid {holder}); each daemon needs its own "
+                           f"state_directory") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _connect(path: Path) -> sqlite3.Connection:
     db = None
     try:
         db = sqlite3.connect(path, timeout=1.0, isolation_level=None, check_same_thread=False)
@@ -322,8 +420,18 @@ def _step_answered(db: sqlite3.Connection, step_id: str, result: str, seconds: f
     db.execute("UPDATE steps SET result=?, seconds=? WHERE id=?", (result, seconds, step_id))
 
 
-def _maintenance(db: sqlite3.Connection, group: str, enabled: bool) -> None:
-    db.execute("INSERT OR REPLACE INTO maintenance VALUES (?,?,?)", (group, int(enabled), time.time()))
+def _maintenance(db: sqlite3.Connection, group: str, enabled: bool, changed_at: float) -> None:
+    db.execute("INSERT OR REPLACE INTO maintenance VALUES (?,?,?)", (group, int(enabled), changed_at))
+
+
+def _replay(db: sqlite3.Connection, jobs: list[tuple[int, Callable[..., Any], tuple[Any, ...]]]) -> int:
+    """Run backlogged writes in order; how many succeeded before the first failure."""
+    for done, (_, work, args) in enumerate(jobs):
+        try:
+            work(db, *args)
+        except Exception:
+            return done
+    return len(jobs)
 
 
 def _records(db: sqlite3.Connection, where: str, args: tuple[Any, ...], order: str, limit: int) -> list[FailoverRecord]:

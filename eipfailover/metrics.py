@@ -63,6 +63,9 @@ class Metrics(NullObserver):
                                            ["provider", "operation"], buckets=PROVIDER_BUCKETS, registry=r)
         self.config_reloads = Counter(P + "config_reloads", "Config reloads (SIGHUP) by result.", ["result"],
                                       registry=r)
+        self.last_interrupted = Gauge(P + "last_interrupted_failover_timestamp_seconds", "When a failover cut by "
+                                      "the daemon's death was reconciled at a start (Unix time; 0: none since "
+                                      "this start).", ["group"], registry=r)
         self.journal_up = Gauge(P + "journal_up", "1 while the journal records (or there is none: state_directory "
                                 "null); 0 when degraded: writes fail or hang, failovers go on unrecorded.",
                                 registry=r)
@@ -89,6 +92,7 @@ class Metrics(NullObserver):
             self._remove(set(_label_sets(old)) - set(_label_sets(group)))
         self.failover_duration.labels(group.name)
         self.last_failover.labels(group.name)
+        self.last_interrupted.labels(group.name)
         for trigger in TRIGGERS:
             for result in RESULTS:
                 self.failovers.labels(group.name, trigger, result)
@@ -103,7 +107,7 @@ class Metrics(NullObserver):
         if group is None:
             return
         self._remove(_label_sets(group))
-        for metric in (self.failover_duration, self.last_failover):
+        for metric in (self.failover_duration, self.last_failover, self.last_interrupted):
             with contextlib.suppress(KeyError):
                 metric.remove(name)
         for trigger in TRIGGERS:
@@ -145,7 +149,9 @@ class Metrics(NullObserver):
         if record.group not in self.groups:
             return
         self.failovers.labels(record.group, record.trigger.value, record.result).inc()
-        if record.result not in ("skipped", "dry_run") and record.finished_at is not None:
+        if record.result == "interrupted" and record.finished_at is not None:  # its duration includes the outage
+            self.last_interrupted.labels(record.group).set(record.finished_at)
+        elif record.result not in ("skipped", "dry_run") and record.finished_at is not None:
             self.failover_duration.labels(record.group).observe(record.duration or 0.0)
             self.last_failover.labels(record.group).set(record.finished_at)
 

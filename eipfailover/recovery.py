@@ -27,7 +27,8 @@ log = structlog.get_logger("eipfailover.recovery")
 
 async def recover(unfinished: list[FailoverRecord], runners: Mapping[str, GroupRunner]) -> list[FailoverRecord]:
     """Reconcile every unfinished failover (groups concurrently, a group's in order); the records as finished,
-    each also reported to its group's observers (journal, log, metrics, hooks)."""
+    each also reported to its group's observers (journal, log, metrics, hooks) if the group is still configured
+    (the caller records the others). A group in dry run makes no cloud call: what would be done is recorded."""
     by_group: dict[str, list[FailoverRecord]] = {}
     for record in unfinished:
         by_group.setdefault(record.group, []).append(record)
@@ -69,6 +70,8 @@ async def _reconcile(record: FailoverRecord, runner: GroupRunner) -> str:
     detached = [e for e in eips if states[e].bound_to is None]
     if not detached:
         return f"found {found}"
+    if runner.config.dry_run:
+        return f"found {found}; dry run: would re-attach {', '.join(detached)}; no cloud call made"
     to = runner.bindings.get(record.to_target)
     order = [n for n in runner.bindings if n != record.to_target]
     order.sort(key=lambda n: n != record.from_target)

@@ -250,7 +250,8 @@ async def test_metric_families_and_initial_label_sets(running: Running) -> None:
                 "eipfailover_failover_duration_seconds", "eipfailover_last_failover_timestamp_seconds",
                 "eipfailover_maintenance", "eipfailover_eip_attached", "eipfailover_provider_requests",
                 "eipfailover_provider_request_duration_seconds", "eipfailover_config_reloads",
-                "eipfailover_eips_foreign", "eipfailover_cloud_read_age_seconds", "eipfailover_journal_up"}
+                "eipfailover_eips_foreign", "eipfailover_cloud_read_age_seconds", "eipfailover_journal_up",
+                "eipfailover_last_interrupted_failover_timestamp_seconds"}
     assert expected <= set(families)
     assert {n for n in families if n.startswith("eipfailover_")} == expected
     failovers = {(s.labels["trigger"], s.labels["result"]) for s in families["eipfailover_failovers"].samples

@@ -420,7 +420,8 @@ class AlibabaProvider(Provider, EipAdmin):
                     if all((at := s.bound_to) is not None and to.matches(at) for s in states.values()):
                         return
                     raise
-                unknown = len(left) > 1 or _lost(exc)
+                # refused as not Available: an earlier send (answer lost, or held up on the way) may have landed
+                unknown = len(left) > 1 or _lost(exc) or exc.code == "IncorrectEipStatus"
             await asyncio.sleep(SECOND_STEP_BACKOFF[min(attempt, len(SECOND_STEP_BACKOFF) - 1)] *
                                 random.uniform(0.5, 1.0))
             attempt += 1

@@ -220,14 +220,16 @@ async def hedged(call: Callable[[], Awaitable[T]], interval: float, accept: Call
                 await asyncio.sleep(wait or 0.0)
                 continue
             done, in_flight = await asyncio.wait(in_flight, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
-            for future in done:
-                outcome: T | Exception
-                try:
-                    outcome = future.result()
-                except Exception as exc:
-                    outcome = exc
-                if accept(outcome):
-                    return
+            decided = False
+            for future in done:  # each one's exception is retrieved, even after the deciding one
+                failed = future.exception()
+                if decided:
+                    continue
+                if failed is not None and not isinstance(failed, Exception):
+                    raise failed
+                decided = accept(failed if failed is not None else future.result())
+            if decided:
+                return
     finally:
         for future in in_flight:
             future.cancel()
