@@ -166,10 +166,12 @@ async def alibaba_world(seed: int) -> AsyncIterator[World]:
 
 
 async def settle(world: World, timeout: float = 30) -> Binding | None:
-    """Wait (without faults) until the EIP is attached somewhere, or ``timeout``."""
+    """Wait (without faults) until the requests the proxy holds back (``delay``) have reached the cloud and the EIP
+    is attached somewhere, or ``timeout``: a move's abandoned call must not land in the middle of the next move."""
     end = time.monotonic() + timeout
     while True:
-        at = await world.where()
+        held = [s for s in world.proxy.log if s.fault == "delay" and s.status is None]
+        at = None if held else await world.where()
         if at is not None or time.monotonic() > end:
             return at
         await asyncio.sleep(0.1)

@@ -49,6 +49,8 @@ ENI_IDS_PER_CALL = 100  # DescribeNetworkInterfaces takes NetworkInterfaceId.1 t
 EIP_IDS_PER_CALL = 50  # DescribeEipAddresses takes up to 50 comma-separated AllocationIds
 SECOND_STEP_BACKOFF = (0.05, 0.1, 0.2, 0.4, 0.5)
 """Seconds (then jittered down to half) between sends of a refused second step: short, as the EIP is detached."""
+BACKUP_AFTER = 0.5
+"""Seconds a second-step call may go unanswered before a second one backs it up (if the EIP is still detached)."""
 _UNKNOWN_OUTCOME = frozenset({"InternalError", "UnknownError", "ServiceUnavailable"})
 """Codes after which a call may or may not have been carried out."""
 DETACH_RESEND = 2.0
@@ -406,10 +408,7 @@ class AlibabaProvider(Provider, EipAdmin):
                     if busy:  # still unassociating: sending now would only be refused
                         raise ProviderError(f"EIP transition in progress: {', '.join(busy)}", retryable=True,
                                             code="IncorrectEipStatus")
-                if batch and len(left) > 1:
-                    await self._associate_batch(left, to)
-                else:
-                    await _all(self._associate(e, to) for e in left)
+                await self._send_backed(left, to, batch)
                 return
             except ProviderError as exc:
                 if not exc.retryable:
@@ -425,6 +424,43 @@ class AlibabaProvider(Provider, EipAdmin):
             await asyncio.sleep(SECOND_STEP_BACKOFF[min(attempt, len(SECOND_STEP_BACKOFF) - 1)] *
                                 random.uniform(0.5, 1.0))
             attempt += 1
+
+    async def _send_backed(self, eips: list[str], to: Binding, batch: bool) -> None:
+        """Send the association once. If it has no answer after :data:`BACKUP_AFTER` (held up on the way: the EIP
+        is detached meanwhile) and a describe shows the EIPs still ``Available``, send it once more: the first
+        success ends it (the other, if it lands later, is refused as the EIP is no longer ``Available``; its
+        answer is awaited by :meth:`Provider.settle`, as for every mutating call). If every send failed, raises the
+        most telling error, unless a refusal of one may be the other's doing and the EIPs are on ``to``."""
+        def send() -> asyncio.Future[None]:
+            if batch and len(eips) > 1:
+                return asyncio.ensure_future(self._associate_batch(eips, to))
+            return asyncio.ensure_future(_all(self._associate(e, to) for e in eips))
+
+        sends = {send()}
+        done, _ = await asyncio.wait(sends, timeout=BACKUP_AFTER)
+        if not done:
+            try:
+                async with asyncio.timeout(BACKUP_AFTER):
+                    states = await self._poll(eips, lambda _: True, self.config.poll_interval / 4)
+                if all(states[e].bound_to is None and not states[e].pending for e in eips):
+                    sends.add(send())
+            except (ProviderError, TimeoutError):
+                pass
+        backed = len(sends) > 1
+        errors: list[BaseException] = []
+        while sends:
+            done, sends = await asyncio.wait(sends, return_when=asyncio.FIRST_COMPLETED)
+            for future in done:
+                if (failed := future.exception()) is None:
+                    for other in sends:
+                        other.add_done_callback(_consume)
+                    return
+                errors.append(failed)
+        if backed and any(not (isinstance(e, ProviderError) and e.retryable) for e in errors):
+            states = await self._poll(eips, _settled, self.config.poll_interval / 4)
+            if all((at := st.bound_to) is not None and to.matches(at) for st in states.values()):
+                return
+        raise min(errors, key=lambda e: isinstance(e, ProviderError) and e.retryable)
 
     async def _unassociate(self, eip: str, current: Binding) -> None:
         request = vpc.UnassociateEipAddressRequest(
@@ -594,6 +630,11 @@ async def _all(calls: Iterable[Awaitable[None]]) -> None:
     errors = [r for r in results if isinstance(r, BaseException)]
     if errors:
         raise min(errors, key=lambda e: isinstance(e, ProviderError) and e.retryable)
+
+
+def _consume(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _lost(exc: ProviderError) -> bool:

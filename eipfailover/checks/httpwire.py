@@ -1,0 +1,351 @@
+"""A lean HTTP/1.1 client for health probes, on asyncio streams: one request, one response, strict limits.
+
+The ``http`` check used aiohttp's client, whose ``ClientResponse.start`` loops over interim (1xx) responses without
+limit: a peer streaming ``100 Continue`` for ever had ~10,000 of them parsed per 256 KiB read, in one callback, and
+stalled the event loop (every other check with it). aiohttp has no hook to bound that loop, and a health probe needs
+little of a general client (no pool, no cookies, no redirects), so the probe speaks the protocol itself:
+
+* one request per connection, ``Connection: close``, no request body (a POST says ``Content-Length: 0``);
+* the response head within limits: lines of at most :data:`MAX_LINE` bytes, at most :data:`MAX_HEADERS` header
+  fields, at most :data:`MAX_INTERIM` interim responses before the final one;
+* a body read only when asked, and never more than asked (``Content-Length``, ``chunked`` or until the close), a
+  ``gzip`` or ``deflate`` one inflated no further than that either (a gzip bomb costs what the cap allows);
+* a yield to the event loop every :data:`YIELD_LINES` lines or :data:`YIELD_BYTES` bytes parsed, so that a peer
+  that sends faster than we parse cannot hold the loop: the timeout and the other checks run on time.
+
+Errors: :class:`ConnectError` (no connection: refused, unresolvable, unreachable, the TLS handshake or the
+certificate failed), :class:`BadResponse` (the answer broke the protocol or a limit; its text is the check's detail),
+or any other :class:`OSError` from the connection once made (a reset).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import ipaddress
+import re
+import ssl
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import quote, unquote, urlsplit
+
+MAX_LINE = 8190
+"""The longest status or header line (without its CRLF), as aiohttp and most servers have it."""
+MAX_HEADERS = 128
+"""The most header fields in one response head (interim responses count on their own)."""
+MAX_INTERIM = 8
+"""The most interim (1xx) responses before the final one; a server has no reason to send more than one or two."""
+YIELD_LINES = 32
+YIELD_BYTES = 64 * 1024
+"""Parsed since the last yield to the event loop (head lines or body bytes, raw or inflated): yield again."""
+READ_SIZE = 64 * 1024
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_STATUS_LINE = re.compile(rb"HTTP/\d\.\d ([0-9]{3})(?: (.*))?")
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
+_DIGITS = re.compile(r"[0-9]{1,19}")
+_BAD_VALUE = re.compile(r"[\r\n\0]")
+_PATH_SAFE = "/%!$&'()*+,;=:@-._~"
+_QUERY_SAFE = _PATH_SAFE + "?"
+_FRAMING = frozenset({"connection", "content-length", "transfer-encoding"})
+"""Request headers the probe sets itself (or leaves out): a configured one is ignored, it would break the framing."""
+
+# The wording of the aiohttp-based check for these three failures, kept: operators' alerts and tests match on it.
+TOO_MANY_HEADERS = f"ClientResponseError: 400, message='Too many headers received' (more than {MAX_HEADERS})"
+DISCONNECTED_IN_HEAD = "ServerDisconnectedError: the connection closed before the end of the response head"
+DISCONNECTED_IN_BODY = "ServerDisconnectedError: the connection closed before the end of the body"
+
+
+def _line_too_long(start: bytes) -> str:
+    message = f"Got more than {MAX_LINE} bytes when reading: {start!r}..."
+    return f"ClientResponseError: 400, message={message!r}"
+
+
+class ConnectError(Exception):
+    """No connection to ``host:port``: ``error`` says why (``ssl.SSLCertVerificationError`` for a certificate)."""
+
+    def __init__(self, host: str, port: int, error: OSError) -> None:
+        self.where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.error = error
+        super().__init__(f"cannot connect to {self.where}: {error}")
+
+
+class BadResponse(Exception):
+    """The answer is not HTTP/1.x as a probe accepts it; the text is the check's detail."""
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where a URL points: what to connect to and what to ask for."""
+
+    scheme: str
+    host: str
+    """To connect to: an IP address (IPv6 without brackets) or a name in ASCII (IDNA), lower case."""
+    port: int
+    authority: str
+    """The ``Host`` header: the host, bracketed if IPv6, with the port unless it is the scheme's default."""
+    path: str
+    """The request target: the path (``/`` if none) and the query, percent-encoded; never the fragment."""
+    userinfo: tuple[str, str] | None = None
+    literal: bool = False
+    """``host`` is an IP address (no name to resolve)."""
+
+
+def parse_url(url: str) -> Target:
+    """The :class:`Target` of an ``http://`` or ``https://`` URL; ``ValueError`` if it is not one."""
+    parts = urlsplit(url)
+    if parts.scheme not in DEFAULT_PORTS:
+        raise ValueError(f"not an http or https URL: {url!r}")
+    host = parts.hostname
+    if not host:
+        raise ValueError(f"no host in URL {url!r}")
+    port = parts.port or DEFAULT_PORTS[parts.scheme]  # .port raises ValueError for a bad one
+    try:
+        literal = ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:
+        literal = None
+        if not host.isascii():
+            host = host.encode("idna").decode("ascii")
+    name = f"[{host}]" if literal is not None and literal.version == 6 else host
+    authority = name if port == DEFAULT_PORTS[parts.scheme] else f"{name}:{port}"
+    path = quote(parts.path or "/", safe=_PATH_SAFE)
+    if parts.query:
+        path += "?" + quote(parts.query, safe=_QUERY_SAFE)
+    userinfo = None
+    if parts.username is not None:
+        userinfo = (unquote(parts.username), unquote(parts.password or ""))
+    return Target(parts.scheme, host, port, authority, path, userinfo, literal is not None)
+
+
+def build_request(method: str, target: Target, headers: Mapping[str, str], user_agent: str) -> bytes:
+    """The request head: the default fields, then the configured ones (which replace a default of the same name,
+    except the framing: ``Connection: close`` and, for a POST, ``Content-Length: 0``). ``ValueError`` for a header
+    that is not a valid field (a name that is not a token, a value with CR, LF or NUL)."""
+    fields: dict[str, tuple[str, str]] = {
+        "host": ("Host", target.authority),
+        "user-agent": ("User-Agent", user_agent),
+        "accept": ("Accept", "*/*"),
+        "accept-encoding": ("Accept-Encoding", "gzip, deflate"),
+    }
+    if target.userinfo is not None:
+        credentials = base64.b64encode(":".join(target.userinfo).encode("utf-8")).decode("ascii")
+        fields["authorization"] = ("Authorization", f"Basic {credentials}")
+    for name, value in headers.items():
+        if not _TOKEN.fullmatch(name.encode("utf-8")):
+            raise ValueError(f"invalid header name {name!r}")
+        if _BAD_VALUE.search(value):
+            raise ValueError(f"invalid value for header {name!r}: it holds CR, LF or NUL")
+        if name.lower() not in _FRAMING:
+            fields[name.lower()] = (name, value.strip())
+    fields["connection"] = ("Connection", "close")
+    if method == "POST":
+        fields["content-length"] = ("Content-Length", "0")
+    lines = [f"{method} {target.path} HTTP/1.1", *(f"{name}: {value}" for name, value in fields.values()), "", ""]
+    return "\r\n".join(lines).encode("utf-8")
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """The final response's head."""
+
+    status: int
+    reason: str
+    headers: dict[str, str]
+    """Lower-case names; a repeated field's values joined with ``", "``."""
+
+
+class _Pace:
+    """Counts the work done since the last yield to the event loop, and yields when it is enough."""
+
+    __slots__ = ("bytes", "lines")
+
+    def __init__(self) -> None:
+        self.lines = self.bytes = 0
+
+    async def step(self, nbytes: int, lines: int = 0) -> None:
+        self.lines += lines
+        self.bytes += nbytes
+        if self.lines >= YIELD_LINES or self.bytes >= YIELD_BYTES:
+            self.lines = self.bytes = 0
+            await asyncio.sleep(0)
+
+
+class Connection:
+    """One connection for one exchange. Use as ``async with await Connection.open(...) as conn``: leaving the block
+    aborts the connection (there is nothing to say to a server once its answer is judged)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._pace = _Pace()
+
+    @classmethod
+    async def open(cls, target: Target, tls: ssl.SSLContext | None) -> Connection:
+        """Connect (to a name's addresses as aiohttp does: Happy Eyeballs, 250 ms apart) and, for https, complete
+        the TLS handshake with ``tls`` for the URL's host. ``ConnectError`` if that fails."""
+        try:
+            reader, writer = await asyncio.open_connection(
+                target.host, target.port, ssl=tls, server_hostname=target.host if tls is not None else None,
+                limit=MAX_LINE + 1, happy_eyeballs_delay=None if target.literal else 0.25)
+        except OSError as exc:  # ssl.SSLError and socket.gaierror too
+            raise ConnectError(target.host, target.port, exc) from exc
+        return cls(reader, writer)
+
+    async def __aenter__(self) -> Connection:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._writer.transport.abort()
+
+    async def exchange(self, request: bytes) -> Response:
+        """Send ``request``; read and return the final response's head, skipping at most :data:`MAX_INTERIM`
+        interim responses."""
+        self._writer.write(request)
+        interim = 0
+        while True:
+            line = await self._line()
+            match = _STATUS_LINE.fullmatch(line)
+            if match is None:
+                raise BadResponse(f"invalid status line: {line[:60]!r}")
+            status, reason = int(match[1]), (match[2] or b"").decode("latin-1").strip()
+            headers = await self._headers()
+            if not 100 <= status < 200 or status == 101:  # 101 (we ask for no upgrade) is final, and not expected
+                return Response(status, reason, headers)
+            interim += 1
+            if interim > MAX_INTERIM:
+                what = f"HTTP {status} {reason}".rstrip()
+                raise BadResponse(f"more than {MAX_INTERIM} interim responses ({what}), no final one")
+
+    async def read_body(self, response: Response, limit: int, *, head: bool = False) -> bytes:
+        """At most ``limit`` bytes of the body (inflated if it is gzip or deflate): all of it if shorter. Empty for
+        a HEAD (``head``) and the statuses that have no body."""
+        if head or response.status in (204, 304) or response.status < 200:
+            return b""
+        decoder = _Decoder(response.headers.get("content-encoding", ""), limit)
+        coding = response.headers.get("transfer-encoding")
+        if coding is not None:
+            if coding.rsplit(",", 1)[-1].strip().lower() == "chunked":
+                await self._chunked(decoder)
+            else:
+                await self._raw(decoder, None)  # another coding: the body ends with the connection
+            return decoder.body()
+        length = response.headers.get("content-length")
+        if length is None:
+            await self._raw(decoder, None)
+            return decoder.body()
+        values = {value.strip() for value in length.split(",")}
+        if len(values) != 1 or not _DIGITS.fullmatch(size := values.pop()):
+            raise BadResponse(f"invalid Content-Length: {length!r}")
+        await self._raw(decoder, int(size))
+        return decoder.body()
+
+    # --- the head ------------------------------------------------------------------------------------------------
+
+    async def _line(self, closed: str = DISCONNECTED_IN_HEAD) -> bytes:
+        """The next line, without its line ending (CRLF, or a bare LF); ``BadResponse(closed)`` at the end of the
+        stream."""
+        try:
+            line = await self._reader.readuntil(b"\n")
+        except asyncio.LimitOverrunError:
+            raise BadResponse(_line_too_long(await self._reader.read(40))) from None
+        except asyncio.IncompleteReadError:
+            raise BadResponse(closed) from None
+        await self._pace.step(len(line), 1)
+        return line[:-2] if line.endswith(b"\r\n") else line[:-1]
+
+    async def _headers(self) -> dict[str, str]:
+        headers: dict[str, str] = {}
+        count, last = 0, ""
+        while line := await self._line():
+            count += 1  # a folded line counts as a field: it costs as much
+            if count > MAX_HEADERS:
+                raise BadResponse(TOO_MANY_HEADERS)
+            if line[:1] in (b" ", b"\t") and last:  # obsolete line folding: part of the previous value
+                headers[last] += " " + line.strip().decode("latin-1")
+                continue
+            name, colon, value = line.partition(b":")
+            if not colon or not _TOKEN.fullmatch(name):
+                raise BadResponse(f"invalid header line: {line[:60]!r}")
+            last = name.decode("ascii").lower()
+            text = value.strip().decode("latin-1")
+            headers[last] = f"{headers[last]}, {text}" if last in headers else text
+        return headers
+
+    # --- the body ------------------------------------------------------------------------------------------------
+
+    async def _raw(self, decoder: _Decoder, size: int | None) -> None:
+        """Feed ``decoder`` ``size`` bytes (or all until the connection closes) or until it has enough."""
+        left = size
+        while not decoder.full and (left is None or left > 0):
+            data = await self._reader.read(READ_SIZE if left is None else min(READ_SIZE, left))
+            if not data:
+                if left is None:
+                    return
+                raise BadResponse(DISCONNECTED_IN_BODY)
+            if left is not None:
+                left -= len(data)
+            await self._pace.step(decoder.feed(data))
+
+    async def _chunked(self, decoder: _Decoder) -> None:
+        while True:  # until the last chunk, or until the decoder has enough
+            line = await self._line(DISCONNECTED_IN_BODY)
+            size_text = line.partition(b";")[0].strip()
+            if not _CHUNK_SIZE.fullmatch(size_text):
+                raise BadResponse(f"invalid chunk size: {size_text[:40]!r}")
+            size = int(size_text, 16)
+            if size == 0:
+                return  # the trailer, if any, is of no interest
+            await self._raw(decoder, size)
+            if decoder.full:
+                return
+            if await self._line(DISCONNECTED_IN_BODY):
+                raise BadResponse("invalid chunked body: no CRLF after a chunk")
+
+
+class _Decoder:
+    """Collects at most ``limit`` bytes of a body, inflating ``gzip``/``x-gzip``/``deflate`` (zlib-wrapped or raw,
+    as servers send both) no further than that. Other codings are kept as they come."""
+
+    def __init__(self, content_encoding: str, limit: int) -> None:
+        self.encoding = content_encoding.strip().lower()
+        self.limit = limit
+        self.raw_limit = 2 * limit + READ_SIZE
+        """Compressed input that inflates to nothing is read no further than this either."""
+        self.raw = 0
+        self.out = bytearray()
+        self._inflate: zlib._Decompress | None = None
+        self._compressed = self.encoding in ("gzip", "x-gzip", "deflate")
+
+    @property
+    def full(self) -> bool:
+        return len(self.out) >= self.limit or self.raw >= self.raw_limit
+
+    def body(self) -> bytes:
+        return bytes(self.out[:self.limit])
+
+    def feed(self, data: bytes) -> int:
+        """Take ``data``; return how many bytes that was, read and inflated (the work done)."""
+        size = len(data)
+        self.raw += size
+        if not self._compressed:
+            self.out += data[:self.limit - len(self.out)]
+            return size
+        if self._inflate is None:
+            if self.encoding == "deflate" and data[0] & 0x0F != 8:  # not a zlib header: raw deflate
+                self._inflate = zlib.decompressobj(-zlib.MAX_WBITS)
+            else:
+                self._inflate = zlib.decompressobj(16 + zlib.MAX_WBITS if self.encoding != "deflate" else
+                                                   zlib.MAX_WBITS)
+        before = len(self.out)
+        try:
+            while data and len(self.out) < self.limit and not self._inflate.eof:
+                self.out += self._inflate.decompress(data, self.limit - len(self.out))
+                data = self._inflate.unconsumed_tail
+        except zlib.error as exc:
+            raise BadResponse(f"cannot decode the {self.encoding} body: {exc}") from None
+        return size + len(self.out) - before
