@@ -40,6 +40,7 @@ from eipfailover.providers.aws import AwsProvider
 from eipfailover.providers.base import Provider
 from tests.fake_aliyun import FakeAliyun, provider_for
 from tests.fault_proxy import FaultProxy
+from tests.test_lifecycle import world as two_instances
 
 FAULTS = ("none", "throttle", "http503", "reset", "reset_after", "delay", "html", "late")
 MUTATING = {"aws": ("AssociateAddress", "DisassociateAddress"),
@@ -131,10 +132,7 @@ async def aws_world(seed: int) -> AsyncIterator[World]:
 async def alibaba_world(seed: int) -> AsyncIterator[World]:
     fake = FakeAliyun(transition=TRANSITION)
     await fake.start()
-    fake.add_eip("eip-1", "47.1.1.1")
-    fake.add_resource("i-a")
-    fake.add_resource("i-b")
-    fake.bind("eip-1", "i-a")
+    two_instances(fake, TRANSITION)  # eip-1 on i-a; i-b the standby
     proxy = FaultProxy(fake.endpoint, "aliyun", seed=seed)
     await proxy.start()
     with tempfile.TemporaryDirectory() as tmp:

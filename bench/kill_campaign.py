@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from eipfailover.demo import DaemonProcess
 from tests.conftest import HealthServer
 from tests.fake_aliyun import FakeAliyun, key_file
+from tests.test_lifecycle import world as two_instances
 
 INTERVAL, TRANSITION, KILL_WINDOW = 0.5, 0.5, 1.5
 MOVE_SECONDS = 1.1
@@ -114,10 +115,7 @@ async def campaign(kills: int, seed: int, echo: bool = True) -> Report:
     rng = random.Random(seed)
     fake = FakeAliyun(transition=TRANSITION)
     await fake.start()
-    fake.add_eip("eip-1", "47.1.1.1")
-    fake.add_resource("i-a")
-    fake.add_resource("i-b")
-    fake.bind("eip-1", "i-a")
+    two_instances(fake, TRANSITION)  # eip-1 on i-a; i-b the standby
     servers = [HealthServer(), HealthServer()]
     for server in servers:
         await server.start()
