@@ -2,12 +2,15 @@
 
 The daemon runs as a subprocess on the fake Alibaba VPC API (two-step moves, 0.5 s transitions; interval 500 ms,
 timeout 250 ms, rise 2, fall 2), one group whose EIP sits on one of two ECS instances, each with its own HTTP
-health endpoint. Each round: the active target's endpoint stops, the daemon starts a failover, and at a random moment
-within the next 1.5 s (before the first cloud call, while the EIP is unassociating, detached between the two steps,
-associating, or after the move) the daemon gets SIGKILL. It is restarted at once, with the dead target still dead.
+health endpoint, and a 0.4 s fencing hook (``before_failover``). Each round: the active target's endpoint stops, the
+daemon starts a failover (in 3 rounds out of 10 the association is throttled 4 times, so the EIP sits detached a
+while), and at a random moment within the next 2 s (in the fencing hook before any cloud call, while the EIP is
+unassociating, detached between the two steps, associating, or after the move) the daemon gets SIGKILL. It is
+restarted at once, with the dead target still dead.
 
 Per round it checks: the EIP ends attached to the healthy target, and how long that took from the restart (and from
-the restarted daemon's first log line, against the bound of 2 intervals plus one fault-free move); the journal
+the restarted daemon's first log line, against the bound of 2 intervals plus the fencing hook plus one fault-free
+move); the journal
 (``/v1/history``) shows the killed failover, as ``interrupted`` if the kill cut it; and no association was ever
 made towards the dead target (a double move). Then the dead target comes back and the next round goes the other way.
 
@@ -39,13 +42,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from eipfailover.demo import DaemonProcess
 from tests.conftest import HealthServer
-from tests.fake_aliyun import FakeAliyun, key_file
+from tests.fake_aliyun import FakeAliyun, Fault, key_file
 from tests.test_lifecycle import world as two_instances
 
-INTERVAL, TRANSITION, KILL_WINDOW = 0.5, 0.5, 1.5
+INTERVAL, TRANSITION, KILL_WINDOW = 0.5, 0.5, 2.0
+FENCE = 0.4
+"""Seconds the ``before_failover`` hook takes (a fencing script): a kill then falls before any cloud call."""
 MOVE_SECONDS = 1.1
 """One fault-free move on this fake (bench/fault_matrix.py, row "none": p50 1.01 s), rounded up."""
-BOUND = 2 * INTERVAL + MOVE_SECONDS
+BOUND = 2 * INTERVAL + FENCE + MOVE_SECONDS
 PHASES = {"InUse@dead": "not started", "Unassociating@dead": "first step", "Available": "between the steps",
           "Associating@alive": "second step", "InUse@alive": "moved"}
 
@@ -89,6 +94,7 @@ def config(fake: FakeAliyun, servers: list[HealthServer], directory: Path) -> Pa
         "groups": [{"name": "web", "provider": "ali", "eips": ["eip-1"],
                     "policy": {"interval": f"{INTERVAL}s", "timeout": f"{INTERVAL / 2}s", "rise": 2, "fall": 2,
                                "cooldown": 0, "max_failovers": {"count": 1000, "window": "1h"}},
+                    "hooks": {"before_failover": [sys.executable, "-c", f"import time; time.sleep({FENCE})"]},
                     "targets": [{"name": f"web-{x}", "binding": {"instance_id": f"i-{x}"},
                                  "checks": [{"type": "http", "url": server.url}]}
                                 for x, server in zip("ab", servers, strict=True)]}],
@@ -132,6 +138,8 @@ async def campaign(kills: int, seed: int, echo: bool = True) -> Report:
                 since = time.monotonic()
                 mark = len(fake.timeline)
                 calls_mark = len(fake.log)
+                if rng.random() < 0.3:  # the association throttled a few times: the EIP sits detached meanwhile
+                    fake.faults["AssociateEipAddress"] = [Fault() for _ in range(4)]
                 await servers[active].stop()
                 started = await proc.wait_for("failover_started", 30, after=since)
                 failover_id = next(e["failover_id"] for t, e in proc.events if t == started)
@@ -141,6 +149,7 @@ async def campaign(kills: int, seed: int, echo: bool = True) -> Report:
                 assert proc.proc is not None
                 proc.proc.send_signal(signal.SIGKILL)
                 await proc.wait(10)
+                fake.faults.clear()
                 calls = sum(1 for entry in fake.log[calls_mark:] if entry.action in (
                     "UnassociateEipAddress", "AssociateEipAddress"))
                 restart = time.monotonic()
@@ -198,7 +207,7 @@ async def main(args: argparse.Namespace) -> int:
     print(f"EIP attached to the healthy target after the restart: p50 {result['attached_after_restart_p50']:.2f}s, "
           f"max {result['attached_after_restart_max']:.2f}s; after the daemon's first log line: p50 "
           f"{result['attached_after_start_p50']:.2f}s, max {result['attached_after_start_max']:.2f}s "
-          f"(bound: 2 intervals + one move = {BOUND:.2f}s)")
+          f"(bound: 2 intervals + the fencing hook + one move = {BOUND:.2f}s)")
     print(f"double moves: {result['double_moves']}; problems: {result['problems'] or 'none'}")
     print(json.dumps({"kill_campaign": result, "rounds": [asdict(r) for r in report.rounds]}))
     return 1 if result["problems"] else 0
