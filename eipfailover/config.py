@@ -11,6 +11,7 @@ import ipaddress
 import math
 import os
 import re
+import urllib.parse
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -217,6 +218,20 @@ class HttpCheckConfig(_CheckBase):
     def _url(cls, value: str) -> str:
         if not re.match(r"^https?://[^/\s]+", value):
             raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
+        try:
+            urllib.parse.urlsplit(value).port  # noqa: B018 - parsing it is the check
+        except ValueError as exc:
+            raise ValueError(f"{exc} in {value!r}") from None
+        return value
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, text in value.items():
+            if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name):
+                raise ValueError(f"invalid header name {name!r}")
+            if any(c in text for c in "\r\n\0"):
+                raise ValueError(f"the value of header {name!r} holds a line break or NUL")
         return value
 
     @field_validator("body_regex")

@@ -284,7 +284,11 @@ def test_http_url_forms() -> None:
 ])
 async def test_http_config_that_cannot_be_sent_is_an_error_not_a_crash(url: str, headers: dict[str, str],
                                                                           detail: str) -> None:
-    result = await http_check(url, headers=headers).run()
+    """The config refuses these (tests/test_config.py); a check built past it still reports, never raises."""
+    config = HttpCheckConfig.model_construct(type="http", url=url, headers=headers, **{
+        k: f.default for k, f in HttpCheckConfig.model_fields.items() if k not in ("type", "url", "headers")
+        and f.default_factory is None})
+    result = await HttpCheck("http", 1.0, config).run()
     assert result.status is CheckStatus.ERROR
     assert result.detail.startswith(detail)
 
