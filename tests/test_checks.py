@@ -614,3 +614,35 @@ async def test_exec_timeout_kills_the_process_group(tmp_path: Path) -> None:
         await asyncio.sleep(0.02)
     else:
         pytest.fail(f"grandchild {child} survived the timeout")
+
+
+def test_http_url_with_an_ipv6_zone() -> None:
+    """RFC 6874: ``[addr%25zone]`` in the URL; the connection takes the zone decoded, the Host header as written."""
+    target = httpwire.parse_url("http://[fe80::1%25eth0]:8080/healthz")
+    assert (target.host, target.authority, target.literal) == ("fe80::1%eth0", "[fe80::1%25eth0]:8080", True)
+
+
+async def test_http_invalid_content_length_is_not_healthy_even_without_a_body_check() -> None:
+    """A final response whose head breaks the framing (``Content-Length: abc``) is a broken answer, whether or not
+    the check reads the body."""
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: abc\r\n\r\nok")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        result = await http_check(f"http://127.0.0.1:{port}/").run()
+    finally:
+        server.close()
+    assert (result.status, result.detail) == (CheckStatus.FAIL, "invalid Content-Length: 'abc'")
+
+
+async def test_http_host_name_the_resolver_cannot_encode_is_a_connection_failure() -> None:
+    """A label longer than 63 characters cannot even be encoded for the resolver: ``fail``, as any name that does
+    not resolve, not ``error``."""
+    result = await http_check("http://" + "a" * 64 + ".example/").run()
+    assert result.status is CheckStatus.FAIL
+    assert result.detail.startswith("cannot connect to ")

@@ -102,13 +102,16 @@ def parse_url(url: str) -> Target:
     if not host:
         raise ValueError(f"no host in URL {url!r}")
     port = parts.port or DEFAULT_PORTS[parts.scheme]  # .port raises ValueError for a bad one
+    name = host
     try:
         literal = ipaddress.ip_address(host.partition("%")[0])
     except ValueError:
         literal = None
         if not host.isascii():
-            host = host.encode("idna").decode("ascii")
-    name = f"[{host}]" if literal is not None and literal.version == 6 else host
+            host = name = host.encode("idna").decode("ascii")
+    if literal is not None and literal.version == 6:
+        name = f"[{host}]"  # a zone stays as the URL writes it (RFC 6874: %25); the connect takes it decoded
+        host = unquote(host)
     authority = name if port == DEFAULT_PORTS[parts.scheme] else f"{name}:{port}"
     path = quote(parts.path or "/", safe=_PATH_SAFE)
     if parts.query:
@@ -191,6 +194,8 @@ class Connection:
                 limit=MAX_LINE + 1, happy_eyeballs_delay=None if target.literal else 0.25)
         except OSError as exc:  # ssl.SSLError and socket.gaierror too
             raise ConnectError(target.host, target.port, exc) from exc
+        except UnicodeError as exc:  # a name the resolver cannot even encode (a label over 63 characters)
+            raise ConnectError(target.host, target.port, OSError(f"invalid host name ({exc})")) from exc
         return cls(reader, writer)
 
     async def __aenter__(self) -> Connection:
@@ -215,6 +220,7 @@ class Connection:
             status, reason = int(match[1]), (match[2] or b"").decode("latin-1").strip()
             headers = await self._headers()
             if not 100 <= status < 200 or status == 101:  # 101 (we ask for no upgrade) is final, and not expected
+                _content_length(headers)  # a broken framing is a broken answer, body read or not
                 return Response(status, reason, headers)
             interim += 1
             if interim > MAX_INTERIM:
@@ -234,14 +240,7 @@ class Connection:
             else:
                 await self._raw(decoder, None)  # another coding: the body ends with the connection
             return decoder.body()
-        length = response.headers.get("content-length")
-        if length is None:
-            await self._raw(decoder, None)
-            return decoder.body()
-        values = {value.strip() for value in length.split(",")}
-        if len(values) != 1 or not _DIGITS.fullmatch(size := values.pop()):
-            raise BadResponse(f"invalid Content-Length: {length!r}")
-        await self._raw(decoder, int(size))
+        await self._raw(decoder, _content_length(response.headers))
         return decoder.body()
 
     # --- the head ------------------------------------------------------------------------------------------------
@@ -305,6 +304,18 @@ class Connection:
                 return
             if await self._line(DISCONNECTED_IN_BODY):
                 raise BadResponse("invalid chunked body: no CRLF after a chunk")
+
+
+def _content_length(headers: Mapping[str, str]) -> int | None:
+    """The body's length from ``Content-Length`` (None without one); ``BadResponse`` if it is not a number, or
+    several different ones."""
+    length = headers.get("content-length")
+    if length is None:
+        return None
+    values = {value.strip() for value in length.split(",")}
+    if len(values) != 1 or not _DIGITS.fullmatch(size := values.pop()):
+        raise BadResponse(f"invalid Content-Length: {length!r}")
+    return int(size)
 
 
 class _Decoder:
