@@ -532,6 +532,17 @@ async def test_an_eip_command_is_refused_while_the_daemon_is_moving_that_eip(
         await asyncio.wait_for(task, 60)
 
 
+def _world(fake: FakeAliyun) -> None:
+    """eip-1 on i-a (group web: i-a, i-b); eni-y, a secondary ENI carrying no EIP, attached to i-c; eip-9 on
+    nothing."""
+    for rid in ("i-a", "i-b", "i-c"):
+        fake.add_resource(rid)
+    fake.add_eip("eip-1", "47.1.1.1")
+    fake.bind("eip-1", "i-a")
+    fake.add_eni("eni-y", "10.0.0.80", attached_to="i-c")
+    fake.add_eip("eip-9", "47.1.1.9")
+
+
 async def test_a_failed_associate_onto_a_cut_through_eni_re_attaches_that_eni_where_it_was(
         fake: FakeAliyun, tmp_path: Path) -> None:
     """eni-y (secondary, no EIP) is attached to i-c. `eip associate eip-9 --to network_interface_id=eni-y,
@@ -539,12 +550,7 @@ async def test_a_failed_associate_onto_a_cut_through_eni_re_attaches_that_eni_wh
     `--timeout`, the issue's rule applies: "an ENI left detached is re-attached where it was" (README: "the
     never-stranded rule of every move"). The command must fail (exit 1) with eni-y back on i-c, not leave i-c
     without its ENI and eni-y on no instance."""
-    for rid in ("i-a", "i-b", "i-c"):
-        fake.add_resource(rid)
-    fake.add_eip("eip-1", "47.1.1.1")
-    fake.bind("eip-1", "i-a")
-    fake.add_eni("eni-y", "10.0.0.80", attached_to="i-c")
-    fake.add_eip("eip-9", "47.1.1.9")
+    _world(fake)
     fake.faults["AttachNetworkInterface"] = [Fault(match={"InstanceId": "i-b"}) for _ in range(1000)]
     config = ali_data(tmp_path, fake, [WEB_GROUP])
     result = await eip(config, "associate", "eip-9", "--to", "network_interface_id=eni-y,instance_id=i-b",
@@ -575,15 +581,14 @@ async def test_an_interrupt_after_the_second_step_was_sent_puts_the_eip_back_whe
     assert fake.eips["eip-1"].instance_id == "i-a", (result.err[-600:], fake.sequence())
 
 
-def _world(fake: FakeAliyun) -> None:
-    """eip-1 on i-a (group web: i-a, i-b); eni-y, a secondary ENI carrying no EIP, attached to i-c; eip-9 on
-    nothing."""
-    for rid in ("i-a", "i-b", "i-c"):
-        fake.add_resource(rid)
-    fake.add_eip("eip-1", "47.1.1.1")
-    fake.bind("eip-1", "i-a")
-    fake.add_eni("eni-y", "10.0.0.80", attached_to="i-c")
-    fake.add_eip("eip-9", "47.1.1.9")
+def assert_both_back_home(fake: FakeAliyun, result: Result, code: int) -> None:
+    """The command exited ``code`` with eip-1 back on i-a and eni-y back on i-c, where each was."""
+    fake.advance()
+    eni = fake.resources["eni-y"]
+    assert result.code == code, result
+    assert fake.eips["eip-1"].instance_id == "i-a", result.err[-600:]
+    assert (eni.attached_to, eni.eni_status) == ("i-c", "InUse"), (result.err[-800:], fake.sequence(
+        skip=("DescribeEipAddresses", "DescribeNetworkInterfaces")))
 
 
 async def test_a_failed_move_of_a_bound_eip_onto_a_cut_through_eni_re_attaches_that_eni_too(
@@ -597,12 +602,7 @@ async def test_a_failed_move_of_a_bound_eip_onto_a_cut_through_eni_re_attaches_t
     config = ali_data(tmp_path, fake, [WEB_GROUP])
     result = await eip(config, "associate", "eip-1", "--to", "network_interface_id=eni-y,instance_id=i-b",
                        "--force", "--timeout", "3")
-    fake.advance()
-    eni = fake.resources["eni-y"]
-    assert result.code == 1, result
-    assert fake.eips["eip-1"].instance_id == "i-a", result.err[-600:]
-    assert (eni.attached_to, eni.eni_status) == ("i-c", "InUse"), (result.err[-800:], fake.sequence(
-        skip=("DescribeEipAddresses", "DescribeNetworkInterfaces")))
+    assert_both_back_home(fake, result, 1)
 
 
 async def test_an_interrupt_of_a_bound_eips_move_onto_a_cut_through_eni_re_attaches_that_eni_too(
@@ -616,12 +616,7 @@ async def test_an_interrupt_of_a_bound_eips_move_onto_a_cut_through_eni_re_attac
     result = await interrupted(lambda: "AssociateEipAddress" in fake.actions(), signal.SIGINT, "eip", "associate",
                                "eip-1", "--to", "network_interface_id=eni-y,instance_id=i-b", "--force", "--timeout",
                                "30", "-c", str(config))
-    fake.advance()
-    eni = fake.resources["eni-y"]
-    assert result.code == 130, result
-    assert fake.eips["eip-1"].instance_id == "i-a", result.err[-600:]
-    assert (eni.attached_to, eni.eni_status) == ("i-c", "InUse"), (result.err[-800:], fake.sequence(
-        skip=("DescribeEipAddresses", "DescribeNetworkInterfaces")))
+    assert_both_back_home(fake, result, 130)
 
 
 async def test_an_interrupt_of_an_eip_bound_to_nothing_leaves_it_bound_to_nothing(

@@ -289,7 +289,7 @@ class AlibabaProvider(Provider, EipAdmin):
             except ProviderError as exc:  # the answer lost, the call perhaps carried out: look before retrying
                 if not exc.retryable or not _lost(exc):
                     raise
-                states = await self._poll(list(plan.unassociate), _settled, self.config.poll_interval / 4)
+                states = await self._poll(list(plan.unassociate), _settled)
                 if any(s.bound_to is not None for s in states.values()):
                     raise
             await self._wait_eips(list(plan.unassociate), associated=False)
@@ -302,7 +302,7 @@ class AlibabaProvider(Provider, EipAdmin):
             await self._eni_call("AttachNetworkInterface", *plan.attach)
 
     async def _plan(self, eips: Sequence[str], to: Binding) -> _Plan:
-        states = await self._poll(list(eips), lambda _: True, self.config.poll_interval / 4)
+        states = await self._poll(list(eips))
         busy = [f"{e} is {'associating' if s.bound_to else 'unassociating'}" for e, s in states.items() if s.pending]
         if busy:
             raise ProviderError(f"EIP transition in progress: {'; '.join(busy)}", retryable=True,
@@ -366,10 +366,16 @@ class AlibabaProvider(Provider, EipAdmin):
         await self._poll(eips, lambda states: all((s.bound_to is not None) == associated and not s.pending
                                                   for s in states.values()), interval)
 
-    async def _poll(self, eips: list[str], done: Callable[[dict[str, EipState]], bool],
-                    interval: float) -> dict[str, EipState]:
-        """Describe ``eips`` every ``interval`` until an answer is ``done``. A describe that fails retryably, or is
-        slow, neither ends nor holds up the poll (see :func:`hedged`); a permanent error is raised."""
+    async def _landed(self, eips: list[str], to: Binding) -> bool:
+        """Whether every EIP is on ``to`` once none is in transition (a refusal may be an earlier send's doing)."""
+        states = await self._poll(eips, _settled)
+        return all(_on(state, to) for state in states.values())
+
+    async def _poll(self, eips: list[str], done: Callable[[dict[str, EipState]], bool] = lambda _: True,
+                    interval: float | None = None) -> dict[str, EipState]:
+        """Describe ``eips`` every ``interval`` (default ``poll_interval / 4``: the EIPs may be detached, or a
+        decision waits on the answer) until an answer is ``done`` (by default the first). A describe that fails
+        retryably, or is slow, neither ends nor holds up the poll (see :func:`hedged`); a permanent error is raised."""
         answer: dict[str, EipState] = {}
         failed: list[ProviderError] = []
 
@@ -383,7 +389,7 @@ class AlibabaProvider(Provider, EipAdmin):
             answer.update(outcome)
             return done(outcome)
 
-        await hedged(lambda: self._describe_eips(eips), interval, accept)
+        await hedged(lambda: self._describe_eips(eips), interval or self.config.poll_interval / 4, accept)
         if failed:
             raise failed[0]
         return answer
@@ -400,8 +406,8 @@ class AlibabaProvider(Provider, EipAdmin):
         while True:
             try:
                 if unknown:  # the first answer of describes sent every poll_interval / 4
-                    states = await self._poll(left, lambda _: True, self.config.poll_interval / 4)
-                    left = [e for e in left if (at := states[e].bound_to) is None or not to.matches(at)]
+                    states = await self._poll(left)
+                    left = [e for e in left if not _on(states[e], to)]
                     busy = [e for e in left if states[e].pending]
                     if not left:
                         return
@@ -415,8 +421,7 @@ class AlibabaProvider(Provider, EipAdmin):
                     if attempt == 0:
                         raise
                     # refused after a resend: perhaps because an earlier send went through after all
-                    states = await self._poll(left, _settled, self.config.poll_interval / 4)
-                    if all((at := s.bound_to) is not None and to.matches(at) for s in states.values()):
+                    if await self._landed(left, to):
                         return
                     raise
                 # refused as not Available: an earlier send (answer lost, or held up on the way) may have landed
@@ -441,7 +446,7 @@ class AlibabaProvider(Provider, EipAdmin):
         if not done:
             try:
                 async with asyncio.timeout(BACKUP_AFTER):
-                    states = await self._poll(eips, lambda _: True, self.config.poll_interval / 4)
+                    states = await self._poll(eips)
                 if all(states[e].bound_to is None and not states[e].pending for e in eips):
                     sends.add(send())
             except (ProviderError, TimeoutError):
@@ -456,10 +461,9 @@ class AlibabaProvider(Provider, EipAdmin):
                         other.add_done_callback(_consume)
                     return
                 errors.append(failed)
-        if backed and any(not (isinstance(e, ProviderError) and e.retryable) for e in errors):
-            states = await self._poll(eips, _settled, self.config.poll_interval / 4)
-            if all((at := st.bound_to) is not None and to.matches(at) for st in states.values()):
-                return
+        refused = any(not (isinstance(e, ProviderError) and e.retryable) for e in errors)
+        if backed and refused and await self._landed(eips, to):
+            return
         raise min(errors, key=lambda e: isinstance(e, ProviderError) and e.retryable)
 
     async def _unassociate(self, eip: str, current: Binding) -> None:
@@ -640,6 +644,10 @@ def _consume(future: asyncio.Future[Any]) -> None:
 def _lost(exc: ProviderError) -> bool:
     """Whether a failed call's answer was lost: it may or may not have been carried out."""
     return exc.code is None or exc.timed_out or exc.code in _UNKNOWN_OUTCOME
+
+
+def _on(state: EipState, to: Binding) -> bool:
+    return state.bound_to is not None and to.matches(state.bound_to)
 
 
 def _settled(states: Mapping[str, EipState]) -> bool:
