@@ -22,10 +22,13 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
+from eipfailover.cluster.base import CoordinationError
+from eipfailover.cluster.solo import Solo
 from eipfailover.credentials import credential_file
 from eipfailover.engine import Engine, GroupRunner
 from eipfailover.events import FailoverRecord
 from eipfailover.model import Action, ManualRequest, Reason
+from eipfailover.status import GroupStatus
 
 MAX_BODY = 64 * 1024
 BODY_TIMEOUT = 10.0
@@ -36,9 +39,9 @@ HistoryReader = Callable[[str | None, int], Awaitable[list[FailoverRecord]]]
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
         super().__init__(message)
-        self.status, self.code, self.message = status, code, message
+        self.status, self.code, self.message, self.extra = status, code, message, extra
 
 
 class FailoverBody(BaseModel):
@@ -81,31 +84,35 @@ def record_json(record: FailoverRecord | None) -> dict[str, Any] | None:
     }
 
 
-def group_json(runner: GroupRunner, now: float) -> dict[str, Any]:
-    p = runner.config.policy
-    decision = runner.decision
+def _age(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 3)
+
+
+def group_json(group: GroupStatus) -> dict[str, Any]:
+    p = group.policy
+    decision = group.decision
     return {
-        "name": runner.name,
-        "provider": runner.config.provider,
-        "active_target": runner.active,
-        "placement": runner.placement.value,
+        "name": group.name,
+        "provider": group.provider,
+        "active_target": group.active,
+        "placement": group.placement.value,
         "eips": [
             {"allocation_id": eip, "public_ip": state.public_ip,
              "bound_to": None if state.bound_to is None else str(state.bound_to)}
-            for eip, state in runner.eip_states.items()
+            for eip, state in group.eip_states.items()
         ],
-        "foreign_eips": list(runner.location.foreign),
-        "adopt_foreign": runner.config.adopt_foreign,
-        "maintenance": runner.maintenance,
-        "reconciled": runner.reconciled.is_set(),
-        "cloud_error": None if runner.cloud_error is None else str(runner.cloud_error),
-        "cloud_read_age_seconds": None if runner.last_read_ok_at is None else round(now - runner.last_read_ok_at, 3),
-        "cloud_problem": runner.cloud_problem(now),
+        "foreign_eips": list(group.foreign),
+        "adopt_foreign": group.adopt_foreign,
+        "maintenance": group.maintenance,
+        "reconciled": group.reconciled,
+        "cloud_error": group.cloud_error,
+        "cloud_read_age_seconds": _age(group.cloud_read_age),
+        "cloud_problem": group.cloud_problem,
         "decision": None if decision is None else {
             "action": decision.action.value, "reason": decision.reason.value, "target": decision.target},
-        "failover_in_progress": record_json(runner.current),
-        "last_failover": record_json(runner.last_failover),
-        "last_tick_age_seconds": None if runner.last_tick_at is None else round(now - runner.last_tick_at, 3),
+        "failover_in_progress": record_json(group.current),
+        "last_failover": record_json(group.last_failover),
+        "last_tick_age_seconds": _age(group.last_tick_age),
         "policy": {"interval": p.interval, "timeout": p.timeout, "rise": p.rise, "fall": p.fall,
                    "failback": p.failback, "cooldown": p.cooldown, "detection_seconds": p.detection_seconds},
         "targets": [
@@ -118,10 +125,13 @@ def group_json(runner: GroupRunner, now: float) -> dict[str, Any]:
                 "checks": [
                     {"name": name, "result": r.status.value, "latency_seconds": round(r.latency, 6),
                      "detail": r.detail}
-                    for name, r in t.last_results.items()
+                    for name, r in t.checks.items()
                 ],
+                **({"verdict": t.verdict.state.value,
+                    "observers": [{"node": node, "state": state} for node, state in sorted(t.observers.items())]}
+                   if t.observers else {}),
             }
-            for t in runner.targets.values()
+            for t in group.targets
         ],
     }
 
@@ -136,7 +146,7 @@ async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse
         response: web.StreamResponse = await handler(request)
         return response
     except ApiError as exc:
-        return _error(exc.status, exc.code, exc.message)
+        return _error(exc.status, exc.code, exc.message, **exc.extra)
     except web.HTTPException as exc:  # aiohttp's own: unknown route, wrong method
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
         response = _error(exc.status, code, f"{exc.reason}: {request.method} {request.path}")
@@ -172,6 +182,7 @@ class Api:
             web.get("/v1/groups", self.groups),
             web.get("/v1/groups/{name}", self.group),
             web.get("/v1/history", self.history_list),
+            web.get("/v1/cluster", self.cluster),
             web.get("/v1/openapi.yaml", self.openapi),
             web.post("/v1/groups/{name}/failover", self.failover),
             web.post("/v1/groups/{name}/maintenance", self.maintenance),
@@ -245,6 +256,10 @@ class Api:
         intervals (and has completed a check round). 503 names each group that cannot, and why."""
         if self.engine.stop.is_set():
             return _error(503, "stopping", "the daemon is stopping")
+        coordinator = self.engine.coordinator
+        if coordinator is not None and not coordinator.available():
+            return _error(503, "coordination_lost", "the coordination store (etcd) cannot be reached, or this daemon's "
+                                                    "lease lapsed: nobody here moves anything")
         now = time.monotonic()
         problems = self.engine.blind(now)
         for runner in self.engine.runners.values():
@@ -258,10 +273,10 @@ class Api:
     # --- reads ---
     async def groups(self, request: web.Request) -> web.Response:
         now = time.monotonic()
-        return web.json_response({"groups": [group_json(r, now) for r in self.engine.runners.values()]})
+        return web.json_response({"groups": [group_json(r.status(now)) for r in self.engine.runners.values()]})
 
     async def group(self, request: web.Request) -> web.Response:
-        return web.json_response(group_json(self._runner(request), time.monotonic()))
+        return web.json_response(group_json(self._runner(request).status(time.monotonic())))
 
     async def history_list(self, request: web.Request) -> web.Response:
         group = request.query.get("group")
@@ -275,6 +290,29 @@ class Api:
             raise ApiError(400, "invalid_request", "limit must be an integer from 1 to 1000")
         return web.json_response({"failovers": [record_json(r) for r in await self.history(group, limit)]})
 
+    async def cluster(self, request: web.Request) -> web.Response:
+        coordinator = self.engine.coordinator
+        status = (coordinator or Solo()).status()
+        return web.json_response({
+            "node": status.node, "leader": status.leader, "leader_api": status.leader_api, "term": status.term,
+            "acting": status.acting, "coordination": status.coordination, "clustered": coordinator is not None,
+            "members": [{"node": m.node, "api": m.api, "leader": m.leader, "last_seen": m.last_seen}
+                        for m in status.members],
+        })
+
+    def _leading(self) -> None:
+        """Changes go to the daemon that acts: on a follower, 409 ``not_leader`` names it (the CLI follows)."""
+        coordinator = self.engine.coordinator
+        if coordinator is None or coordinator.acting():
+            return
+        if not coordinator.available():
+            raise ApiError(503, "coordination_lost", "the coordination store (etcd) cannot be reached: nobody can "
+                                                     "act now; try again once it is back")
+        status = coordinator.status()
+        where = f"{status.leader} at {status.leader_api}" if status.leader else "no leader is elected yet"
+        raise ApiError(409, "not_leader", f"this daemon ({status.node}) does not lead the cluster: {where}",
+                       leader=status.leader, leader_api=status.leader_api)
+
     async def openapi(self, request: web.Request) -> web.Response:
         text = resources.files("eipfailover").joinpath("openapi.yaml").read_text(encoding="utf-8")
         return web.Response(text=text, content_type="application/yaml")
@@ -284,6 +322,7 @@ class Api:
         self._authorize(request)
         self._runner(request)  # an unknown group is a 404 before the body is read
         body = await self._body(request, FailoverBody)
+        self._leading()
         runner = self._runner(request)  # the group as it is now: a reload may have replaced it meanwhile
         if body.to is not None and body.to not in runner.targets:
             raise ApiError(404, "unknown_target", f"group {runner.name!r} has no target named {body.to!r}")
@@ -308,6 +347,12 @@ class Api:
         self._authorize(request)
         self._runner(request)
         body = await self._body(request, MaintenanceBody)
+        self._leading()
+        if self.engine.coordinator is not None:  # shared: every daemon takes it, and it outlives this one
+            try:
+                await self.engine.coordinator.set_maintenance(request.match_info["name"], body.enabled)
+            except CoordinationError as exc:
+                raise ApiError(503, "coordination_lost", str(exc)) from None
         runner = self._runner(request)  # the group as it is now (carried over to its replacement if reloading)
         runner.set_maintenance(body.enabled)
         return web.json_response({"group": runner.name, "maintenance": runner.maintenance})

@@ -147,12 +147,16 @@ def _client_command(args: argparse.Namespace) -> int:
             return 0
         if args.command == "maintenance":
             state = client.call("POST", f"/v1/groups/{args.group}/maintenance", {"enabled": args.state == "on"})
+            if client.followed:
+                print(f"sent to the cluster's leader at {client.followed}")
             print(f"{state['group']}: maintenance {'on' if state['maintenance'] else 'off'}")
             return 0
         body: dict[str, object] = {"force": args.force, "reason": args.reason}
         if args.to:
             body["to"] = args.to
         accepted = client.call("POST", f"/v1/groups/{args.group}/failover", body)
+        if client.followed:
+            print(f"sent to the cluster's leader at {client.followed}")
         print(f"failover {accepted['failover_id']} of {accepted['group']} to {accepted['to']} accepted; waiting")
         record = client.wait_for_failover(args.group, accepted["failover_id"], args.timeout)
         print(describe_failover(record))

@@ -36,16 +36,22 @@ class ApiClient:
         self.base_url = base_url.rstrip("/")
         self.token_file = token_file
         self.timeout = timeout
+        self.ca_file, self.proxy = ca_file, proxy
+        self.followed: str | None = None
+        """The leader's API URL, once a follower sent this client there (``not_leader``)."""
+        self.opener = self._opener(self.base_url)
+
+    def _opener(self, base_url: str) -> urllib.request.OpenerDirector:
         handlers: list[urllib.request.BaseHandler] = [
-            urllib.request.ProxyHandler({"http": proxy, "https": proxy} if proxy else {})]
+            urllib.request.ProxyHandler({"http": self.proxy, "https": self.proxy} if self.proxy else {})]
         if base_url.startswith("https:"):
             try:
-                context = ssl.create_default_context(cafile=str(ca_file) if ca_file is not None else None)
+                context = ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file is not None else None)
             except (OSError, ssl.SSLError) as exc:
-                raise ApiCallError(0, "ca_file", f"cannot use the CA file {ca_file}: "
+                raise ApiCallError(0, "ca_file", f"cannot use the CA file {self.ca_file}: "
                                                  f"{getattr(exc, 'strerror', None) or exc}") from None
             handlers.append(urllib.request.HTTPSHandler(context=context))
-        self.opener = urllib.request.build_opener(*handlers)
+        return urllib.request.build_opener(*handlers)
 
     def _token(self) -> str | None:
         if self.token_file is None:
@@ -56,7 +62,10 @@ class ApiClient:
             raise ApiCallError(0, "token_file", f"cannot read the token file {self.token_file}: "
                                                 f"{exc.strerror or exc}") from None
 
-    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None, *,
+             follow: bool = True) -> dict[str, Any]:
+        """One API call. A cluster's follower answers a change with 409 ``not_leader`` and the leader's API URL:
+        the call is sent there once (and so are the next ones: :attr:`followed`)."""
         headers = {"Accept": "application/json",
                    "X-Requested-By": f"{getpass.getuser()}@{socket.gethostname()} (cli)"}
         data = None
@@ -77,11 +86,20 @@ class ApiClient:
             raise ApiCallError(0, "bad_answer", f"{self.base_url} answered something that is not the daemon's "
                                                 f"JSON ({exc})") from None
         except urllib.error.HTTPError as exc:
+            leader = None
             try:
                 error = json.loads(exc.read())
                 code, message = str(error["error"]), str(error["message"])
-            except (ValueError, KeyError, TypeError):
+                leader = error.get("leader_api") if code == "not_leader" else None
+            except (ValueError, KeyError, TypeError, AttributeError):
                 code, message = "http_error", exc.reason
+            downgrade = self.base_url.startswith("https:") and isinstance(leader, str) and leader.startswith("http:")
+            if downgrade:  # the token would go out in clear text
+                message += " (not followed: the leader's API is plain HTTP, and this call was made over HTTPS)"
+            elif follow and isinstance(leader, str) and leader.startswith(("http://", "https://")):
+                self.base_url, self.followed = leader.rstrip("/"), leader.rstrip("/")
+                self.opener = self._opener(self.base_url)
+                return self.call(method, path, body, follow=False)
             raise ApiCallError(exc.code, code, message) from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)

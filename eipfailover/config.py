@@ -11,6 +11,7 @@ import ipaddress
 import math
 import os
 import re
+import socket
 import urllib.parse
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -163,6 +164,13 @@ class AlibabaProviderConfig(_Model):
 
 
 ProviderConfig = Annotated[AwsProviderConfig | AlibabaProviderConfig, Field(discriminator="type")]
+
+
+def call_deadline(config: AwsProviderConfig | AlibabaProviderConfig) -> float:
+    """The longest one mutating cloud call can take before the driver gives up on it (in a cluster, AWS sends
+    mutating calls with one attempt each: the failover module retries them, each fenced anew)."""
+    extra = 1.0 if config.type == "alibaba" else 0.0
+    return config.connect_timeout + config.read_timeout + extra
 
 AlibabaInstanceType = Literal["EcsInstance", "NetworkInterface", "HaVip", "Nat", "SlbInstance"]
 
@@ -535,6 +543,76 @@ class JournalConfig(_Model):
     """At most this many finished failovers are kept (the newest)."""
 
 
+class ClusterTlsConfig(_Model):
+    ca_file: Path
+    """The CA that signed the etcd members' certificates."""
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    """A client certificate and its key, for etcd's ``--client-cert-auth``."""
+
+    @model_validator(mode="after")
+    def _pair(self) -> ClusterTlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise _Problems([("cert_file", "cert_file and key_file go together")])
+        return self
+
+
+def _etcd_url(value: str) -> str:
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"invalid etcd endpoint {value!r}: expected http(s)://host:port")
+    try:
+        parts.port  # noqa: B018 - raises on an invalid port
+    except ValueError as exc:
+        raise ValueError(f"invalid etcd endpoint {value!r}: {exc}") from None
+    if parts.path.strip("/") or parts.query or parts.fragment:
+        raise ValueError(f"invalid etcd endpoint {value!r}: no path, query or fragment")
+    return value.rstrip("/")
+
+
+def _api_url(value: str) -> str:
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"invalid API URL {value!r}: expected http(s)://host:port")
+    return value.rstrip("/")
+
+
+def _default_node() -> str:
+    return socket.gethostname().split(".")[0] or "node"
+
+
+class ClusterConfig(_Model):
+    """Several daemons, one actor (see docs/multi-node.md)."""
+
+    type: Literal["etcd"]
+    endpoints: list[Annotated[str, AfterValidator(_etcd_url)]] = Field(min_length=1)
+    prefix: str = Field(default="/eipfailover", pattern=r"^/[A-Za-z0-9_./-]*$", max_length=200)
+    """Every daemon of one deployment shares it; nothing else may write under it."""
+    node: Name = Field(default_factory=_default_node)
+    """Unique per daemon; default: the host name."""
+    ttl: Annotated[float, BeforeValidator(parse_duration), Field(ge=2.0, le=300.0)] = 10.0
+    """The lease of each daemon (and so of the leader key): a dead leader is replaced within ``ttl`` plus one
+    check interval."""
+    quorum: int | None = Field(default=None, ge=1, le=100)
+    """Observers that must see a target DOWN; default: a majority of the live members."""
+    advertise_api: Annotated[str, AfterValidator(_api_url)] | None = None
+    """Where peers and clients reach this daemon's API (default: ``api.listen`` as a URL)."""
+    tls: ClusterTlsConfig | None = None
+    username: str | None = Field(default=None, min_length=1)
+    password_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _credentials(self) -> ClusterConfig:
+        if (self.username is None) != (self.password_file is None):
+            raise _Problems([("username", "username and password_file go together")])
+        return self
+
+    @property
+    def margin(self) -> float:
+        """How long before its lease could expire the leader stops acting."""
+        return max(0.5, self.ttl / 10)
+
+
 class Config(_Model):
     log: LogConfig = LogConfig()
     api: ApiConfig = ApiConfig()
@@ -547,6 +625,23 @@ class Config(_Model):
     exits (status 1 if that failed). The unit's ``TimeoutStopSec`` must exceed this plus ``failover_deadline``."""
     providers: dict[Name, ProviderConfig] = Field(min_length=1)
     groups: list[GroupConfig] = Field(min_length=1)
+    cluster: ClusterConfig | None = None
+    """Absent: this daemon acts alone."""
+
+    @model_validator(mode="after")
+    def _lease_covers_calls(self) -> Config:
+        if self.cluster is None:
+            return self
+        problems = [
+            ("cluster.ttl", f"must exceed provider {name!r}'s longest cloud call ({call_deadline(cfg):g}s: "
+                            f"connect_timeout + read_timeout{' + 1s' if cfg.type == 'alibaba' else ''}) plus the "
+                            f"leader's safety margin ({self.cluster.margin:g}s): a leader proves before each move "
+                            f"that its lease outlives the call; raise ttl or lower the timeouts")
+            for name, cfg in self.providers.items() if call_deadline(cfg) + self.cluster.margin >= self.cluster.ttl
+        ]
+        if problems:
+            raise _Problems(problems)
+        return self
 
     @model_validator(mode="after")
     def _unique_groups(self) -> Config:

@@ -27,6 +27,7 @@ from eipfailover import checks, preflight, providers, recovery, registry
 from eipfailover import log as log_config
 from eipfailover.api import Api, read_token
 from eipfailover.checks.base import Check, CheckContext
+from eipfailover.cluster.etcd_client import EtcdError
 from eipfailover.config import CheckConfig, Config, GroupConfig, check_name, dry, load_config, split_host_port
 from eipfailover.engine import Engine, GroupRunner, binding_of
 from eipfailover.errors import EipFailoverError
@@ -42,6 +43,7 @@ from eipfailover.serve import CappedSite, app_runner, server_tls
 from eipfailover.systemd import Notifier, SystemdObserver, watchdog
 
 if TYPE_CHECKING:
+    from eipfailover.cluster.etcd import EtcdCoordinator
     from eipfailover.havip import HaVipGuard
 
 log = structlog.get_logger("eipfailover.daemon")
@@ -160,6 +162,8 @@ class Daemon:
         self._building: dict[str, Provider] = {}
         self._announced = False  # READY=1 went out: a reload may say RELOADING=1 and READY=1 again
         self.journal: Journal | None = None
+        self.coordinator: EtcdCoordinator | None = None
+        """The cluster (``cluster:`` in the config); None: this daemon acts alone."""
 
     def request_reload(self) -> None:
         """What SIGHUP does: reload the config file at the next turn of the main loop."""
@@ -182,19 +186,22 @@ class Daemon:
                 cls = registry.load(providers.REGISTRY, cfg.type, Provider)
                 by_name[name] = fresh[name] = cls.from_config(name, cfg)
                 fresh[name].read_only = self.dry_run
+                if self.coordinator is not None:
+                    fresh[name].single_attempts()
                 self._opened.append(fresh[name])
         old_groups = {g.name: g for g in old.groups} if old is not None else {}
         for group in config.groups:
             provider = by_name[group.provider]
             if old_groups.get(group.name) != group or group.provider in fresh:
                 built.runners.append(GroupRunner(group, provider, build_checks(group, provider, http),
-                                                 observers, self.journal))
+                                                 observers, self.journal, self.coordinator))
         for key in _guard_keys(config):
             group = next(g for g in config.groups if g.name == key[0])
             provider = by_name[group.provider]
             running = parts.guards.get(key) if parts is not None else None
             if running is None or running[0].spec != _guard_spec(group, key[1], provider):
                 built.guards[key] = build_guard(group, key[1], provider, http)
+                built.guards[key].coordinator = self.coordinator
         built.token = read_token(config.api.token_file)
         _check_tls(config)
         return built
@@ -212,6 +219,7 @@ class Daemon:
         runner: web.AppRunner | None = None
         metrics_runner: web.AppRunner | None = None
         pruning: asyncio.Task[None] | None = None
+        clustering: asyncio.Task[None] | None = None
         handlers: list[signal.Signals] = []
         try:
             metrics = Metrics(self.config, {})
@@ -220,9 +228,10 @@ class Daemon:
             observers = Observers([LogObserver(), metrics, hooks])
             try:
                 self.journal = _open_journal(self.config)
+                self.coordinator = _coordinator(self.config)
                 built = self._build(self.config, None, http, observers)
                 await _preflight(self.config, built.providers)
-            except (EipFailoverError, ValueError, OSError, ssl.SSLError) as exc:
+            except (EipFailoverError, EtcdError, ValueError, OSError, ssl.SSLError) as exc:
                 log.error("startup_failed", error=str(exc))
                 return EXIT_CONFIG
             journal = self.journal
@@ -231,7 +240,8 @@ class Daemon:
             for name, provider in built.providers.items():
                 provider.on_request = metrics.on_request
                 metrics.add_provider(name, type(provider).operations)
-            engine = Engine(built.runners, on_removed=metrics.remove_group)
+            coordinator = self.coordinator
+            engine = Engine(built.runners, on_removed=metrics.remove_group, coordinator=coordinator)
             metrics.watch(engine)
             status = SystemdObserver(self.notifier, engine)
             observers.observers.append(status)
@@ -260,6 +270,11 @@ class Daemon:
             log.info("api_listening", address=f"{self.config.api.host}:{self.api_port}", tls=tls is not None,
                      changes_enabled=built.token is not None, metrics_port=self.metrics_port)
             self.engine = engine
+            if coordinator is not None:  # its API URL is known now (the port may have been 0)
+                coordinator.set_api(self.config.cluster.advertise_api if self.config.cluster is not None and
+                                    self.config.cluster.advertise_api else self._api_url())
+                coordinator.on_change, coordinator.on_leading = engine.cluster_changed, engine.leading
+                clustering = asyncio.create_task(coordinator.run(), name="cluster")
             self._start_guards(parts, built.guards)
             return await self._serve(engine, parts)
         finally:
@@ -268,6 +283,11 @@ class Daemon:
             self.notifier.close()
             if pruning is not None:
                 pruning.cancel()
+            if clustering is not None:
+                clustering.cancel()
+                await asyncio.gather(clustering, return_exceptions=True)
+            if self.coordinator is not None:  # after the engine: the next leader takes over without waiting the TTL
+                await self.coordinator.close()
             for site_runner in (runner, metrics_runner):
                 if site_runner is not None:
                     await site_runner.cleanup()
@@ -409,6 +429,8 @@ class Daemon:
             await _remember(parts.journal, [r for r in built.runners if r.name not in old_groups])
         if new.state_directory != self.config.state_directory or new.journal != self.config.journal:
             log.warning("reload_partial", detail="state_directory and journal apply at restart")
+        if new.cluster != self.config.cluster:
+            log.warning("reload_partial", detail="cluster applies at restart")
         parts.hooks.configure({g.name: g.hooks for g in new.groups})
         stale = [p for name, p in self.providers.items() if built.providers.get(name) is not p]
         users = {id(p): [r for r in engine.runners.values() if r.provider is p] for p in stale}
@@ -443,12 +465,27 @@ class Daemon:
         if announce:
             self.notifier.ready()
 
+    def _api_url(self) -> str:
+        """This daemon's API as peers reach it: ``api.listen`` with the port it got."""
+        host = self.config.api.url.rsplit(":", 1)[0]
+        return f"{host}:{self.api_port}"
+
     async def _close_when_idle(self, provider: Provider, users: Iterable[GroupRunner], parts: _Parts) -> None:
         await asyncio.gather(*(r.wait_idle() for r in users))
         await asyncio.gather(*(t for g, t in parts.guards.values() if g.provider is provider), return_exceptions=True)
         if provider in self._opened:
             self._opened.remove(provider)
             await provider.close()
+
+
+def _coordinator(config: Config) -> EtcdCoordinator | None:
+    if config.cluster is None:
+        return None
+    from eipfailover.cluster.etcd import EtcdCoordinator, client_for
+
+    log.info("cluster_configured", node=config.cluster.node, endpoints=config.cluster.endpoints,
+             prefix=config.cluster.prefix, ttl=config.cluster.ttl)
+    return EtcdCoordinator(config.cluster, None, client_for(config.cluster))
 
 
 def _open_journal(config: Config) -> Journal | None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -25,12 +24,13 @@ from dataclasses import dataclass, field, replace
 
 import structlog
 
-from eipfailover import failover, health, policy
+from eipfailover import health, policy, quorum
+from eipfailover.actuator import Actuator
 from eipfailover.checks.base import Check, describe_exception
+from eipfailover.cluster.base import Coordinator
 from eipfailover.config import BindingConfig, GroupConfig
 from eipfailover.errors import ProviderError
 from eipfailover.events import FailoverJournal, FailoverRecord, GroupMemory, Observer
-from eipfailover.hooks import hook_environment, hook_values, run_gate, substitute
 from eipfailover.model import (
     UNKNOWN_LOCATION,
     Action,
@@ -48,7 +48,8 @@ from eipfailover.model import (
     Trigger,
     locate,
 )
-from eipfailover.providers.base import Provider, recorded_steps
+from eipfailover.providers.base import Provider
+from eipfailover.status import GroupStatus, TargetStatus
 
 log = structlog.get_logger("eipfailover.engine")
 
@@ -74,7 +75,8 @@ class GroupRunner:
     """Runs one failover group. The cloud's association is re-read every interval: memory is never trusted alone."""
 
     def __init__(self, config: GroupConfig, provider: Provider, checks: Mapping[str, Sequence[Check]],
-                 observers: Observer, journal: FailoverJournal | None = None) -> None:
+                 observers: Observer, journal: FailoverJournal | None = None,
+                 coordinator: Coordinator | None = None) -> None:
         self.config = config
         self.provider = provider
         self.observers = observers
@@ -117,6 +119,10 @@ class GroupRunner:
         self._read_wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._abort = asyncio.Event()
+        self.coordinator = coordinator
+        """The other daemons of a cluster (None: this daemon acts alone, on its own checks)."""
+        self._verdicts: dict[str, Health] = {}
+        self.actuator = Actuator(config, provider, self.bindings, journal, coordinator, self._abort)
 
     @property
     def name(self) -> str:
@@ -220,6 +226,7 @@ class GroupRunner:
             self._fold(target, round_results, now)
         self.ticks += 1
         self.last_tick_at = now
+        self._publish(now)
         self._decide(now)
         self._maybe_reconciled()
 
@@ -251,8 +258,43 @@ class GroupRunner:
             self.last_read_ok_at = now
             self._see(answer)
         self._read_done = True
+        self._publish(now)
         self._decide(now)
         self._maybe_reconciled()
+
+    def _publish(self, now: float) -> None:
+        """Tell the other daemons how this one sees the targets (``unknown`` for all while it cannot see the cloud,
+        or sees every target down)."""
+        if self.coordinator is not None:
+            local = {name: t.health for name, t in self.targets.items()}
+            self.coordinator.publish(self.name, quorum.vote(local, blind=self.cloud_problem(now) is not None))
+
+    def health(self, now: float) -> dict[str, Health]:
+        """The health the decision uses: this daemon's own, or in a cluster, each target's state as the observers'
+        quorum sees it (``since``: when that verdict last changed)."""
+        local = {name: t.health for name, t in self.targets.items()}
+        if self.coordinator is None:
+            return local
+        merged = {}
+        for name, own in local.items():
+            state = self.coordinator.verdict(self.name, name, own.state)
+            before = self._verdicts.get(name)
+            if before is None or before.state is not state:
+                before = self._verdicts[name] = Health(state, since=own.since if before is None else now)
+            merged[name] = replace(own, state=state, since=before.since)
+        return merged
+
+    def invalidate(self) -> None:
+        """Forget the cloud's view and read it again before any decision (a daemon that has just become leader
+        reconciles from the cloud's actual state)."""
+        self._fresh = False
+        self._epoch += 1
+        self._read_wake.set()
+
+    def poke(self) -> None:
+        """Decide again now (the cluster's views or leadership changed)."""
+        if not self._stop.is_set():
+            self._decide(time.monotonic())
 
     def _maybe_reconciled(self) -> None:
         if self._read_done and self.ticks:
@@ -300,11 +342,32 @@ class GroupRunner:
             return f"last successful cloud read {age:.1f}s ago (over {STALE_INTERVALS} intervals){error}"
         return None
 
+    def status(self, now: float) -> GroupStatus:
+        """A frozen view of the group for the API and systemd."""
+        verdicts = self.health(now)
+        views = self.coordinator.observers(self.name) if self.coordinator is not None else {}
+        return GroupStatus(
+            name=self.name, provider=self.config.provider, policy=self.config.policy,
+            adopt_foreign=self.config.adopt_foreign, active=self.active, placement=self.placement,
+            location=self.managed, foreign=self.location.foreign, eip_states=self.eip_states,
+            maintenance=self.maintenance, reconciled=self.reconciled.is_set(),
+            cloud_error=None if self.cloud_error is None else str(self.cloud_error),
+            cloud_read_age=None if self.last_read_ok_at is None else now - self.last_read_ok_at,
+            cloud_problem=self.cloud_problem(now),
+            started=self.last_read_ok_at is not None or self.cloud_error is not None,
+            decision=self.decision, current=self.current, last_failover=self.last_failover,
+            last_tick_age=None if self.last_tick_at is None else now - self.last_tick_at,
+            targets=tuple(
+                TargetStatus(t.name, t.binding, t.health, verdicts[t.name], dict(t.last_results),
+                             {node: view.get(t.name, "unknown") for node, view in views.items()})
+                for t in self.targets.values()),
+        )
+
     def snapshot(self) -> Snapshot:
         known = self.placement is not Placement.UNKNOWN
         return Snapshot(
             targets=tuple(self.targets),
-            health={name: t.health for name, t in self.targets.items()},
+            health=self.health(time.monotonic()),
             placement=self.managed.placement if known else Placement.UNKNOWN,
             active=self.active,
             holders=self.managed.holders if known else (),
@@ -333,6 +396,10 @@ class GroupRunner:
         eips = self.movable(snapshot.manual is not None and snapshot.manual.force)
         if decision.action is not Action.NONE and self._stop.is_set():
             decision = Decision(Action.NONE, Reason.STOPPING, decision.target)
+        if self.coordinator is not None and not self.coordinator.available():
+            decision = Decision(Action.NONE, Reason.COORDINATION_LOST, decision.target)  # nobody acts without it
+        elif decision.action is not Action.NONE and self.coordinator is not None and not self.coordinator.acting():
+            decision = Decision(Action.NONE, Reason.NOT_LEADER, decision.target)
         if decision.action is not Action.NONE and not eips:
             decision = Decision(Action.NONE, Reason.FOREIGN, decision.target)
         return decision, eips
@@ -391,7 +458,8 @@ class GroupRunner:
     def _fallback(self, record: FailoverRecord) -> list[Binding]:
         """Where detached EIPs go if the move fails half-way: where they were if that target is healthy, every other
         healthy target in preference order, where they were anyway, and the intended target last."""
-        up = [n for n, t in self.targets.items() if t.health.state is TargetState.UP and n != record.to_target]
+        up = [n for n, h in self.health(time.monotonic()).items()
+              if h.state is TargetState.UP and n != record.to_target]
         order = sorted(up, key=lambda n: n != record.from_target)  # stable: the previous target first
         if record.from_target is not None and record.from_target not in order:
             order.append(record.from_target)
@@ -399,27 +467,9 @@ class GroupRunner:
 
     async def _failover(self, record: FailoverRecord, states: Mapping[str, EipState] | None,
                         fallback: list[Binding], reason: Reason, counted: bool, windowed: bool) -> None:
-        try:
-            if self.journal is not None:  # on disk before any cloud call (or degraded: it never blocks)
-                await self.journal.begin(record, counted=counted, windowed=windowed)
-            if self.config.dry_run:  # decided and reported, not made: no fencing, no cloud call
-                outcome = failover.Outcome(False, 0, f"would move {', '.join(record.eips)} from "
-                                                     f"{record.from_target or 'where they are'} to "
-                                                     f"{record.to_target}; no cloud call made")
-            else:
-                veto = await self._fence(record, reason)
-                with self.journaled(record):
-                    outcome = failover.Outcome(False, 0, veto) if veto is not None else await failover.execute(
-                        self.provider, record.eips, self.bindings[record.to_target],
-                        deadline=self.config.policy.failover_deadline, states=states, fallback=fallback,
-                        abort=self._abort,
-                    )
-        except Exception as exc:  # a bug below must not poison the group: record it and go on
-            log.exception("failover_crashed", group=self.name, failover_id=record.id)
-            outcome = failover.Outcome(False, 0, f"internal error: {describe_exception(exc)}")
-        result = "dry_run" if self.config.dry_run else "success" if outcome.ok else "failure"
-        done = replace(record, result=result, error=outcome.error, finished_at=time.time(),
-                       attempts=outcome.attempts)
+        done, outcome = await self.actuator.execute(record, states, fallback, reason, self._sources(record.to_target),
+                                                    counted=counted, windowed=windowed)
+        done = replace(done, finished_at=time.time())
         now = time.monotonic()
         if reason is Reason.REPAIR:  # not counted; a failed one makes the next wait, doubling from an interval
             self.repair_failures = 0 if outcome.ok else self.repair_failures + 1
@@ -440,41 +490,8 @@ class GroupRunner:
         self._read_wake.set()
 
     def journaled(self, record: FailoverRecord) -> contextlib.AbstractContextManager[None]:
-        """Each cloud call of the failover written to the journal before it is sent."""
-        if self.journal is None:
-            return contextlib.nullcontext()
-        return recorded_steps(functools.partial(self.journal.step, record.id))
-
-    async def _fence(self, record: FailoverRecord, reason: Reason) -> str | None:
-        """Run ``hooks.before_failover`` before a move that takes EIPs off a target; why the move must not go ahead,
-        or None. ``{from}`` is the target they are taken off (several: comma-separated; the cloud unreadable: the
-        last active target). An abort (the daemon stopping past ``stop_timeout``) kills it and cancels the move:
-        nothing was moved yet."""
-        hooks = self.config.hooks
-        sources = self._sources(record.to_target)
-        if hooks.before_failover is None or reason is Reason.REPAIR or not sources:
-            return None
-        values = {**hook_values(record), "from": ",".join(sources)}
-        argv = substitute(hooks.before_failover, values)
-        gate = asyncio.ensure_future(run_gate(argv, hooks.before_failover_timeout, hook_environment(values, hooks.env),
-                                              group=self.name, failover_id=record.id, hook="before_failover"))
-        stop = asyncio.ensure_future(self._abort.wait())
-        try:
-            await asyncio.wait({gate, stop}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stop.cancel()
-        if not gate.done():
-            gate.cancel()
-            await asyncio.wait({gate})
-            return "aborted before the move (the daemon is stopping): the before_failover hook was killed"
-        ok, detail = gate.result()
-        if ok:
-            return None
-        if not hooks.before_failover_required:
-            log.warning("fence_ignored", group=self.name, failover_id=record.id, detail=detail,
-                        reason="before_failover_required is false")
-            return None
-        return f"vetoed by the before_failover hook ({detail}): no cloud call made"
+        """Each cloud call made inside written to the journal before it is sent (see :class:`Actuator`)."""
+        return self.actuator.journaled(record)
 
     def _sources(self, to: str) -> list[str]:
         """The targets a move to ``to`` takes EIPs off: those holding any (where the cloud cannot be read, the last
@@ -535,8 +552,11 @@ class Engine:
     """All the groups. ``ready`` is set once every group has completed its first check round and cloud read. Groups
     can be replaced, added and removed while it runs (a reload) without any group waiting for another."""
 
-    def __init__(self, runners: Iterable[GroupRunner], on_removed: Callable[[str], None] | None = None) -> None:
+    def __init__(self, runners: Iterable[GroupRunner], on_removed: Callable[[str], None] | None = None,
+                 coordinator: Coordinator | None = None) -> None:
         self.runners = {r.name: r for r in runners}
+        self.coordinator = coordinator
+        """The cluster (None: this daemon acts alone)."""
         self.on_removed = on_removed
         """Called with a group's name once a removed group has finished its last failover."""
         self.ready = asyncio.Event()
@@ -664,6 +684,22 @@ class Engine:
             if eips:
                 risky[r.name] = eips
         return risky
+
+    def cluster_changed(self) -> None:
+        """The cluster's views, maintenance switches or leadership changed: take the switches, decide again."""
+        for runner in list(self.runners.values()):
+            if runner.stopping:
+                continue
+            shared = self.coordinator.maintenance(runner.name) if self.coordinator is not None else None
+            if shared is not None and shared != runner.maintenance:
+                runner.set_maintenance(shared)
+            else:
+                runner.poke()
+
+    def leading(self) -> None:
+        """This daemon has just become the leader: every group re-reads the cloud before it decides anything."""
+        for runner in self.runners.values():
+            runner.invalidate()
 
     def abort(self) -> None:
         """Cut every running failover short (each re-attaches what it detached)."""

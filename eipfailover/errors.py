@@ -30,5 +30,12 @@ class ProviderError(EipFailoverError):
         super().__init__(message)
 
 
+class NotLeader(ProviderError):
+    """A cloud mutation refused before it was sent: this daemon cannot prove that it leads its cluster."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retryable=False, code="NotLeader")
+
+
 class RegistryError(EipFailoverError):
     """A plug-in named in the config could not be loaded."""

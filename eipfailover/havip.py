@@ -11,19 +11,22 @@ The decision is :func:`eipfailover.policy.havip_takeover`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import structlog
 
 from eipfailover import health, policy
 from eipfailover.checks.base import Check
+from eipfailover.cluster.base import Coordinator
 from eipfailover.config import HaVipTakeoverConfig, PolicyConfig
 from eipfailover.engine import run_every
 from eipfailover.errors import ProviderError
 from eipfailover.hooks import hook_environment, run_hook, substitute
 from eipfailover.model import Action, CheckResult, Decision, Health
 from eipfailover.providers.alibaba import AlibabaProvider
+from eipfailover.providers.base import fenced
 
 log = structlog.get_logger("eipfailover.havip")
 
@@ -31,8 +34,11 @@ log = structlog.get_logger("eipfailover.havip")
 class HaVipGuard:
     def __init__(self, group: str, target: str, havip_id: str, provider: AlibabaProvider,
                  members: Mapping[str, Sequence[Check]], config: HaVipTakeoverConfig, policy_config: PolicyConfig,
-                 spec: tuple[object, ...] = (), dry_run: bool = False) -> None:
+                 spec: tuple[object, ...] = (), dry_run: bool = False,
+                 coordinator: Coordinator | None = None) -> None:
         self.spec = spec
+        self.coordinator = coordinator
+        """In a cluster, only the leader's guard takes over (each unassociate fenced); None: a daemon alone."""
         self.dry_run = dry_run
         """What the guard was built from: a reload rebuilds it only when this changes."""
         self.group, self.target, self.havip_id = group, target, havip_id
@@ -91,6 +97,8 @@ class HaVipGuard:
                      standby=decision.target)
             self.decision = decision
         if decision.action is Action.TAKEOVER and decision.target is not None:
+            if self.coordinator is not None and not self.coordinator.acting():
+                return  # the cluster's leader takes over (its own guard decides it)
             self.last_takeover_at = now
             await self._take_over(self.master, decision.target)
 
@@ -106,6 +114,16 @@ class HaVipGuard:
         self.cloud_error = None
         return state.master_instance_id if state.status == "InUse" else ""
 
+    def _fenced(self) -> contextlib.AbstractContextManager[None]:
+        """In a cluster, the unassociate is proven to come from the leader right before it is sent."""
+        coordinator = self.coordinator
+        if coordinator is None:
+            return contextlib.nullcontext()
+
+        async def fence(operation: str, seconds: float) -> Callable[[], bool]:
+            return await coordinator.fence(self.group, f"havip-{self.havip_id}", operation, seconds)
+        return fenced(fence)
+
     async def _take_over(self, master: str, standby: str) -> None:
         fields = {"group": self.group, "target": self.target, "havip": self.havip_id, "from_instance": master,
                   "to_instance": standby}
@@ -114,7 +132,8 @@ class HaVipGuard:
             return
         log.warning("havip_takeover_started", **fields)
         try:
-            await self.provider.unassociate_havip(self.havip_id, master, force=True)
+            with self._fenced():
+                await self.provider.unassociate_havip(self.havip_id, master, force=True)
         except ProviderError as exc:
             log.error("havip_takeover_failed", error=str(exc), **fields)
             return

@@ -20,6 +20,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from eipfailover import __version__
+from eipfailover.cluster.base import Coordinator
 from eipfailover.config import Config, GroupConfig, check_name
 from eipfailover.engine import Engine
 from eipfailover.events import FailoverRecord, NullObserver
@@ -80,8 +81,10 @@ class Metrics(NullObserver):
             self.add_provider(provider, operations)
 
     def watch(self, engine: Engine) -> None:
-        """Export the engine's state gauges (read at each scrape)."""
+        """Export the engine's state gauges, and in a cluster the cluster's (read at each scrape)."""
         self.registry.register(StateCollector(engine))
+        if engine.coordinator is not None:
+            self.registry.register(ClusterCollector(engine.coordinator))
 
     def add_group(self, group: GroupConfig) -> None:
         """Initialise a group's label sets (at start, and for groups a reload adds or changes); a changed group's
@@ -200,4 +203,33 @@ class StateCollector(Collector):
             f["eips_foreign"].add_metric([name], float(len(location.foreign)))
             since = runner.last_read_ok_at or runner.started_at
             f["cloud_read_age"].add_metric([name], now - since if since is not None else 0.0)
+        return iter(f.values())
+
+
+class ClusterCollector(Collector):
+    """``leader``, ``cluster_up`` and ``cluster_members``, read at scrape time (they change with the clock too: a
+    lease runs out without any event)."""
+
+    def __init__(self, coordinator: Coordinator) -> None:
+        self.coordinator = coordinator
+
+    def _families(self) -> dict[str, GaugeMetricFamily]:
+        return {
+            "leader": GaugeMetricFamily(P + "leader", "1 on the daemon that acts for the cluster (it leads and its "
+                                        "lease is safely alive), else 0."),
+            "up": GaugeMetricFamily(P + "cluster_up", "1 while this daemon reaches the coordination store and its "
+                                    "lease is alive; 0: nobody here moves anything."),
+            "members": GaugeMetricFamily(P + "cluster_members", "Daemons of the cluster alive as this one last saw "
+                                         "(itself included)."),
+        }
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(self._families().values())
+
+    def collect(self) -> Iterator[Metric]:
+        f = self._families()
+        status = self.coordinator.status()
+        f["leader"].add_metric([], float(status.acting))
+        f["up"].add_metric([], float(status.coordination == "ok"))
+        f["members"].add_metric([], float(len(status.members)))
         return iter(f.values())

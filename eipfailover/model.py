@@ -204,6 +204,8 @@ class Reason(StrEnum):
     IN_TRANSITION = "eip_in_transition"
     IN_PROGRESS = "failover_in_progress"
     STOPPING = "stopping"  # the daemon is stopping, or the group is being replaced by a reload
+    NOT_LEADER = "not_leader"  # in a cluster: another daemon acts
+    COORDINATION_LOST = "coordination_lost"  # in a cluster: the store is unreachable, so nobody acts
     FAILBACK = "failback"
     FAILBACK_PENDING = "failback_pending"
     MANUAL = "manual"

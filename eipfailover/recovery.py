@@ -72,6 +72,8 @@ async def _reconcile(record: FailoverRecord, runner: GroupRunner) -> str:
         return f"found {found}"
     if runner.config.dry_run:
         return f"found {found}; dry run: would re-attach {', '.join(detached)}; no cloud call made"
+    if runner.coordinator is not None:  # only the leader moves EIPs: its engine repairs what is left detached
+        return f"found {found}; in a cluster the leader re-attaches {', '.join(detached)}: no cloud call made here"
     to = runner.bindings.get(record.to_target)
     order = [n for n in runner.bindings if n != record.to_target]
     order.sort(key=lambda n: n != record.from_target)

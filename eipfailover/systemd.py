@@ -20,7 +20,8 @@ import structlog
 from eipfailover.engine import Engine
 from eipfailover.errors import ProviderError
 from eipfailover.events import FailoverRecord, NullObserver
-from eipfailover.model import CheckResult, EipState, Health, Location, Placement, TargetState
+from eipfailover.model import CheckResult, EipState, Health, Location, Placement
+from eipfailover.status import GroupStatus
 
 log = structlog.get_logger("eipfailover.systemd")
 
@@ -69,25 +70,24 @@ class Notifier:
 
 def summary(engine: Engine, now: float) -> str:
     """``web: web-a active, 2/2 healthy; db: cloud unreadable (EIPs last seen on db-a), 0/2 healthy``."""
-    parts = []
-    for runner in engine.runners.values():
-        up = sum(1 for t in runner.targets.values() if t.health.state is TargetState.UP)
-        last = runner.managed
-        if runner.last_read_ok_at is None and runner.cloud_error is None:
-            where = "starting"
-        elif runner.cloud_problem(now) is not None:
-            seen = f" (EIPs last seen on {last.active})" if last.active else ""
-            where = f"cloud unreadable{seen}"
-        elif runner.active:
-            where = f"{runner.active} active"
-        elif runner.placement is not Placement.UNKNOWN:
-            where = f"EIPs {runner.placement.value}"
-        else:
-            where = "starting"
-        extra = ", maintenance" if runner.maintenance else ""
-        extra += ", failing over" if runner.current is not None else ""
-        parts.append(f"{runner.name}: {where}, {up}/{len(runner.targets)} healthy{extra}")
-    return "; ".join(parts)
+    return "; ".join(_line(runner.status(now)) for runner in engine.runners.values())
+
+
+def _line(group: GroupStatus) -> str:
+    if not group.started:
+        where = "starting"
+    elif group.cloud_problem is not None:
+        seen = f" (EIPs last seen on {group.location.active})" if group.location.active else ""
+        where = f"cloud unreadable{seen}"
+    elif group.active:
+        where = f"{group.active} active"
+    elif group.placement is not Placement.UNKNOWN:
+        where = f"EIPs {group.placement.value}"
+    else:
+        where = "starting"
+    extra = ", maintenance" if group.maintenance else ""
+    extra += ", failing over" if group.current is not None else ""
+    return f"{group.name}: {where}, {group.healthy}/{len(group.targets)} healthy{extra}"
 
 
 class SystemdObserver(NullObserver):

@@ -27,7 +27,7 @@ from alibabacloud_vpc20160428 import models as vpc
 from alibabacloud_vpc20160428.client import Client as VpcClient
 from Tea.exceptions import TeaException
 
-from eipfailover.config import AlibabaProviderConfig
+from eipfailover.config import AlibabaProviderConfig, call_deadline
 from eipfailover.credentials import credential_file
 from eipfailover.errors import ProviderError
 from eipfailover.model import Binding, EipState
@@ -134,7 +134,7 @@ class AlibabaProvider(Provider, EipAdmin):
         tea_transport.acquire()
         self._ecs: Any = None
         self._limit = asyncio.Semaphore(config.max_concurrency)
-        self._call_timeout = config.connect_timeout + config.read_timeout + 1.0
+        self._call_timeout = self.call_deadline = call_deadline(config)
 
     @classmethod
     def from_config(cls, name: str, config: AlibabaProviderConfig) -> AlibabaProvider:

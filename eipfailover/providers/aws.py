@@ -29,7 +29,7 @@ from botocore.exceptions import (
 )
 from botocore.parsers import ResponseParserError
 
-from eipfailover.config import AwsProviderConfig
+from eipfailover.config import AwsProviderConfig, call_deadline
 from eipfailover.errors import ProviderError
 from eipfailover.model import Binding, EipState
 from eipfailover.providers.base import Call, EipAdmin, EipRecord, InstanceState, Provider
@@ -54,32 +54,47 @@ class AwsProvider(Provider, EipAdmin):
     def __init__(self, name: str, config: AwsProviderConfig) -> None:
         super().__init__(name)
         self.region = config.region
+        self.config = config
+        self.call_deadline = call_deadline(config) * config.max_attempts
         try:
-            session = boto3.session.Session(profile_name=config.profile, region_name=config.region)
-            self.client = session.client(
-                "ec2",
-                endpoint_url=config.endpoint_url,
-                config=BotoConfig(
-                    retries={"mode": "standard", "total_max_attempts": config.max_attempts},
-                    connect_timeout=config.connect_timeout,
-                    read_timeout=config.read_timeout,
-                    max_pool_connections=config.max_concurrency,
-                ),
-            )
+            self.session = boto3.session.Session(profile_name=config.profile, region_name=config.region)
+            self.client = self._client(config.max_attempts)
         except (ProfileNotFound, NoRegionError, ValueError) as exc:
             raise ProviderError(f"aws provider {name!r}: {exc}", retryable=False) from None
+        self.mutator = self.client
+        """The client of mutating calls (one attempt each once :meth:`single_attempts` was called)."""
         self.executor = ThreadPoolExecutor(max_workers=config.max_concurrency, thread_name_prefix=f"aws-{name}")
+
+    def _client(self, attempts: int) -> Any:
+        return self.session.client(
+            "ec2",
+            endpoint_url=self.config.endpoint_url,
+            config=BotoConfig(
+                retries={"mode": "standard", "total_max_attempts": attempts},
+                connect_timeout=self.config.connect_timeout,
+                read_timeout=self.config.read_timeout,
+                max_pool_connections=self.config.max_concurrency,
+            ),
+        )
 
     @classmethod
     def from_config(cls, name: str, config: AwsProviderConfig) -> AwsProvider:
         return cls(name, config)
 
+    def single_attempts(self) -> None:
+        if self.mutator is self.client:
+            self.mutator = self._client(1)
+            self.call_deadline = call_deadline(self.config)
+
     async def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
         await asyncio.to_thread(self.client.close)
+        if self.mutator is not self.client:
+            await asyncio.to_thread(self.mutator.close)
 
     async def _ec2(self, operation: str, **params: Any) -> dict[str, Any]:
-        method = functools.partial(getattr(self.client, _snake(operation)), **params)
+        client = self.mutator if operation in self.mutating else self.client
+        method = functools.partial(getattr(client, _snake(operation)), **params)
 
         async def call() -> dict[str, Any]:
             try:

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
-from eipfailover.errors import ProviderError
+from eipfailover.errors import NotLeader, ProviderError
 from eipfailover.model import Binding, EipState
 
 T = TypeVar("T")
@@ -65,6 +65,23 @@ def recorded_steps(recorder: StepRecorder) -> Iterator[None]:
         yield
     finally:
         _STEPS.reset(token)
+
+
+Fence = Callable[[str, float], Awaitable[Callable[[], bool]]]
+"""Awaited with ``(operation, seconds the call may take)`` before a mutating call: raises
+:class:`~eipfailover.errors.NotLeader` unless this daemon may send it; returns the re-check made at the instant the
+call is sent (a leader frozen in between must not send it)."""
+_FENCE: contextvars.ContextVar[Fence | None] = contextvars.ContextVar("eipfailover_fence", default=None)
+
+
+@contextlib.contextmanager
+def fenced(fence: Fence) -> Iterator[None]:
+    """Every mutating call made inside (in this task and the tasks it starts) is proven by ``fence`` first."""
+    token = _FENCE.set(fence)
+    try:
+        yield
+    finally:
+        _FENCE.reset(token)
 
 
 RequestObserver = Callable[[str, str, str, float], None]
@@ -123,6 +140,8 @@ class Provider(ABC):
         self.on_request: RequestObserver | None = None
         self.read_only = False
         """True under ``eipfailover run --dry-run``: a mutating request is refused before it is sent."""
+        self.call_deadline = 30.0
+        """The longest one mutating call can take before the driver gives it up (the lease must outlive it)."""
         self._in_flight: dict[asyncio.Future[Any], _Calls | None] = {}
 
     @classmethod
@@ -142,6 +161,10 @@ class Provider(ABC):
     async def instance_state(self, binding: Binding) -> InstanceState:
         """Whether the resource behind ``binding`` exists and runs."""
 
+    def single_attempts(self) -> None:  # noqa: B027 - optional hook: most drivers make one attempt per call anyway
+        """Send each mutating call with one attempt (in a cluster, where every attempt must be fenced and the lease
+        must outlive it): retries are then the failover module's, each proven anew."""
+
     async def close(self) -> None:  # noqa: B027 - optional hook: most drivers hold nothing to release
         """Release clients and threads."""
 
@@ -160,6 +183,10 @@ class Provider(ABC):
         if self.read_only:
             raise ProviderError(f"{operation} refused: the daemon runs with --dry-run", retryable=False,
                                 code="DryRun")
+        fence = _FENCE.get()
+        if fence is not None:
+            still_leading = await fence(operation, self.call_deadline)
+            call = _checked(call, still_leading, operation)
         recorder = _STEPS.get()
         answered = await recorder(operation) if recorder is not None else None
         sent: asyncio.Future[T] = asyncio.ensure_future(self._timed(operation, call, answered))
@@ -200,6 +227,15 @@ class Provider(ABC):
                 self.on_request(self.name, operation, result, seconds)
             if answered is not None:
                 answered(result, seconds)
+
+
+def _checked(call: Callable[[], Awaitable[T]], still_leading: Callable[[], bool],
+             operation: str) -> Callable[[], Awaitable[T]]:
+    async def checked() -> T:
+        if not still_leading():  # the last instant before the call goes out: after a freeze, nothing is sent
+            raise NotLeader(f"{operation} not sent: the lease may have lapsed since leadership was proven")
+        return await call()
+    return checked
 
 
 async def hedged(call: Callable[[], Awaitable[T]], interval: float, accept: Callable[[T | Exception], bool], *,

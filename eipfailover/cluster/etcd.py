@@ -1,0 +1,422 @@
+"""``cluster: {type: etcd}``: one leader on an etcd lease, every daemon's view shared, each move fenced.
+
+Keys under ``prefix`` (``P``):
+
+- ``P/leader``: the leader's ``{"node", "api"}``, on its lease. The election is a transaction *if the key does not
+  exist, put it*; the term is the key's create revision.
+- ``P/members/<node>``: each daemon's API URL and view of every target (``up|down|unknown``), on its own lease, so a
+  daemon that dies drops out of the count within ``ttl``.
+- ``P/maintenance/<group>``: the shared maintenance switch (present: on). No lease: it outlives every daemon.
+- ``P/intents/<group>``: the leader's last fenced cloud call (failover id, operation, node, term), written in the
+  fencing transaction.
+
+Each daemon holds one lease of ``ttl`` seconds, renewed every ``ttl/3``. It counts the lease valid until the
+monotonic time its last successful renewal was *sent* plus ``ttl`` (etcd never expires a lease earlier), and acts
+only while that is more than ``margin`` away. A watch on the prefix brings changes at once; a full read every
+renewal corrects whatever a lost watch missed (renewals make no watch events).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from eipfailover import quorum
+from eipfailover.cluster.base import ClusterStatus, CoordinationError, Coordinator, Member
+from eipfailover.cluster.etcd_client import (
+    Compare,
+    EtcdClient,
+    EtcdError,
+    KeyValue,
+    Op,
+    WatchEvent,
+    make_ssl_context,
+)
+from eipfailover.config import ClusterConfig
+from eipfailover.errors import NotLeader
+from eipfailover.model import TargetState
+
+log = structlog.get_logger("eipfailover.cluster")
+
+_STATES = {s.value: s for s in TargetState}
+_NOT_YET = "not connected yet"
+
+
+@dataclass(slots=True)
+class _Peer:
+    api: str | None
+    views: dict[str, dict[str, str]]
+    last_seen: float = field(default_factory=time.time)
+
+
+def client_for(config: ClusterConfig) -> EtcdClient:
+    """The etcd client of ``config`` (its TLS files and password read now: a problem is an :class:`EtcdError`)."""
+    tls = config.tls
+    context = make_ssl_context(tls.ca_file, tls.cert_file, tls.key_file) if tls is not None else None
+    password = None
+    if config.password_file is not None:
+        try:
+            password = config.password_file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise EtcdError(f"cluster.password_file {config.password_file}: "
+                            f"{getattr(exc, 'strerror', None) or exc}") from None
+    return EtcdClient(config.endpoints, timeout=max(0.5, min(2.0, config.ttl / 4)), ssl_context=context,
+                      username=config.username, password=password)
+
+
+class EtcdCoordinator(Coordinator):
+    def __init__(self, config: ClusterConfig, api: str | None, client: EtcdClient) -> None:
+        self.config = config
+        self.node = config.node
+        self.api = api
+        self.client = client
+        self.ttl = config.ttl
+        self.margin = config.margin
+        self.prefix = config.prefix.rstrip("/") + "/"
+        self.leader_key = self.prefix + "leader"
+        self.members_prefix = self.prefix + "members/"
+        self.maintenance_prefix = self.prefix + "maintenance/"
+        self.member_key = self.members_prefix + self.node
+        self._me = json.dumps({"node": self.node, "api": api}, sort_keys=True).encode()
+        self._lease: int | None = None
+        self._valid_until = 0.0
+        """Monotonic time until which this daemon's lease is alive for sure."""
+        self._term: int | None = None
+        """The leader key's create revision while this daemon leads."""
+        self._leader: tuple[str, str | None, int] | None = None
+        """(node, api, term) of the leader as last read."""
+        self._peers: dict[str, _Peer] = {}
+        self._maintenance: dict[str, bool] | None = None
+        self._views: dict[str, dict[str, str]] = {}
+        self._published: bytes | None = None
+        self._revision = 0
+        """The etcd revision the cluster view reflects (a read older than the watch's events is ignored)."""
+        self._lost: str | None = _NOT_YET
+        self._wake = asyncio.Event()
+        self._dirty = asyncio.Event()
+        self._notify_pending = False
+        self.on_leading: Callable[[], None] | None = None
+        """Called when this daemon starts a new term as leader (before it acts: it must re-read the cloud)."""
+
+    def set_api(self, api: str | None) -> None:
+        """Where peers reach this daemon's API (known once it listens; before the first campaign)."""
+        self.api = api
+        self._me = json.dumps({"node": self.node, "api": api}, sort_keys=True).encode()
+
+    # --- what the engine reads ---
+    def acting(self) -> bool:
+        return self._term is not None and time.monotonic() < self._valid_until - self.margin
+
+    def available(self) -> bool:
+        return self._lease is not None and time.monotonic() < self._valid_until
+
+    def verdict(self, group: str, target: str, local: TargetState) -> TargetState:
+        votes = [_STATES.get(view.get(target, ""), TargetState.UNKNOWN)
+                 for view in (p.views.get(group, {}) for p in self._others().values())]
+        own = self._views.get(group)
+        votes.append(_STATES.get(own.get(target, ""), TargetState.UNKNOWN) if own is not None else local)
+        return quorum.tally(votes, len(votes), self.config.quorum)
+
+    def publish(self, group: str, views: Mapping[str, TargetState]) -> None:
+        view = {target: state.value for target, state in views.items()}
+        if self._views.get(group) != view:
+            self._views[group] = view
+            self._dirty.set()
+            self._changed()  # our own vote counts at once
+
+    def observers(self, group: str) -> dict[str, dict[str, str]]:
+        seen = {node: dict(peer.views.get(group, {})) for node, peer in self._others().items()}
+        seen[self.node] = dict(self._views.get(group, {}))
+        return seen
+
+    def maintenance(self, group: str) -> bool | None:
+        return None if self._maintenance is None else self._maintenance.get(group, False)
+
+    def status(self) -> ClusterStatus:
+        leader = self._leader
+        members = [Member(node, peer.api, leader is not None and leader[0] == node, peer.last_seen)
+                   for node, peer in sorted(self._others().items())]
+        members.append(Member(self.node, self.api, self._term is not None, time.time()))
+        return ClusterStatus(
+            node=self.node, leader=leader[0] if leader else None, leader_api=leader[1] if leader else None,
+            term=leader[2] if leader else None, members=tuple(sorted(members, key=lambda m: m.node)),
+            coordination="ok" if self.available() else "lost", acting=self.acting())
+
+    def members(self) -> int:
+        return len(self._others()) + 1
+
+    def _others(self) -> dict[str, _Peer]:
+        return {node: peer for node, peer in self._peers.items() if node != self.node}
+
+    # --- changes ---
+    async def set_maintenance(self, group: str, enabled: bool) -> None:
+        key = self.maintenance_prefix + group
+        try:
+            if enabled:
+                await self.client.put(key, b"on")
+            else:
+                await self.client.delete(key)
+        except EtcdError as exc:
+            raise CoordinationError(f"the maintenance switch could not be stored in etcd: {exc}") from None
+        if self._maintenance is not None:
+            self._maintenance[group] = enabled
+
+    async def fence(self, group: str, failover_id: str, operation: str, seconds: float) -> Callable[[], bool]:
+        term = self._term
+        if term is None or not self.acting():
+            raise NotLeader(f"{operation} not sent: this daemon is not the cluster's leader (or its lease may lapse)")
+        if time.monotonic() + seconds > self._valid_until - self.margin:
+            await self._renew()  # the lease must outlive the call: renew it now rather than wait for the loop
+            if time.monotonic() + seconds > self._valid_until - self.margin:
+                raise NotLeader(f"{operation} not sent: the lease ({self.ttl:g}s) cannot outlive a call of "
+                                f"{seconds:g}s with a {self.margin:g}s margin")
+        intent = json.dumps({"failover_id": failover_id, "operation": operation, "node": self.node, "term": term,
+                             "at": time.time()}).encode()
+        try:
+            proof = await self.client.txn(
+                [Compare.create_revision(self.leader_key, "=", term), Compare.value(self.leader_key, "=", self._me),
+                 Compare.lease(self.leader_key, "=", self._lease or 0)],
+                [Op.put(self.prefix + "intents/" + group, intent)])
+        except EtcdError as exc:
+            raise NotLeader(f"{operation} not sent: leadership cannot be proven: {exc}") from None
+        if not proof.succeeded:
+            self._step_down("the leader key changed (another daemon leads, or the lease expired)")
+            raise NotLeader(f"{operation} not sent: this daemon no longer leads (term {term} is over)")
+        if not self.acting():
+            raise NotLeader(f"{operation} not sent: the lease may have lapsed while leadership was proven")
+        return self.acting
+
+    # --- the loop ---
+    async def run(self) -> None:
+        watcher = asyncio.create_task(self._watch(), name="cluster-watch")
+        publisher = asyncio.create_task(self._publish_loop(), name="cluster-publish")
+        try:
+            while True:
+                pause = self.ttl / 3
+                try:
+                    await self._cycle()
+                except EtcdError as exc:
+                    self._trouble(str(exc))
+                    pause = self.ttl / 10  # retried sooner, but never hammered
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(pause):
+                        await self._wake.wait()
+        finally:
+            watcher.cancel()
+            publisher.cancel()
+            await asyncio.gather(watcher, publisher, return_exceptions=True)
+
+    async def _cycle(self) -> None:
+        await self._renew()
+        if self._published is None:
+            await self._put_member()
+        await self._read()
+        if self._leader is None:
+            await self._campaign()
+        if self._lost is not None and self.available():
+            if self._lost is _NOT_YET:
+                log.info("cluster_joined", node=self.node, members=self.members(),
+                         leader=self._leader[0] if self._leader else None)
+            else:
+                log.info("coordination_restored", node=self.node, was=self._lost)
+            self._lost = None
+            self._changed()
+
+    async def _renew(self) -> None:
+        """Renew the lease (grant a new one if it is gone), and count it valid from the moment the renewal was
+        sent."""
+        sent = time.monotonic()
+        if self._lease is not None:
+            remaining = await self.client.keepalive(self._lease)
+            if remaining > 0:
+                self._valid_until = max(self._valid_until, sent + self.ttl)
+                return
+            log.warning("lease_expired", node=self.node, detail="etcd forgot this daemon's lease: a new one")
+            self._lease = None
+            self._step_down("the lease expired")
+            self._published = None
+        lease, granted = await self.client.grant(max(2, round(self.ttl)))
+        self._lease, self._valid_until = lease, sent + min(self.ttl, granted)
+
+    async def _put_member(self) -> None:
+        value = json.dumps({"api": self.api, "views": self._views}, sort_keys=True).encode()
+        await self.client.put(self.member_key, value, lease=self._lease or 0)
+        self._published = value
+
+    async def _publish_loop(self) -> None:
+        while True:
+            await self._dirty.wait()
+            self._dirty.clear()
+            if self._lease is None:
+                continue  # the loop publishes once it has a lease
+            try:
+                await self._put_member()
+            except EtcdError as exc:
+                self._published = None  # the next cycle publishes again
+                self._trouble(str(exc))
+
+    async def _campaign(self) -> None:
+        answer = await self.client.txn([Compare.create_revision(self.leader_key, "=", 0)],
+                                       [Op.put(self.leader_key, self._me, lease=self._lease or 0)],
+                                       [Op.get(self.leader_key)])
+        if answer.succeeded:
+            self._lead(answer.revision)
+            self._leader = (self.node, self.api, answer.revision)
+        else:
+            held = answer.responses[0] if answer.responses else None
+            if held:
+                self._see_leader(held[0])
+
+    async def _read(self) -> None:
+        kvs, revision = await self.client.get_prefix(self.prefix)
+        if revision < self._revision:
+            return  # the watch has already brought newer news
+        self._revision = revision
+        peers: dict[str, _Peer] = {}
+        maintenance: dict[str, bool] = {}
+        leader: KeyValue | None = None
+        for kv in kvs:
+            if kv.key == self.leader_key:
+                leader = kv
+            elif kv.key.startswith(self.members_prefix):
+                peer = _peer(kv.value)
+                if peer is not None:
+                    peers[kv.key[len(self.members_prefix):]] = peer
+            elif kv.key.startswith(self.maintenance_prefix):
+                maintenance[kv.key[len(self.maintenance_prefix):]] = True
+        self._peers, self._maintenance = peers, maintenance
+        if leader is None:
+            self._no_leader()
+        else:
+            self._see_leader(leader)
+        self._changed()
+
+    async def _watch(self) -> None:
+        """Apply the prefix's changes as they come; after a broken stream, wait for the next read, watch again."""
+        while True:
+            start = self._revision
+            if not start:
+                await asyncio.sleep(self.ttl / 10)
+                continue
+            try:
+                async with contextlib.aclosing(self.client.watch_prefix(self.prefix, start + 1)) as stream:
+                    async for events in stream:
+                        for event in events:
+                            self._apply(event)
+                        self._revision = max(self._revision, *(e.kv.mod_revision for e in events))
+                        self._changed()
+            except EtcdError as exc:
+                log.debug("cluster_watch_ended", error=str(exc))
+            await asyncio.sleep(self.ttl / 6)
+
+    def _apply(self, event: WatchEvent) -> None:
+        key = event.kv.key
+        if key == self.leader_key:
+            if event.type == "delete":
+                self._no_leader()
+                self._wake.set()  # campaign now
+            else:
+                self._see_leader(event.kv)
+        elif key.startswith(self.members_prefix):
+            node = key[len(self.members_prefix):]
+            peer = _peer(event.kv.value) if event.type == "put" else None
+            if peer is None:
+                self._peers.pop(node, None)
+            else:
+                self._peers[node] = peer
+        elif key.startswith(self.maintenance_prefix) and self._maintenance is not None:
+            self._maintenance[key[len(self.maintenance_prefix):]] = event.type == "put"
+
+    # --- leadership ---
+    def _see_leader(self, kv: KeyValue) -> None:
+        try:
+            holder = json.loads(kv.value)
+            node, api = str(holder["node"]), holder.get("api")
+        except (ValueError, KeyError, TypeError):
+            node, api = "?", None
+        mine = kv.value == self._me and kv.lease == self._lease
+        if mine and self._term != kv.create_revision:
+            self._lead(kv.create_revision)
+        elif not mine and self._term is not None:
+            self._step_down(f"{node} holds the leader key")
+        before = self._leader
+        self._leader = (node, api if isinstance(api, str) else None, kv.create_revision)
+        if before is None or before[2] != kv.create_revision:
+            log.info("leader_seen", node=self.node, leader=node, term=kv.create_revision)
+
+    def _no_leader(self) -> None:
+        if self._leader is not None:
+            log.info("leader_gone", node=self.node, leader=self._leader[0], term=self._leader[2])
+        self._leader = None
+        if self._term is not None:
+            self._step_down("the leader key is gone")
+
+    def _lead(self, term: int) -> None:
+        self._term = term
+        log.info("leader_elected", node=self.node, term=term)
+        if self.on_leading is not None:
+            self.on_leading()
+        self._changed()
+
+    def _step_down(self, why: str) -> None:
+        if self._term is not None:
+            log.warning("leadership_lost", node=self.node, term=self._term, reason=why)
+            self._term = None
+            self._changed()
+
+    def _trouble(self, error: str) -> None:
+        """An etcd call failed: loud once the lease may have lapsed (until then a later renewal may save it)."""
+        if self._lost is _NOT_YET:
+            log.warning("cluster_unreachable", node=self.node, error=error, detail="retrying; nobody here acts")
+            self._lost = error
+        elif self._lost is None and not time.monotonic() < self._valid_until:
+            self._lost = error
+            log.error("coordination_lost", node=self.node, error=error,
+                      detail="nobody moves anything until etcd answers again")
+            self._step_down("etcd cannot be reached")
+            self._changed()
+        elif self._lost is not None:
+            self._lost = error
+
+    def _changed(self) -> None:
+        """Tell the engine, once per turn of the event loop however many changes came in it."""
+        if self.on_change is None or self._notify_pending:
+            return
+        self._notify_pending = True
+
+        def notify() -> None:
+            self._notify_pending = False
+            if self.on_change is not None:
+                self.on_change()
+        asyncio.get_running_loop().call_soon(notify)
+
+    async def close(self) -> None:
+        """Hand over at once: delete the leader key if it is still ours, revoke the lease (the member key goes with
+        it), close the connections. Best effort: etcd may be gone."""
+        with contextlib.suppress(EtcdError):
+            if self._term is not None:
+                await self.client.txn([Compare.lease(self.leader_key, "=", self._lease or 0)],
+                                      [Op.delete(self.leader_key)])
+            self._term = None
+            if self._lease is not None:
+                await self.client.revoke(self._lease)
+        self._lease = None
+        await self.client.close()
+
+
+def _peer(value: bytes) -> _Peer | None:
+    try:
+        data: Any = json.loads(value)
+        views = {str(g): {str(t): str(s) for t, s in v.items()} for g, v in data.get("views", {}).items()}
+        api = data.get("api")
+        return _Peer(api if isinstance(api, str) else None, views)
+    except (ValueError, AttributeError, TypeError):
+        return None
