@@ -1,4 +1,5 @@
-"""The one running move of a group: the before_failover gate, the journal, leadership proof, the cloud calls.
+"""The one running move of a group: the before_failover gate, the record in the store, leadership proof, the cloud
+calls.
 
 The :class:`Actuator` turns a started :class:`~eipfailover.events.FailoverRecord` into a finished one. It owns no
 group state: the runner decides, hands it the move, and folds the outcome back into its own state.
@@ -18,7 +19,7 @@ from eipfailover import failover
 from eipfailover.checks.base import describe_exception
 from eipfailover.cluster.base import Coordinator
 from eipfailover.config import GroupConfig
-from eipfailover.events import FailoverJournal, FailoverRecord
+from eipfailover.events import FailoverRecord, StateStore
 from eipfailover.hooks import hook_environment, hook_values, run_gate, substitute
 from eipfailover.model import Binding, EipState, Reason
 from eipfailover.providers.base import Provider, fenced, recorded_steps
@@ -28,11 +29,11 @@ log = structlog.get_logger("eipfailover.engine")
 
 class Actuator:
     def __init__(self, config: GroupConfig, provider: Provider, bindings: Mapping[str, Binding],
-                 journal: FailoverJournal | None, coordinator: Coordinator | None, abort: asyncio.Event) -> None:
+                 store: StateStore, coordinator: Coordinator | None, abort: asyncio.Event) -> None:
         self.config = config
         self.provider = provider
         self.bindings = bindings
-        self.journal = journal
+        self.store = store
         self.coordinator = coordinator
         """None for a daemon alone: nothing to prove before a call."""
         self.abort = abort
@@ -43,8 +44,8 @@ class Actuator:
         """Run the move of ``record`` (``sources``: the targets it takes EIPs off); the finished record and the
         outcome. Never raises: a bug below is recorded as the failover's error."""
         try:
-            if self.journal is not None:  # on disk before any cloud call (or degraded: it never blocks)
-                await self.journal.begin(record, counted=counted, windowed=windowed)
+            # recorded before any cloud call (the journal: on disk, or degraded: it never blocks)
+            await self.store.begin(record, counted=counted, windowed=windowed)
             if self.config.dry_run:  # decided and reported, not made: no fencing, no cloud call
                 outcome = failover.Outcome(False, 0, f"would move {', '.join(record.eips)} from "
                                                      f"{record.from_target or 'where they are'} to "
@@ -64,10 +65,8 @@ class Actuator:
         return replace(record, result=result, error=outcome.error, attempts=outcome.attempts), outcome
 
     def journaled(self, record: FailoverRecord) -> contextlib.AbstractContextManager[None]:
-        """Each cloud call of the failover written to the journal before it is sent."""
-        if self.journal is None:
-            return contextlib.nullcontext()
-        return recorded_steps(functools.partial(self.journal.step, record.id))
+        """Each cloud call of the failover recorded in the store before it is sent."""
+        return recorded_steps(functools.partial(self.store.step, record.id))
 
     def _fenced(self, record: FailoverRecord) -> contextlib.AbstractContextManager[None]:
         """Each cloud call of the failover proven, right before it is sent, to come from the cluster's leader."""

@@ -14,7 +14,7 @@ import os
 import signal
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,8 +31,8 @@ from eipfailover.cluster.etcd_client import EtcdError
 from eipfailover.config import CheckConfig, Config, GroupConfig, check_name, dry, load_config, split_host_port
 from eipfailover.engine import Engine, GroupRunner, binding_of
 from eipfailover.errors import EipFailoverError
-from eipfailover.events import FailoverRecord, Observers
-from eipfailover.history import History
+from eipfailover.events import Observers, StateStore
+from eipfailover.history import MemoryStore
 from eipfailover.hooks import HookObserver
 from eipfailover.journal import Journal
 from eipfailover.log import LogObserver
@@ -135,6 +135,7 @@ class _Parts:
     metrics: Metrics
     hooks: HookObserver
     status: SystemdObserver
+    store: StateStore
     journal: Journal | None = None
     guards: dict[GuardKey, tuple[HaVipGuard, asyncio.Task[None]]] = field(default_factory=dict)
     closing: set[asyncio.Task[None]] = field(default_factory=set)
@@ -162,6 +163,8 @@ class Daemon:
         self._building: dict[str, Provider] = {}
         self._announced = False  # READY=1 went out: a reload may say RELOADING=1 and READY=1 again
         self.journal: Journal | None = None
+        self.store: StateStore = MemoryStore()
+        """The journal, or memory when there is none."""
         self.coordinator: EtcdCoordinator | None = None
         """The cluster (``cluster:`` in the config); None: this daemon acts alone."""
 
@@ -194,7 +197,7 @@ class Daemon:
             provider = by_name[group.provider]
             if old_groups.get(group.name) != group or group.provider in fresh:
                 built.runners.append(GroupRunner(group, provider, build_checks(group, provider, http),
-                                                 observers, self.journal, self.coordinator))
+                                                 observers, self.store, self.coordinator))
         for key in _guard_keys(config):
             group = next(g for g in config.groups if g.name == key[0])
             provider = by_name[group.provider]
@@ -223,11 +226,12 @@ class Daemon:
         handlers: list[signal.Signals] = []
         try:
             metrics = Metrics(self.config, {})
-            history = History()
             hooks = HookObserver({g.name: g.hooks for g in self.config.groups})
             observers = Observers([LogObserver(), metrics, hooks])
             try:
                 self.journal = _open_journal(self.config)
+                if self.journal is not None:
+                    self.store = self.journal
                 self.coordinator = _coordinator(self.config)
                 built = self._build(self.config, None, http, observers)
                 await _preflight(self.config, built.providers)
@@ -235,7 +239,7 @@ class Daemon:
                 log.error("startup_failed", error=str(exc))
                 return EXIT_CONFIG
             journal = self.journal
-            observers.observers.append(journal if journal is not None else history)
+            observers.observers.append(self.store)
             self.providers = built.providers
             for name, provider in built.providers.items():
                 provider.on_request = metrics.on_request
@@ -245,15 +249,14 @@ class Daemon:
             metrics.watch(engine)
             status = SystemdObserver(self.notifier, engine)
             observers.observers.append(status)
-            parts = _Parts(http, observers, metrics, hooks, status, journal)
+            parts = _Parts(http, observers, metrics, hooks, status, self.store, journal)
             if install_signals:  # from here on: a signal during the start-up recovery is handled, not fatal
                 handlers = self._install_signals(engine)
             if journal is not None:
                 journal.on_state(metrics.journal_up.set)
                 await _restore(journal, built.runners)
                 pruning = asyncio.create_task(journal.prune_every(PRUNE_PERIOD), name="journal-prune")
-            api = self.api = Api(engine, journal.query if journal is not None else _in_memory(history),
-                                 metrics.registry, built.token)
+            api = self.api = Api(engine, self.store.query, metrics.registry, built.token)
             tls = server_tls(self.config.api.tls.cert_file, self.config.api.tls.key_file) if self.config.api.tls \
                 else None
             runner = app_runner(api.app)
@@ -425,8 +428,8 @@ class Daemon:
             parts.metrics.add_provider(name, type(provider).operations)
         for runner in built.runners:
             parts.metrics.add_group(runner.config)
-        if parts.journal is not None:  # a group added back finds its maintenance and recent moves again
-            await _remember(parts.journal, [r for r in built.runners if r.name not in old_groups])
+        # a group added back finds its maintenance and recent moves again
+        await _remember(parts.store, [r for r in built.runners if r.name not in old_groups])
         if new.state_directory != self.config.state_directory or new.journal != self.config.journal:
             log.warning("reload_partial", detail="state_directory and journal apply at restart")
         if new.cluster != self.config.cluster:
@@ -514,20 +517,14 @@ async def _restore(journal: Journal, runners: Sequence[GroupRunner]) -> None:
             journal.on_failover_finished(record)
 
 
-async def _remember(journal: Journal, runners: Sequence[GroupRunner]) -> None:
+async def _remember(store: StateStore, runners: Sequence[GroupRunner]) -> None:
     try:
-        memory = await journal.remember({r.name: r.config.policy.max_failovers.window for r in runners})
+        memory = await store.remember({r.name: r.config.policy.max_failovers.window for r in runners})
     except Exception as exc:
         log.error("journal_read_failed", error=str(exc), detail="maintenance and recent moves not restored")
         return
     for runner in runners:
         runner.remember(memory[runner.name])
-
-
-def _in_memory(history: History) -> Callable[[str | None, int], Awaitable[list[FailoverRecord]]]:
-    async def query(group: str | None, limit: int) -> list[FailoverRecord]:
-        return history.query(group, limit)
-    return query
 
 
 async def _finished(task: asyncio.Task[None], timeout: float) -> bool:

@@ -30,7 +30,8 @@ from eipfailover.checks.base import Check, describe_exception
 from eipfailover.cluster.base import Coordinator
 from eipfailover.config import BindingConfig, GroupConfig
 from eipfailover.errors import ProviderError
-from eipfailover.events import FailoverJournal, FailoverRecord, GroupMemory, Observer
+from eipfailover.events import FailoverRecord, GroupMemory, Observer, StateStore
+from eipfailover.history import MemoryStore
 from eipfailover.model import (
     UNKNOWN_LOCATION,
     Action,
@@ -75,12 +76,13 @@ class GroupRunner:
     """Runs one failover group. The cloud's association is re-read every interval: memory is never trusted alone."""
 
     def __init__(self, config: GroupConfig, provider: Provider, checks: Mapping[str, Sequence[Check]],
-                 observers: Observer, journal: FailoverJournal | None = None,
+                 observers: Observer, store: StateStore | None = None,
                  coordinator: Coordinator | None = None) -> None:
         self.config = config
         self.provider = provider
         self.observers = observers
-        self.journal = journal
+        self.store: StateStore = store if store is not None else MemoryStore()
+        """Where failovers are recorded and the group's memory is kept (default: memory only)."""
         self.targets = {
             t.name: TargetRuntime(t.name, binding_of(t.binding, provider.kind), checks[t.name]) for t in config.targets
         }
@@ -122,7 +124,7 @@ class GroupRunner:
         self.coordinator = coordinator
         """The other daemons of a cluster (None: this daemon acts alone, on its own checks)."""
         self._verdicts: dict[str, Health] = {}
-        self.actuator = Actuator(config, provider, self.bindings, journal, coordinator, self._abort)
+        self.actuator = Actuator(config, provider, self.bindings, self.store, coordinator, self._abort)
 
     @property
     def name(self) -> str:
@@ -160,8 +162,9 @@ class GroupRunner:
         self._decide(time.monotonic())
 
     def remember(self, memory: GroupMemory) -> None:
-        """Take what the journal remembers of this group from before a restart: maintenance, the automatic moves
-        still within the ``max_failovers`` window, the end of the last move (the cooldown runs from it)."""
+        """Take what the store remembers of this group from before a restart (or a reload that removed it):
+        maintenance, the automatic moves still within the ``max_failovers`` window, the end of the last move (the
+        cooldown runs from it)."""
         now = time.monotonic()
         ago = time.time() - now  # wall clock minus monotonic: turns journal times into monotonic ones
         # a time ahead of now (the clock was stepped back since, or the journal comes from a host ahead) counts as
@@ -490,7 +493,7 @@ class GroupRunner:
         self._read_wake.set()
 
     def journaled(self, record: FailoverRecord) -> contextlib.AbstractContextManager[None]:
-        """Each cloud call made inside written to the journal before it is sent (see :class:`Actuator`)."""
+        """Each cloud call made inside recorded in the store before it is sent (see :class:`Actuator`)."""
         return self.actuator.journaled(record)
 
     def _sources(self, to: str) -> list[str]:

@@ -67,16 +67,6 @@ class GroupMemory:
     """Wall-clock end of the last move that arms the cooldown."""
 
 
-class FailoverJournal(Protocol):
-    """Where a failover is written before each cloud call (see :mod:`eipfailover.journal`)."""
-
-    async def begin(self, record: FailoverRecord, *, counted: bool, windowed: bool) -> None:
-        """Record the start; ``counted``: it arms the cooldown; ``windowed``: it counts against max_failovers."""
-
-    async def step(self, failover_id: str, operation: str) -> Callable[[str, float], None]:
-        """Record a call about to be sent; returns what records its ``(result, seconds)``."""
-
-
 class Observer(Protocol):
     """What the engine tells the outside world. Every method is called from the event loop and must not block."""
 
@@ -95,6 +85,28 @@ class Observer(Protocol):
     def on_failover_finished(self, record: FailoverRecord) -> None: ...
 
     def on_maintenance(self, group: str, enabled: bool) -> None: ...
+
+
+class StateStore(Observer, Protocol):
+    """What a daemon remembers of its groups and their failovers: the SQLite journal
+    (:class:`eipfailover.journal.Journal`), or memory (:class:`eipfailover.history.MemoryStore`) when there is none.
+    It is also an :class:`Observer`: it records every started and finished failover and every maintenance change.
+    (In a cluster, the intents every daemon must share, the maintenance switch and the leader's fencing intent, live
+    in the coordination store: see :mod:`eipfailover.cluster`.)"""
+
+    async def begin(self, record: FailoverRecord, *, counted: bool, windowed: bool) -> None:
+        """Record the start before any cloud call; ``counted``: it arms the cooldown; ``windowed``: it counts
+        against max_failovers."""
+
+    async def step(self, failover_id: str, operation: str) -> Callable[[str, float], None]:
+        """Record a call about to be sent; returns what records its ``(result, seconds)``."""
+
+    async def remember(self, windows: Mapping[str, float]) -> dict[str, GroupMemory]:
+        """Each group's memory (its ``max_failovers`` window in ``windows``): maintenance, moves within the window,
+        the end of the last move."""
+
+    async def query(self, group: str | None = None, limit: int = 100) -> list[FailoverRecord]:
+        """The newest records first (``/v1/history``)."""
 
 
 class NullObserver:

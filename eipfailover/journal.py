@@ -36,7 +36,7 @@ import structlog
 
 from eipfailover.errors import EipFailoverError
 from eipfailover.events import FailoverRecord, GroupMemory, NullObserver, Step
-from eipfailover.history import History
+from eipfailover.history import MemoryStore
 from eipfailover.model import Trigger
 
 log = structlog.get_logger("eipfailover.journal")
@@ -121,7 +121,7 @@ class Journal(NullObserver):
                  max_age: float, max_records: int) -> None:
         self.path = path
         self.max_age, self.max_records = max_age, max_records
-        self.memory = History()
+        self.memory = MemoryStore()
         """The same records in memory: what reads fall back to."""
         self._db = connection
         self._executor = writer
@@ -210,10 +210,10 @@ class Journal(NullObserver):
             stored = await self._read(_query, group, limit)
         except Exception as exc:
             log.warning("journal_read_failed", path=str(self.path), error=_describe(exc), fallback="memory")
-            return self.memory.query(group, limit)
+            return self.memory.recent(group, limit)
         if self._state.degraded is None and not self._state.backlog:
             return stored
-        newer = {r.id: r for r in self.memory.query(group, limit)}
+        newer = {r.id: r for r in self.memory.recent(group, limit)}
         merged = {r.id: newer.get(r.id, r) for r in stored}
         merged.update({i: r for i, r in newer.items() if i not in merged})
         return sorted(merged.values(), key=lambda r: r.started_at, reverse=True)[:limit]

@@ -43,7 +43,7 @@ def run(*argv: str, cwd: Path) -> str:
 
 
 def test_promtool_check_rules(promtool: str) -> None:
-    assert "SUCCESS: 14 rules found" in run(promtool, "check", "rules", str(RULES), cwd=ROOT)
+    assert "SUCCESS: 16 rules found" in run(promtool, "check", "rules", str(RULES), cwd=ROOT)
 
 
 def test_promtool_rule_tests(promtool: str, tmp_path: Path) -> None:
