@@ -67,7 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     from eipfailover.eipcmd import add_parser as add_eip_parser
 
     add_eip_parser(sub, client)
-    sub.add_parser("demo", help="fail an EIP over on a local moto EC2 server, no cloud account needed")
+    demo = sub.add_parser("demo", help="fail an EIP over on a local moto EC2 server, no cloud account needed")
+    demo.add_argument("--cluster", action="store_true",
+                      help="three daemons on a local etcd: kill the leader, watch the hand-over and the failover")
     sub.add_parser("version", help="print the version")
     return parser
 
@@ -175,6 +177,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"eipfailover {__version__}")
         return 0
     if args.command == "demo":
+        if args.cluster:
+            from eipfailover.demo_cluster import main as cluster_demo_main
+
+            return cluster_demo_main()
         from eipfailover.demo import main as demo_main
 
         return demo_main()

@@ -148,13 +148,17 @@ def _free_port() -> int:
 
 @contextlib.asynccontextmanager
 async def cluster_world(ec2: Ec2World, tmp_path: Path, *, daemons: int = 3, etcd_members: int = 1,
-                        start: bool = True, **cluster: Any) -> AsyncIterator[ClusterWorld]:
-    """``daemons`` daemons on an etcd of ``etcd_members`` members, started and ready (unless ``start`` is false);
-    everything is stopped on exit."""
-    etcd = EtcdCluster(etcd_members, tmp_path / "etcd")
-    await asyncio.to_thread(etcd.start)
+                        start: bool = True, etcd: EtcdCluster | None = None,
+                        **cluster: Any) -> AsyncIterator[ClusterWorld]:
+    """``daemons`` daemons on an etcd of ``etcd_members`` members (or on ``etcd``, left running), started and ready
+    (unless ``start`` is false); everything else is stopped on exit."""
+    own = etcd is None
+    if etcd is None:
+        etcd = EtcdCluster(etcd_members, tmp_path / "etcd")
+        await asyncio.to_thread(etcd.start)
     world = ClusterWorld(ec2, etcd)
     token = tmp_path / "token"
+    await asyncio.to_thread(tmp_path.mkdir, parents=True, exist_ok=True)
     token.write_text(TOKEN)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     servers: list[HealthServer] = []
@@ -190,7 +194,8 @@ async def cluster_world(ec2: Ec2World, tmp_path: Path, *, daemons: int = 3, etcd
             await server.stop()
         if world.session is not None:
             await world.session.close()
-        await asyncio.to_thread(etcd.stop)
+        if own:
+            await asyncio.to_thread(etcd.stop)
 
 
 def dump(node: Node) -> str:

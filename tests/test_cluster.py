@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from .cli_run import run_cli
 from .cluster_world import TTL, ClusterWorld, Node, cluster_world, dump
 from .conftest import Ec2World, eventually
+from .etcd_server import EtcdCluster
 
 pytestmark = pytest.mark.e2e
 
@@ -181,3 +183,73 @@ async def test_etcd_without_quorum_is_like_etcd_stopped(ec2: Ec2World, tmp_path:
 
 def loop_time() -> float:
     return asyncio.get_running_loop().time()
+
+
+async def test_followers_send_changes_to_the_leader(ec2: Ec2World, tmp_path: Path) -> None:
+    """A manual failover on a follower: 409 not_leader with the leader's node and API URL; the CLI follows it. The
+    maintenance switch set through the leader is every daemon's."""
+    async with cluster_world(ec2, tmp_path) as world:
+        leader = await world.leader()
+        follower = next(n for n in world.nodes if n is not leader)
+        await all_see(world, "b", "up")
+        status, body = await world.post(follower, "/v1/groups/web/failover", {"to": "b"})
+        assert status == 409
+        assert body["error"] == "not_leader"
+        assert body["leader"] == leader.name
+        assert body["leader_api"] == leader.url
+        assert follower.mutations() == []
+
+        token = tmp_path / "token"
+        cli = await run_cli("failover", "web", "--to", "b", "--api", follower.url, "--token-file", str(token),
+                            "--timeout", "30")
+        assert cli.code == 0, cli.err
+        assert f"sent to the cluster's leader at {leader.url}" in cli.out
+        assert world.holder() == ec2.instance_b
+        assert leader.mutations() == ["AssociateAddress"]
+
+        cli = await run_cli("maintenance", "web", "on", "--api", follower.url, "--token-file", str(token))
+        assert cli.code == 0, cli.err
+
+        async def everywhere() -> bool:
+            groups = [(await world.get(n, "/v1/groups/web"))[1] for n in world.nodes]
+            return all(group["maintenance"] for group in groups)
+        await eventually(everywhere, timeout=15)
+
+
+async def test_etcd_with_tls_client_certificates_and_a_password(ec2: Ec2World, tmp_path: Path) -> None:
+    """A daemon on an etcd that requires a client certificate and a user limited to the prefix elects itself; with a
+    wrong password it keeps running, not ready, and says why (credentials that fail at boot often recover)."""
+    etcd = EtcdCluster(1, tmp_path / "etcd", tls=True)
+    await asyncio.to_thread(etcd.start)
+    try:
+        await asyncio.to_thread(etcd.enable_auth, "eipf", "s3cret", "/eipfailover/test")
+        assert etcd.tls is not None
+        password = tmp_path / "etcd-password"
+        password.write_text("s3cret\n")
+        tls = {"ca_file": str(etcd.tls.ca), "cert_file": str(etcd.tls.client_cert),
+               "key_file": str(etcd.tls.client_key)}
+        async with cluster_world(ec2, tmp_path / "w", daemons=1, etcd=etcd, tls=tls, username="eipf",
+                                 password_file=str(password)) as world:
+            node = await world.leader()
+            status = await world.cluster(node)
+            assert status is not None
+            assert status["coordination"] == "ok"
+        password.write_text("wrong")
+        async with cluster_world(ec2, tmp_path / "x", daemons=1, etcd=etcd, start=False, tls=tls, username="eipf",
+                                 password_file=str(password)) as world:
+            node = world.nodes[0]
+            await node.process.start()
+            await node.process.wait_for("cluster_unreachable", 30)
+            error = next(e for _, e in node.process.events if e.get("event") == "cluster_unreachable")["error"]
+            assert "authentication failed" in error, error
+
+            async def unready() -> bool:
+                try:
+                    status, body = await world.get(node, "/readyz")
+                except OSError:
+                    return False
+                return status == 503 and body["error"] == "coordination_lost"
+            await eventually(unready, timeout=30)
+            assert node.alive()
+    finally:
+        await asyncio.to_thread(etcd.stop)
