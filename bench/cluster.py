@@ -5,7 +5,8 @@ The world is the tests' (``tests/cluster_world.py``): a moto EC2 server (two ins
 one-member etcd (``tests/etcd_server.py``) and three daemons as subprocesses, each with its own recording proxy to
 moto and its own health endpoints for the two instances; ``ttl`` 3 s, interval 500 ms, timeout 250 ms, rise 2,
 fall 2, cooldown 1 s, failback manual, quorum the default (a majority: 2 of 3). Every config gets
-``max_failovers: {count: 1000, window: 1h}`` (the default, 3 an hour, would hold the trials back as rate_limited).
+``max_failovers: {count: 1000, window: 1h}`` (the default, 3 an hour, would hold the trials back as rate_limited;
+``cluster_world(policy=...)``).
 
 1. **kill -9 of the leader**, N runs on one world: from the signal to the moment a survivor's ``GET /v1/cluster``
    says ``acting: true`` (each survivor polled every 20 ms), against the TTL; also when the new leader logged
@@ -25,7 +26,11 @@ fall 2, cooldown 1 s, failback manual, quorum the default (a majority: 2 of 3). 
    counts as handled only when it ends. The single daemon of 3. (which does not use etcd) runs during the idle
    window, to save time.
 
-    .venv/bin/python bench/cluster.py [--runs 20] [--trials 10] [--window 60] [--json]
+Each hand-over run starts at a random phase of the leader's lease renewals (``ttl/3``), each failover trial at a
+random phase of the check interval (``--seed``): right after the readiness poll saw a fresh check, a stop would
+otherwise always fall at the worst phase.
+
+    .venv/bin/python bench/cluster.py [--runs 20] [--trials 10] [--window 60] [--seed 1] [--json]
     .venv/bin/python bench/cluster.py --quick      # 3 runs, 2 trials, 10 s windows
 
 With ``--json`` the tables go to stderr and one JSON document to stdout.
@@ -39,6 +44,7 @@ import json
 import logging
 import os
 import platform
+import random
 import re
 import shlex
 import signal
@@ -50,15 +56,16 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import aiohttp
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from eipfailover.config import parse_duration
 from eipfailover.demo import DaemonProcess
-from tests.cluster_world import TOKEN, TTL, ClusterWorld, Node, _config, _free_port, cluster_world
+from tests.cluster_world import POLICY, TOKEN, TTL, ClusterWorld, Node, _config, _free_port, cluster_world
 from tests.conftest import Ec2World, HealthServer, ec2_client, eventually
 from tests.etcd_server import etcd_binary
 from tests.fault_proxy import FaultProxy
@@ -66,6 +73,12 @@ from tests.fault_proxy import FaultProxy
 POLL = 0.02
 """Seconds between two polls of the daemons' ``/v1/cluster`` while timing a hand-over."""
 MAX_FAILOVERS = {"count": 1000, "window": 3600}
+BENCH_POLICY = {**POLICY, "max_failovers": MAX_FAILOVERS}
+"""The tests' policy, with ``max_failovers`` out of the way."""
+INTERVAL = cast(float, parse_duration(POLICY["interval"]))
+"""The check interval of the tests' policy: a failover trial starts at a random phase of it."""
+RENEWAL = TTL / 3
+"""How often a daemon renews its lease: a hand-over run starts at a random phase of it."""
 HELD = frozenset({"cooldown", "rate_limited"})
 METRIC = re.compile(r"^grpc_server_(handled|started)_total\{([^}]*)\} (\S+)$")
 LABEL = re.compile(r'(\w+)="([^"]*)"')
@@ -110,12 +123,6 @@ def ec2_world(endpoint: str) -> Ec2World:
         eni_a=a["NetworkInterfaces"][0]["NetworkInterfaceId"], eni_b=b["NetworkInterfaces"][0]["NetworkInterfaceId"],
         ip_a=a["PrivateIpAddress"], ip_b=b["PrivateIpAddress"], eip=eip["AllocationId"], public_ip=eip["PublicIp"],
     )
-
-
-def raise_max_failovers(data: dict[str, Any]) -> dict[str, Any]:
-    for group in data["groups"]:
-        group["policy"] = {**group["policy"], "max_failovers": MAX_FAILOVERS}
-    return data
 
 
 async def move_back(ec2: Ec2World) -> None:
@@ -208,8 +215,9 @@ async def acting_group(world: ClusterWorld) -> dict[str, Any] | None:
 
 # --- 1 and 2: hand-over ---
 
-async def handover(world: ClusterWorld, sig: int) -> Handover:
+async def handover(world: ClusterWorld, sig: int, rng: random.Random) -> Handover:
     old = await settled(world)
+    await asyncio.sleep(rng.uniform(0, RENEWAL))  # a random phase of the leader's renewals, not a wait
     survivors = [n for n in world.nodes if n is not old]
     found: list[Node] = []
 
@@ -245,8 +253,11 @@ async def handover(world: ClusterWorld, sig: int) -> Handover:
 
 # --- 3: failovers ---
 
-async def failover_trial(stop_primaries: Callable[[], Awaitable[None]], procs: dict[str, DaemonProcess]) -> Trial:
-    """Stop the primary's endpoint(s); the first daemon of ``procs`` to log ``failover_verified`` is the actor."""
+async def failover_trial(stop_primaries: Callable[[], Awaitable[None]], procs: dict[str, DaemonProcess],
+                         rng: random.Random) -> Trial:
+    """At a random phase of the checks, stop the primary's endpoint(s); the first daemon of ``procs`` to log
+    ``failover_verified`` is the actor."""
+    await asyncio.sleep(rng.uniform(0, INTERVAL))  # not a wait: right after a check the primary would fail late
     stopped = time.monotonic()
     await stop_primaries()
     tasks = {asyncio.create_task(p.wait_for("failover_verified", 30, after=stopped)): name
@@ -268,7 +279,7 @@ async def failover_trial(stop_primaries: Callable[[], Awaitable[None]], procs: d
     return Trial(actor, started - stopped, verified - stopped, held)
 
 
-async def cluster_trials(world: ClusterWorld, trials: int, out: TextIO) -> list[Trial]:
+async def cluster_trials(world: ClusterWorld, trials: int, rng: random.Random, out: TextIO) -> list[Trial]:
     names = {n.name for n in world.nodes}
     results = []
 
@@ -284,7 +295,7 @@ async def cluster_trials(world: ClusterWorld, trials: int, out: TextIO) -> list[
     for i in range(trials):
         await settled(world)
         await eventually(ready, 60)
-        trial = await failover_trial(stop_all, {n.name: n.process for n in world.nodes})
+        trial = await failover_trial(stop_all, {n.name: n.process for n in world.nodes}, rng)
         results.append(trial)
         print(f"  cluster trial {i + 1}/{trials}: detect {trial.detect:.2f}s, verified {trial.total:.2f}s "
               f"(actor {trial.actor})", file=out, flush=True)
@@ -295,7 +306,7 @@ async def cluster_trials(world: ClusterWorld, trials: int, out: TextIO) -> list[
     return results
 
 
-async def solo_trials(world: ClusterWorld, tmp: Path, trials: int, out: TextIO) -> list[Trial]:
+async def solo_trials(world: ClusterWorld, tmp: Path, trials: int, rng: random.Random, out: TextIO) -> list[Trial]:
     """The same failover with one daemon and no ``cluster`` section."""
     ec2 = world.ec2
     proxy = FaultProxy(ec2.endpoint, "ec2", seed=99)
@@ -306,10 +317,10 @@ async def solo_trials(world: ClusterWorld, tmp: Path, trials: int, out: TextIO) 
     port = _free_port()
     token = tmp / "solo-token"
     token.write_text(TOKEN)
-    data = _config("solo", ec2, proxy, primary, standby, [], port, tmp / "state-solo", token)
+    data = _config("solo", ec2, proxy, primary, standby, [], port, tmp / "state-solo", token, BENCH_POLICY)
     del data["cluster"]
     path = tmp / "solo.yaml"
-    path.write_text(yaml.safe_dump(raise_max_failovers(data)))
+    path.write_text(yaml.safe_dump(data))
     proc = DaemonProcess(path, {**os.environ, "PYTHONUNBUFFERED": "1"}, lambda at, event: None)
     url = f"http://127.0.0.1:{port}/v1/groups/web"
     results = []
@@ -325,7 +336,7 @@ async def solo_trials(world: ClusterWorld, tmp: Path, trials: int, out: TextIO) 
         await proc.wait_for("daemon_ready", 60)
         for i in range(trials):
             await eventually(ready, 60)
-            trial = await failover_trial(primary.stop, {"solo": proc})
+            trial = await failover_trial(primary.stop, {"solo": proc}, rng)
             results.append(trial)
             print(f"  single-daemon trial {i + 1}/{trials}: detect {trial.detect:.2f}s, verified "
                   f"{trial.total:.2f}s", file=out, flush=True)
@@ -387,6 +398,16 @@ def machine() -> dict[str, Any]:
 async def run(args: argparse.Namespace, out: TextIO) -> dict[str, Any]:
     from moto.server import ThreadedMotoServer
 
+    began = time.monotonic()
+    phases: dict[str, float] = {}
+
+    def phase(name: str, since: float) -> float:
+        """Note how long phase ``name`` took; now."""
+        now = time.monotonic()
+        phases[name] = now - since
+        print(f"  [{name}: {phases[name]:.0f}s; {now - began:.0f}s in all]", file=out, flush=True)
+        return now
+
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     moto.start()
@@ -395,38 +416,45 @@ async def run(args: argparse.Namespace, out: TextIO) -> dict[str, Any]:
     try:
         with tempfile.TemporaryDirectory(prefix="eipfailover-cluster-bench-") as directory:
             tmp = Path(directory)
-            async with cluster_world(ec2, tmp, start=False) as world:
-                for node in world.nodes:
-                    node.config.write_text(yaml.safe_dump(raise_max_failovers(yaml.safe_load(node.config.read_text()))))
+            async with cluster_world(ec2, tmp, start=False, policy=BENCH_POLICY) as world:
+                since = phase("setup", began)
 
                 print(f"etcd idle ({args.window:g}s, no daemon); meanwhile {args.trials} failovers of a single daemon "
                       "without cluster", file=out, flush=True)
-                idle_task = asyncio.create_task(quiet_window(world, args.window))
-                solo = await solo_trials(world, tmp, args.trials, out)
-                idle = await idle_task
+                async with asyncio.TaskGroup() as group:
+                    idle_task = group.create_task(quiet_window(world, args.window))
+                    solo_task = group.create_task(solo_trials(world, tmp, args.trials, random.Random(args.seed), out))
+                idle, solo = idle_task.result(), solo_task.result()
+                since = phase("etcd idle, single daemon", since)
 
                 await asyncio.gather(*(world.start(n) for n in world.nodes))
                 await settled(world)
                 await eventually(lambda: acting_group_healthy(world), 60)
-                print(f"3 daemons settled; etcd at rest ({args.window:g}s)", file=out, flush=True)
+                since = phase("3 daemons started and settled", since)
+                print(f"etcd at rest ({args.window:g}s)", file=out, flush=True)
                 rest = await quiet_window(world, args.window)
+                since = phase("etcd at rest", since)
 
                 handovers: dict[str, list[Handover]] = {"kill -9": [], "SIGSTOP": []}
+                rng = random.Random(args.seed + 1)
                 for label, sig in (("kill -9", signal.SIGKILL), ("SIGSTOP", signal.SIGSTOP)):
                     for i in range(args.runs):
-                        h = await handover(world, sig)
+                        h = await handover(world, sig, rng)
                         handovers[label].append(h)
-                        extra = "" if h.stepped_down is None else f"; old one stepped down {h.stepped_down:.2f}s " \
-                                                                  "after SIGCONT"
+                        extra = "" if h.stepped_down is None else \
+                            f"; the old one stepped down {h.stepped_down:.2f}s after SIGCONT"
                         print(f"  {label} {i + 1}/{args.runs}: {h.old} -> {h.new} acting after {h.seconds:.2f}s "
                               f"(leader_elected logged at {h.elected_in_log:.2f}s){extra}", file=out, flush=True)
+                    since = phase(f"{label} runs", since)
 
                 print(f"{args.trials} failovers of the 3-daemon cluster", file=out, flush=True)
-                clustered = await cluster_trials(world, args.trials, out)
+                clustered = await cluster_trials(world, args.trials, random.Random(args.seed), out)
+                phase("cluster failovers", since)
     finally:
         moto.stop()
+    phases["all"] = time.monotonic() - began
     return {"machine": machine(), "ttl": TTL, "poll_seconds": POLL, "handovers": handovers, "solo": solo,
-            "cluster": clustered, "etcd_idle": idle, "etcd_rest": rest, "daemons": 3}
+            "cluster": clustered, "etcd_idle": idle, "etcd_rest": rest, "daemons": 3, "phases": phases}
 
 
 async def acting_group_healthy(world: ClusterWorld) -> bool:
@@ -470,6 +498,7 @@ def report(raw: dict[str, Any], summary: dict[str, Any], out: TextIO) -> None:
     m, ttl = raw["machine"], raw["ttl"]
     print(f"\nmachine: nproc {m['nproc']}, Python {m['python']}, etcd {m['etcd']}", file=out)
     print(f"command: {m['command']}", file=out)
+    print(f"wall time: {raw['phases']['all']:.0f}s", file=out)
 
     print(f"\nLeader hand-over, 3 daemons, ttl {ttl:g}s: from the signal to a survivor's /v1/cluster saying "
           f"acting: true (polled every {raw['poll_seconds'] * 1000:g} ms)\n", file=out)
@@ -500,7 +529,7 @@ def report(raw: dict[str, Any], summary: dict[str, Any], out: TextIO) -> None:
     idle, rest = raw["etcd_idle"], raw["etcd_rest"]
     print(f"\netcd requests (grpc_server_handled_total, all methods and codes) over a quiet window of "
           f"{e['window']:.0f}s\n", file=out)
-    print("| etcd | requests | per s | per s per daemon | streams started per s |", file=out)
+    print("| etcd | requests handled | per s | per s per daemon | calls started per s (streams too) |", file=out)
     print("|---|---:|---:|---:|---:|", file=out)
     print(f"| idle, 0 daemons | {idle['handled']:.0f} | {e['idle_per_s']:.2f} | - | "
           f"{idle['started'] / idle['seconds']:.2f} |", file=out)
@@ -522,7 +551,7 @@ async def main(args: argparse.Namespace) -> int:
                     "handovers": {k: [asdict(h) for h in v] for k, v in raw["handovers"].items()},
                     "failovers": {"single": [asdict(t) for t in raw["solo"]],
                                   "cluster": [asdict(t) for t in raw["cluster"]]},
-                    "etcd_idle": raw["etcd_idle"], "etcd_rest": raw["etcd_rest"]}
+                    "etcd_idle": raw["etcd_idle"], "etcd_rest": raw["etcd_rest"], "phase_seconds": raw["phases"]}
         print(json.dumps(document))
     return 0
 
@@ -532,6 +561,7 @@ if __name__ == "__main__":
     parser.add_argument("--runs", type=int, default=20, help="hand-overs per signal (default 20)")
     parser.add_argument("--trials", type=int, default=10, help="failovers per world (default 10)")
     parser.add_argument("--window", type=float, default=60, help="quiet window in seconds (default 60)")
+    parser.add_argument("--seed", type=int, default=1, help="of the random phases (default 1)")
     parser.add_argument("--json", action="store_true", help="one JSON document on stdout, the tables on stderr")
     parser.add_argument("--quick", action="store_true", help="3 runs, 2 trials, 10 s windows")
     arguments = parser.parse_args()

@@ -127,9 +127,8 @@ def group_json(group: GroupStatus) -> dict[str, Any]:
                      "detail": r.detail}
                     for name, r in t.checks.items()
                 ],
-                **({"verdict": t.verdict.state.value,
-                    "observers": [{"node": node, "state": state} for node, state in sorted(t.observers.items())]}
-                   if t.observers else {}),
+                "verdict": t.verdict.state.value,
+                "observers": [{"node": node, "state": state} for node, state in sorted(t.observers.items())],
             }
             for t in group.targets
         ],

@@ -165,15 +165,24 @@ class GroupRunner:
         """Take what the store remembers of this group from before a restart (or a reload that removed it):
         maintenance, the automatic moves still within the ``max_failovers`` window, the end of the last move (the
         cooldown runs from it)."""
-        now = time.monotonic()
-        ago = time.time() - now  # wall clock minus monotonic: turns journal times into monotonic ones
-        # a time ahead of now (the clock was stepped back since, or the journal comes from a host ahead) counts as
-        # now: it holds the group for one cooldown or window at most, never for as long as the clock was off
         self.maintenance = memory.maintenance
-        self.recent_moves = [min(t - ago, now) for t in memory.window_starts]
-        self.last_move_at = None if memory.last_move_at is None else min(memory.last_move_at - ago, now)
+        self.recent_moves, self.last_move_at = _monotonic(memory)
         if memory.maintenance:
             self.observers.on_maintenance(self.name, True)
+
+    def adopt(self, shared: GroupMemory) -> None:
+        """Add the cluster's memory of this group's moves (the previous leaders') to this daemon's own: the
+        ``max_failovers`` window and the cooldown hold across a change of leader."""
+        starts, last = _monotonic(shared)
+        self.recent_moves = sorted({*self.recent_moves, *starts})
+        if last is not None and (self.last_move_at is None or last > self.last_move_at):
+            self.last_move_at = last
+
+    def memory(self) -> GroupMemory:
+        """What this group remembers of its moves, in wall-clock time (for the cluster)."""
+        ago = time.time() - time.monotonic()
+        return GroupMemory(self.maintenance, tuple(t + ago for t in self.recent_moves),
+                           None if self.last_move_at is None else self.last_move_at + ago)
 
     # --- the loops ---
     async def run(self, phase: float = 0.0) -> None:
@@ -481,6 +490,8 @@ class GroupRunner:
             self.repair_hold_until = now + backoff if self.repair_failures else None
         else:
             self.last_move_at = now  # the cooldown runs from the end of the move
+            if self.coordinator is not None:  # the next leader holds the same cooldown and window
+                self.coordinator.share_memory(self.name, self.memory())
         self.current, self.last_failover, self.left_detached = None, done, outcome.detached
         self._moving = False
         self._epoch += 1
@@ -545,6 +556,16 @@ def binding_of(config: BindingConfig, provider_type: str) -> Binding:
         mode = "BINDED"  # an ENI that moves between instances with its EIP
     return Binding(instance_id=config.instance_id, network_interface_id=config.network_interface_id,
                    private_ip=config.private_ip, instance_type=instance_type, mode=mode)
+
+
+def _monotonic(memory: GroupMemory) -> tuple[list[float], float | None]:
+    """A memory's wall-clock window starts and last move, as monotonic times. A time ahead of now (the clock was
+    stepped back since, or the memory comes from a host ahead) counts as now: it holds the group for one cooldown
+    or window at most, never for as long as the clock was off."""
+    now = time.monotonic()
+    ago = time.time() - now
+    starts = [min(t - ago, now) for t in memory.window_starts]
+    return starts, None if memory.last_move_at is None else min(memory.last_move_at - ago, now)
 
 
 def _bindings(states: Mapping[str, EipState]) -> dict[str, Binding | None]:
@@ -700,8 +721,12 @@ class Engine:
                 runner.poke()
 
     def leading(self) -> None:
-        """This daemon has just become the leader: every group re-reads the cloud before it decides anything."""
+        """This daemon has just become the leader: every group takes the cluster's memory of its moves, and
+        re-reads the cloud before it decides anything."""
         for runner in self.runners.values():
+            shared = self.coordinator.memory(runner.name) if self.coordinator is not None else None
+            if shared is not None:
+                runner.adopt(shared)
             runner.invalidate()
 
     def abort(self) -> None:

@@ -119,7 +119,8 @@ class ClusterWorld:
 
 
 def _config(name: str, ec2: Ec2World, proxy: FaultProxy, primary: HealthServer, standby: HealthServer,
-            etcd: list[str], port: int, state: Path, token: Path, **cluster: Any) -> dict[str, Any]:
+            etcd: list[str], port: int, state: Path, token: Path, policy: dict[str, Any],
+            **cluster: Any) -> dict[str, Any]:
     def target(target_name: str, instance: str, server: HealthServer) -> dict[str, Any]:
         return {"name": target_name, "binding": {"instance_id": instance},
                 "checks": [{"type": "http", "url": f"http://127.0.0.1:{server.port}/health"}]}
@@ -131,7 +132,7 @@ def _config(name: str, ec2: Ec2World, proxy: FaultProxy, primary: HealthServer, 
         "stop_timeout": "5s",
         "providers": {"aws": {"type": "aws", "region": "us-east-1", "endpoint_url": proxy.url,
                               "connect_timeout": "500ms", "read_timeout": "1500ms"}},
-        "groups": [{"name": "web", "provider": "aws", "eips": [ec2.eip], "policy": POLICY,
+        "groups": [{"name": "web", "provider": "aws", "eips": [ec2.eip], "policy": policy,
                     "targets": [target("a", ec2.instance_a, primary), target("b", ec2.instance_b, standby)]}],
         "cluster": {"type": "etcd", "endpoints": etcd, "prefix": "/eipfailover/test", "node": name, "ttl": f"{TTL}s",
                     **cluster},
@@ -148,7 +149,7 @@ def _free_port() -> int:
 
 @contextlib.asynccontextmanager
 async def cluster_world(ec2: Ec2World, tmp_path: Path, *, daemons: int = 3, etcd_members: int = 1,
-                        start: bool = True, etcd: EtcdCluster | None = None,
+                        start: bool = True, etcd: EtcdCluster | None = None, policy: dict[str, Any] | None = None,
                         **cluster: Any) -> AsyncIterator[ClusterWorld]:
     """``daemons`` daemons on an etcd of ``etcd_members`` members (or on ``etcd``, left running), started and ready
     (unless ``start`` is false); everything else is stopped on exit."""
@@ -174,7 +175,8 @@ async def cluster_world(ec2: Ec2World, tmp_path: Path, *, daemons: int = 3, etcd
             port = _free_port()
             path = tmp_path / f"{name}.yaml"
             path.write_text(yaml.safe_dump(_config(name, ec2, proxy, primary, standby, etcd.client_urls, port,
-                                                   tmp_path / f"state-{name}", token, **cluster)))
+                                                   tmp_path / f"state-{name}", token, policy or POLICY,
+                                                   **cluster)))
             world.nodes.append(Node(name, path, proxy, primary, standby,
                                     DaemonProcess(path, env, lambda at, event: None), port))
         world.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))

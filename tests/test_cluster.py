@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from .cli_run import run_cli
-from .cluster_world import TTL, ClusterWorld, Node, cluster_world, dump
+from .cluster_world import POLICY, TTL, ClusterWorld, Node, cluster_world, dump
 from .conftest import Ec2World, eventually
 from .etcd_server import EtcdCluster
 
@@ -253,3 +253,27 @@ async def test_etcd_with_tls_client_certificates_and_a_password(ec2: Ec2World, t
             assert node.alive()
     finally:
         await asyncio.to_thread(etcd.stop)
+
+
+async def test_max_failovers_holds_across_a_change_of_leader(ec2: Ec2World, tmp_path: Path) -> None:
+    """At most one automatic move per hour: the leader moves the EIP to b and dies; the new leader, seeing b die and
+    a come back, holds (rate_limited) because it took the dead leader's memory of the move."""
+    policy = {**POLICY, "failback": "auto", "max_failovers": {"count": 1, "window": "1h"}}
+    async with cluster_world(ec2, tmp_path, policy=policy) as world:
+        old = await world.leader()
+        await all_see(world, "a", "up")
+        for node in world.nodes:
+            await node.primary.stop()
+        await eventually(lambda: world.holder() == ec2.instance_b, timeout=30)
+        await old.process.wait_for("failover_verified", 30)
+        world.kill(old)
+        await old.process.wait()
+        survivors = [n for n in world.nodes if n is not old]
+        new = await world.leader(survivors)
+        since = loop_time()
+        for node in survivors:
+            await node.standby.stop()
+            await node.primary.start()
+        await new.process.wait_for("decision", 30, reason="rate_limited", after=since)
+        assert world.holder() == ec2.instance_b
+        assert new.mutations() == []

@@ -4,6 +4,7 @@ the quorum's verdict is what the policy sees, and every mutating cloud call is f
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -13,7 +14,7 @@ from eipfailover.cluster.base import ClusterStatus, Coordinator, Member
 from eipfailover.config import AwsProviderConfig, parse_config
 from eipfailover.engine import Engine, GroupRunner
 from eipfailover.errors import NotLeader
-from eipfailover.events import Observers
+from eipfailover.events import GroupMemory, Observers
 from eipfailover.model import CheckStatus, Reason, TargetState
 from eipfailover.providers.aws import AwsProvider
 
@@ -36,6 +37,7 @@ class ScriptedCoordinator(Coordinator):
         """The re-check at send time says the lease lapsed since the proof."""
         self.fences: list[tuple[str, str, float]] = []
         self.published: list[dict[str, TargetState]] = []
+        self.shared: dict[str, GroupMemory] = {}
 
     def acting(self) -> bool:
         return self.leading and self.up
@@ -57,6 +59,12 @@ class ScriptedCoordinator(Coordinator):
 
     async def set_maintenance(self, group: str, enabled: bool) -> None:
         self.shared_maintenance = enabled
+
+    def memory(self, group: str) -> GroupMemory | None:
+        return self.shared.get(group)
+
+    def share_memory(self, group: str, memory: GroupMemory) -> None:
+        self.shared[group] = memory
 
     async def fence(self, group: str, failover_id: str, operation: str, seconds: float) -> Callable[[], bool]:
         self.fences.append((group, operation, seconds))
@@ -228,3 +236,27 @@ async def test_the_shared_maintenance_switch_is_taken(aws_world: Any, ec2: Ec2Wo
     assert holder(ec2) == ec2.instance_b
 
 
+
+
+async def test_the_window_and_the_cooldown_hold_across_a_change_of_leader(aws_world: Any, ec2: Ec2World) -> None:
+    """A leader shares its memory of the moves after each one; a daemon that becomes leader adds it to its own, so
+    ``max_failovers`` and the cooldown hold whoever leads."""
+    runner, coordinator, checks = aws_world
+    await primary_fails(runner, checks)
+    await runner.wait_idle()
+    shared = coordinator.shared["web"]
+    assert len(shared.window_starts) == 1
+    assert shared.last_move_at is not None
+    assert abs(shared.last_move_at - time.time()) < 5
+
+    follower, other, _, provider = world(ec2)
+    try:
+        other.shared = coordinator.shared
+        assert follower.snapshot().recent_moves == ()
+        Engine([follower], coordinator=other).leading()
+        snapshot = follower.snapshot()
+        assert len(snapshot.recent_moves) == 1
+        assert snapshot.last_move_at is not None
+        assert abs(snapshot.last_move_at - time.monotonic()) < 5
+    finally:
+        await provider.close()

@@ -248,9 +248,10 @@ async def test_every_call_times_out_while_etcd_is_paused(solo: EtcdCluster) -> N
 async def test_three_members(tmp_path: Path) -> None:
     with EtcdCluster(3, tmp_path) as cluster:
         client = EtcdClient(cluster.client_urls, timeout=3.0)
+        survivor = EtcdClient([cluster.members[2].client_url], timeout=3.0)
         try:
             lease, _ = await client.grant(60)
-            revision = await client.put("/c/a", b"1", lease)
+            await client.put("/c/a", b"1", lease)
             for url in cluster.client_urls:  # linearizable reads: every member sees the write
                 one = EtcdClient([url])
                 try:
@@ -274,13 +275,26 @@ async def test_three_members(tmp_path: Path) -> None:
                 follower.resume()
                 await paused_first.close()
 
-            # Two of three gone: the survivor has no leader, its linearizable reads hang: every call times out.
-            for member in cluster.members[:2]:
-                member.kill()
-            await assert_every_call_times_out(client, 3.0, lease)
-            assert revision
+            # Two of three gone: the survivor has no leader. Linearizable reads would hang; with the client's
+            # "require leader" they time out at first, then fail at once. Its watches end (3 election timeouts).
+            _, revision = await survivor.get_prefix("/c/")
+            async with contextlib.aclosing(survivor.watch_prefix("/c/", revision + 1)) as watch:
+                await client.put("/c/b", b"2")
+                async with asyncio.timeout(10):
+                    assert [e.kv.key for e in await anext(watch)] == ["/c/b"]
+                for member in cluster.members[:2]:
+                    member.kill()
+                await assert_every_call_times_out(client, 3.0, lease)
+                with pytest.raises(EtcdUnavailable, match="ended"):
+                    async with asyncio.timeout(20):
+                        await anext(watch)
+            error, elapsed = await timed(survivor.get("/c/a"))
+            assert isinstance(error, EtcdUnavailable)
+            assert "no leader" in str(error)
+            assert elapsed < 1.0, elapsed
         finally:
             await client.close()
+            await survivor.close()
 
 
 async def test_tls_with_client_certificate(tmp_path: Path) -> None:

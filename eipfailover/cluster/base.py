@@ -13,6 +13,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from eipfailover.events import GroupMemory
 from eipfailover.model import TargetState
 
 
@@ -77,6 +78,14 @@ class Coordinator(ABC):
     @abstractmethod
     async def set_maintenance(self, group: str, enabled: bool) -> None:
         """Store the switch for every daemon; raises :class:`CoordinationError` if the store is unreachable."""
+
+    @abstractmethod
+    def memory(self, group: str) -> GroupMemory | None:
+        """The cluster's memory of ``group``'s moves (the window and cooldown of the leaders before), if any."""
+
+    @abstractmethod
+    def share_memory(self, group: str, memory: GroupMemory) -> None:
+        """Store this leader's memory of ``group``'s moves for the next leader (sent in the background)."""
 
     @abstractmethod
     async def fence(self, group: str, failover_id: str, operation: str, seconds: float) -> Callable[[], bool]:

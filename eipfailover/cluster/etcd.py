@@ -41,6 +41,7 @@ from eipfailover.cluster.etcd_client import (
 )
 from eipfailover.config import ClusterConfig
 from eipfailover.errors import NotLeader
+from eipfailover.events import GroupMemory
 from eipfailover.model import TargetState
 
 log = structlog.get_logger("eipfailover.cluster")
@@ -83,6 +84,7 @@ class EtcdCoordinator(Coordinator):
         self.leader_key = self.prefix + "leader"
         self.members_prefix = self.prefix + "members/"
         self.maintenance_prefix = self.prefix + "maintenance/"
+        self.memory_prefix = self.prefix + "memory/"
         self.member_key = self.members_prefix + self.node
         self._me = json.dumps({"node": self.node, "api": api}, sort_keys=True).encode()
         self._lease: int | None = None
@@ -94,6 +96,9 @@ class EtcdCoordinator(Coordinator):
         """(node, api, term) of the leader as last read."""
         self._peers: dict[str, _Peer] = {}
         self._maintenance: dict[str, bool] | None = None
+        self._memory: dict[str, GroupMemory] = {}
+        self._unshared: dict[str, GroupMemory] = {}
+        """Memories to store, sent by the publishing task."""
         self._views: dict[str, dict[str, str]] = {}
         self._published: bytes | None = None
         self._revision = 0
@@ -139,6 +144,13 @@ class EtcdCoordinator(Coordinator):
     def maintenance(self, group: str) -> bool | None:
         return None if self._maintenance is None else self._maintenance.get(group, False)
 
+    def memory(self, group: str) -> GroupMemory | None:
+        return self._memory.get(group)
+
+    def share_memory(self, group: str, memory: GroupMemory) -> None:
+        self._memory[group] = self._unshared[group] = memory
+        self._dirty.set()
+
     def status(self) -> ClusterStatus:
         leader = self._leader
         members = [Member(node, peer.api, leader is not None and leader[0] == node, peer.last_seen)
@@ -173,7 +185,12 @@ class EtcdCoordinator(Coordinator):
         if term is None or not self.acting():
             raise NotLeader(f"{operation} not sent: this daemon is not the cluster's leader (or its lease may lapse)")
         if time.monotonic() + seconds > self._valid_until - self.margin:
-            await self._renew()  # the lease must outlive the call: renew it now rather than wait for the loop
+            try:
+                await self._renew()  # the lease must outlive the call: renew it now rather than wait for the loop
+            except EtcdError as exc:
+                raise NotLeader(f"{operation} not sent: the lease cannot be renewed: {exc}") from None
+            if self._term != term:
+                raise NotLeader(f"{operation} not sent: this daemon's lease expired (term {term} is over)")
             if time.monotonic() + seconds > self._valid_until - self.margin:
                 raise NotLeader(f"{operation} not sent: the lease ({self.ttl:g}s) cannot outlive a call of "
                                 f"{seconds:g}s with a {self.margin:g}s margin")
@@ -218,6 +235,8 @@ class EtcdCoordinator(Coordinator):
         await self._renew()
         if self._published is None:
             await self._put_member()
+        if self._unshared:
+            self._dirty.set()  # what the publishing task could not store yet
         await self._read()
         if self._leader is None:
             await self._campaign()
@@ -243,6 +262,7 @@ class EtcdCoordinator(Coordinator):
             self._lease = None
             self._step_down("the lease expired")
             self._published = None
+            self._revision = 0  # etcd may have been rebuilt from scratch, its revisions started again
         lease, granted = await self.client.grant(max(2, round(self.ttl)))
         self._lease, self._valid_until = lease, sent + min(self.ttl, granted)
 
@@ -255,10 +275,14 @@ class EtcdCoordinator(Coordinator):
         while True:
             await self._dirty.wait()
             self._dirty.clear()
-            if self._lease is None:
-                continue  # the loop publishes once it has a lease
             try:
-                await self._put_member()
+                while self._unshared:
+                    group, memory = next(iter(self._unshared.items()))
+                    await self.client.put(self.memory_prefix + group, _memory_json(memory))
+                    if self._unshared.get(group) is memory:
+                        del self._unshared[group]
+                if self._lease is not None:  # else the loop publishes once it has a lease
+                    await self._put_member()
             except EtcdError as exc:
                 self._published = None  # the next cycle publishes again
                 self._trouble(str(exc))
@@ -282,6 +306,7 @@ class EtcdCoordinator(Coordinator):
         self._revision = revision
         peers: dict[str, _Peer] = {}
         maintenance: dict[str, bool] = {}
+        memory: dict[str, GroupMemory] = {}
         leader: KeyValue | None = None
         for kv in kvs:
             if kv.key == self.leader_key:
@@ -292,7 +317,12 @@ class EtcdCoordinator(Coordinator):
                     peers[kv.key[len(self.members_prefix):]] = peer
             elif kv.key.startswith(self.maintenance_prefix):
                 maintenance[kv.key[len(self.maintenance_prefix):]] = True
+            elif kv.key.startswith(self.memory_prefix):
+                remembered = _memory(kv.value)
+                if remembered is not None:
+                    memory[kv.key[len(self.memory_prefix):]] = remembered
         self._peers, self._maintenance = peers, maintenance
+        self._memory = {**memory, **self._unshared}
         if leader is None:
             self._no_leader()
         else:
@@ -334,6 +364,12 @@ class EtcdCoordinator(Coordinator):
                 self._peers[node] = peer
         elif key.startswith(self.maintenance_prefix) and self._maintenance is not None:
             self._maintenance[key[len(self.maintenance_prefix):]] = event.type == "put"
+        elif key.startswith(self.memory_prefix):
+            remembered = _memory(event.kv.value) if event.type == "put" else None
+            if remembered is None:
+                self._memory.pop(key[len(self.memory_prefix):], None)
+            else:
+                self._memory[key[len(self.memory_prefix):]] = remembered
 
     # --- leadership ---
     def _see_leader(self, kv: KeyValue) -> None:
@@ -418,5 +454,19 @@ def _peer(value: bytes) -> _Peer | None:
         views = {str(g): {str(t): str(s) for t, s in v.items()} for g, v in data.get("views", {}).items()}
         api = data.get("api")
         return _Peer(api if isinstance(api, str) else None, views)
+    except (ValueError, AttributeError, TypeError):
+        return None
+
+
+def _memory_json(memory: GroupMemory) -> bytes:
+    return json.dumps({"window_starts": list(memory.window_starts), "last_move_at": memory.last_move_at}).encode()
+
+
+def _memory(value: bytes) -> GroupMemory | None:
+    try:
+        data: Any = json.loads(value)
+        last = data.get("last_move_at")
+        return GroupMemory(False, tuple(float(t) for t in data.get("window_starts", [])),
+                           None if last is None else float(last))
     except (ValueError, AttributeError, TypeError):
         return None

@@ -35,6 +35,10 @@ _OPERAND_FIELDS = {"CREATE": "create_revision", "MOD": "mod_revision", "VERSION"
 _TRANSIENT_CODES = frozenset({1, 4, 8, 14})
 """gRPC codes worth another endpoint: CANCELLED, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED ("too many requests") and
 UNAVAILABLE ("no leader", "request timed out", "leader changed", ...)."""
+_REQUIRE_LEADER = {"Grpc-Metadata-hasleader": "true"}
+"""gRPC metadata ``hasleader: true`` (the gateway forwards ``Grpc-Metadata-*`` headers), as etcd's Go client sends
+with ``WithRequireLeader``: a member that knows it has no leader refuses a request at once ("no leader", so the next
+endpoint is tried) instead of letting it hang, and cancels its watches after three election timeouts without one."""
 _NOT_FOUND = 5
 _UNAUTHENTICATED = 16
 
@@ -457,7 +461,7 @@ class EtcdClient:
             # aiohttp's own timeouts off: the client's timeout bounds each call, and nothing bounds a watch.
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(ssl=self._ssl_context or True),
-                timeout=aiohttp.ClientTimeout(total=None))
+                timeout=aiohttp.ClientTimeout(total=None), headers=_REQUIRE_LEADER)
         try:
             return await self._session.post(endpoint + path, json=body,
                                             headers=None if token is None else {"Authorization": token})
@@ -484,8 +488,11 @@ class EtcdClient:
         """The answer of a successful request, else _EndpointFailed (worth another endpoint) or EtcdError."""
         if status == 200:
             return answer
-        message = answer.get("message") or answer.get("error") or f"HTTP {status}"
-        code = answer.get("code")
+        # {"error": "...", "code": 14, "message": "..."}; from a stream {"error": {"grpc_code": 14, "message": ...}}
+        error = answer.get("error")
+        detail: JSON = error if isinstance(error, dict) else answer
+        message = detail.get("message") or error or f"HTTP {status}"
+        code = detail.get("code", detail.get("grpc_code"))
         if status >= 500 or code in _TRANSIENT_CODES:
             raise _EndpointFailed(f"{message} (HTTP {status})")
         raise EtcdError(f"etcd {what} at {endpoint}: {message}", code if isinstance(code, int) else None)

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Callable, Mapping
 
 from eipfailover.cluster.base import ClusterStatus, Coordinator, Member
+from eipfailover.events import GroupMemory
 from eipfailover.model import TargetState
 
 
@@ -36,6 +37,12 @@ class Solo(Coordinator):
         return None
 
     async def set_maintenance(self, group: str, enabled: bool) -> None:
+        pass
+
+    def memory(self, group: str) -> GroupMemory | None:
+        return None
+
+    def share_memory(self, group: str, memory: GroupMemory) -> None:
         pass
 
     async def fence(self, group: str, failover_id: str, operation: str, seconds: float) -> Callable[[], bool]:
