@@ -82,13 +82,10 @@ def _revision(answer: JSON) -> int:
 
 def _prefix_range(prefix: str) -> JSON:
     """The range request for every key starting with ``prefix`` (every key at all for ``""``)."""
-    end = bytearray(prefix.encode("utf-8", "surrogateescape"))
-    while end and end[-1] == 0xFF:
-        end.pop()
+    end = prefix.encode("utf-8", "surrogateescape").rstrip(b"\xff")
     if not end:
-        return {"key": _b64(b"\0") if not prefix else _encode(prefix), "range_end": _b64(b"\0")}
-    end[-1] += 1
-    return {"key": _encode(prefix), "range_end": _b64(bytes(end))}
+        return {"key": _encode(prefix) if prefix else _b64(b"\0"), "range_end": _b64(b"\0")}
+    return {"key": _encode(prefix), "range_end": _b64(end[:-1] + bytes([end[-1] + 1]))}
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,16 +218,11 @@ def make_ssl_context(ca_file: str | PathLike[str], cert_file: str | PathLike[str
 
 def _describe(error: aiohttp.ClientError) -> str:
     if isinstance(error, aiohttp.ClientConnectorCertificateError):
-        return f"TLS: certificate not accepted ({error.certificate_error})"
+        return f"TLS: etcd's certificate not accepted ({error.certificate_error})"
     if isinstance(error, aiohttp.ClientConnectorError):
-        return f"cannot connect: {error.os_error.strerror or error.os_error}"
-    if isinstance(error, aiohttp.ClientOSError) and isinstance(error.__cause__, ssl.SSLError):
-        return f"TLS: {error.__cause__}"
+        failed = "TLS handshake failed" if isinstance(error, aiohttp.ClientSSLError) else "cannot connect"
+        return f"{failed}: {error.os_error.strerror or error.os_error}"
     return str(error) or type(error).__name__
-
-
-def _is_tls(error: aiohttp.ClientError) -> bool:
-    return isinstance(error, aiohttp.ClientSSLError) or isinstance(error.__cause__, ssl.SSLError)
 
 
 class _Stream:
@@ -271,9 +263,10 @@ class EtcdClient:
     ``timeout`` bounds every call, all endpoints included; ``ssl_context`` (see :func:`make_ssl_context`) is used
     for https endpoints; with ``username``, each endpoint gets a token from ``/v3/auth/authenticate`` (etcd's simple
     tokens are only valid on the member that issued them), renewed once when etcd says it is invalid (expired, or
-    the member restarted). Reads are linearizable: a member without a leader makes them time out, never answer
-    stale data. Raises :class:`EtcdUnavailable` when no endpoint answered in time, :class:`EtcdError` when etcd
-    refused the request. Create it anywhere, use it in one event loop, :meth:`close` it there.
+    the member restarted). Reads are linearizable, never stale: a member cut off from its leader lets them hang until
+    the timeout, then (once it knows it has none) refuses them at once. Raises :class:`EtcdUnavailable` when no
+    endpoint answered in time, :class:`EtcdError` when etcd refused the request or every endpoint refused TLS.
+    Create it anywhere, use it in one event loop, :meth:`close` it there.
     """
 
     def __init__(self, endpoints: Sequence[str], *, timeout: float = 2.0, ssl_context: ssl.SSLContext | None = None,
@@ -466,7 +459,7 @@ class EtcdClient:
             return await self._session.post(endpoint + path, json=body,
                                             headers=None if token is None else {"Authorization": token})
         except aiohttp.ClientError as e:
-            raise _EndpointFailed(_describe(e), transient=not _is_tls(e)) from None
+            raise _EndpointFailed(_describe(e), transient=not isinstance(e, aiohttp.ClientSSLError)) from None
 
     @staticmethod
     async def _answer(response: aiohttp.ClientResponse) -> tuple[int, JSON]:
