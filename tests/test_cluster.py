@@ -277,3 +277,11 @@ async def test_max_failovers_holds_across_a_change_of_leader(ec2: Ec2World, tmp_
         await new.process.wait_for("decision", 30, reason="rate_limited", after=since)
         assert world.holder() == ec2.instance_b
         assert new.mutations() == []
+
+
+async def test_the_cluster_demo_runs() -> None:
+    """``eipfailover demo --cluster``: etcd, moto, three daemons; the leader killed, the hand-over, the failover."""
+    result = await run_cli("demo", "--cluster", timeout=180)
+    assert result.code == 0, result.out + result.err
+    assert "demo --cluster passed" in result.out
+    assert "failovers in total: 1 (one, by the leader)" in result.out

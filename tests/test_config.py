@@ -229,3 +229,38 @@ def test_usage_error_exits_2() -> None:
     result = cli("frobnicate")
     assert result.returncode == 2
     assert "invalid choice" in result.stderr
+
+
+def clustered(**cluster: Any) -> dict[str, Any]:
+    return {**minimal(), "cluster": {"type": "etcd", "endpoints": ["http://127.0.0.1:2379"], **cluster}}
+
+
+def test_cluster_defaults_and_every_key_documented() -> None:
+    cluster = parse_config(clustered()).cluster
+    assert cluster is not None
+    assert (cluster.ttl, cluster.margin, cluster.prefix, cluster.quorum) == (10.0, 1.0, "/eipfailover", None)
+    assert cluster.node  # the host name
+    text = EXAMPLE.read_text()
+    for key in type(cluster).model_fields:
+        assert f"#   {key}:" in text or f"{key}:" in text, f"cluster.{key} is not documented in the example"
+
+
+@pytest.mark.parametrize(("cluster", "expected"), [
+    ({"endpoints": []}, "cluster.endpoints: List should have at least 1 item"),
+    ({"endpoints": ["127.0.0.1:2379"]}, "cluster.endpoints[0]: invalid etcd endpoint '127.0.0.1:2379'"),
+    ({"endpoints": ["http://h:99999"]}, "cluster.endpoints[0]: invalid etcd endpoint 'http://h:99999'"),
+    ({"endpoints": ["http://h:2379/v3"]}, "no path, query or fragment"),
+    ({"ttl": "1s"}, "cluster.ttl: Input should be greater than or equal to 2"),
+    ({"ttl": "5s"}, "cluster.ttl: must exceed provider 'aws''s longest cloud call (7s: connect_timeout + "
+                    "read_timeout)"),
+    ({"quorum": 0}, "cluster.quorum: Input should be greater than or equal to 1"),
+    ({"node": "a b"}, "cluster.node: String should match pattern"),
+    ({"prefix": "eipfailover"}, "cluster.prefix: String should match pattern"),
+    ({"username": "u"}, "cluster.username: username and password_file go together"),
+    ({"tls": {"ca_file": "/ca", "cert_file": "/c"}}, "cluster.tls.cert_file: cert_file and key_file go together"),
+    ({"advertise_api": "10.0.0.1:9797"}, "cluster.advertise_api: invalid API URL"),
+    ({"type": "consul"}, "cluster.type: Input should be 'etcd'"),
+])
+def test_cluster_errors(cluster: dict[str, Any], expected: str) -> None:
+    found = problems(clustered(**cluster))
+    assert any(expected in line for line in found), found

@@ -292,7 +292,8 @@ class EtcdCoordinator(Coordinator):
                                        [Op.put(self.leader_key, self._me, lease=self._lease or 0)],
                                        [Op.get(self.leader_key)])
         if answer.succeeded:
-            self._lead(answer.revision)
+            if self._term != answer.revision:  # (the watch may have brought our own put first)
+                self._lead(answer.revision)
             self._leader = (self.node, self.api, answer.revision)
         else:
             held = answer.responses[0] if answer.responses else None
@@ -385,7 +386,7 @@ class EtcdCoordinator(Coordinator):
             self._step_down(f"{node} holds the leader key")
         before = self._leader
         self._leader = (node, api if isinstance(api, str) else None, kv.create_revision)
-        if before is None or before[2] != kv.create_revision:
+        if (before is None or before[2] != kv.create_revision) and not mine:
             log.info("leader_seen", node=self.node, leader=node, term=kv.create_revision)
 
     def _no_leader(self) -> None:
