@@ -256,9 +256,9 @@ class Api:
         if self.engine.stop.is_set():
             return _error(503, "stopping", "the daemon is stopping")
         coordinator = self.engine.coordinator
-        if coordinator is not None and not coordinator.available():
-            return _error(503, "coordination_lost", "the coordination store (etcd) cannot be reached, or this daemon's "
-                                                    "lease lapsed: nobody here moves anything")
+        problem = coordinator.problem() if coordinator is not None else None
+        if problem is not None:
+            return _error(503, "coordination_lost", f"{problem}: nobody here moves anything")
         now = time.monotonic()
         problems = self.engine.blind(now)
         for runner in self.engine.runners.values():

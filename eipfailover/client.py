@@ -44,7 +44,7 @@ class ApiClient:
     def _opener(self, base_url: str) -> urllib.request.OpenerDirector:
         handlers: list[urllib.request.BaseHandler] = [
             urllib.request.ProxyHandler({"http": self.proxy, "https": self.proxy} if self.proxy else {})]
-        if base_url.startswith("https:"):
+        if base_url.lower().startswith("https:"):
             try:
                 context = ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file is not None else None)
             except (OSError, ssl.SSLError) as exc:
@@ -93,10 +93,11 @@ class ApiClient:
                 leader = error.get("leader_api") if code == "not_leader" else None
             except (ValueError, KeyError, TypeError, AttributeError):
                 code, message = "http_error", exc.reason
-            downgrade = self.base_url.startswith("https:") and isinstance(leader, str) and leader.startswith("http:")
+            downgrade = (self.base_url.lower().startswith("https:") and isinstance(leader, str)
+                         and leader.lower().startswith("http:"))
             if downgrade:  # the token would go out in clear text
                 message += " (not followed: the leader's API is plain HTTP, and this call was made over HTTPS)"
-            elif follow and isinstance(leader, str) and leader.startswith(("http://", "https://")):
+            elif follow and isinstance(leader, str) and leader.lower().startswith(("http://", "https://")):
                 self.base_url, self.followed = leader.rstrip("/"), leader.rstrip("/")
                 self.opener = self._opener(self.base_url)
                 return self.call(method, path, body, follow=False)

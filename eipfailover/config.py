@@ -578,7 +578,9 @@ def _api_url(value: str) -> str:
 
 
 def _default_node() -> str:
-    return socket.gethostname().split(".")[0] or "node"
+    """The host name (all of it: short names repeat across zones), made a valid node name."""
+    name = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname()).strip("-._")[:63]
+    return name or "node"
 
 
 class ClusterConfig(_Model):
@@ -603,8 +605,13 @@ class ClusterConfig(_Model):
 
     @model_validator(mode="after")
     def _credentials(self) -> ClusterConfig:
+        problems = []
         if (self.username is None) != (self.password_file is None):
-            raise _Problems([("username", "username and password_file go together")])
+            problems.append(("username", "username and password_file go together"))
+        if self.tls is not None and not any(e.lower().startswith("https:") for e in self.endpoints):
+            problems.append(("tls", "no endpoint is https://: the TLS settings would go unused"))
+        if problems:
+            raise _Problems(problems)
         return self
 
     @property
@@ -627,21 +634,6 @@ class Config(_Model):
     groups: list[GroupConfig] = Field(min_length=1)
     cluster: ClusterConfig | None = None
     """Absent: this daemon acts alone."""
-
-    @model_validator(mode="after")
-    def _lease_covers_calls(self) -> Config:
-        if self.cluster is None:
-            return self
-        problems = [
-            ("cluster.ttl", f"must exceed provider {name!r}'s longest cloud call ({call_deadline(cfg):g}s: "
-                            f"connect_timeout + read_timeout{' + 1s' if cfg.type == 'alibaba' else ''}) plus the "
-                            f"leader's safety margin ({self.cluster.margin:g}s): a leader proves before each move "
-                            f"that its lease outlives the call; raise ttl or lower the timeouts")
-            for name, cfg in self.providers.items() if call_deadline(cfg) + self.cluster.margin >= self.cluster.ttl
-        ]
-        if problems:
-            raise _Problems(problems)
-        return self
 
     @model_validator(mode="after")
     def _unique_groups(self) -> Config:
@@ -668,6 +660,27 @@ class Config(_Model):
         if problems:
             raise _Problems(problems)
         return self
+
+    @model_validator(mode="after")
+    def _lease_covers_calls(self) -> Config:
+        if self.cluster is not None:
+            problems = lease_problems(self.providers, self.cluster)
+            if problems:
+                raise _Problems(problems)
+        return self
+
+
+def lease_problems(providers: Mapping[str, AwsProviderConfig | AlibabaProviderConfig],
+                   cluster: ClusterConfig) -> list[tuple[str, str]]:
+    """The providers whose longest cloud call the cluster's lease, less its margin, cannot outlive: a leader proves
+    before each move that its lease outlives the call."""
+    return [
+        ("cluster.ttl", f"must exceed provider {name!r}'s longest cloud call ({call_deadline(cfg):g}s: "
+                        f"connect_timeout + read_timeout{' + 1s' if cfg.type == 'alibaba' else ''}) plus the "
+                        f"leader's safety margin ({cluster.margin:g}s): a leader proves before each move that its "
+                        f"lease outlives the call; raise ttl or lower the timeouts")
+        for name, cfg in providers.items() if call_deadline(cfg) + cluster.margin >= cluster.ttl
+    ]
 
 
 def dry(config: Config) -> Config:

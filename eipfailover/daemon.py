@@ -10,6 +10,7 @@ events, except a second SIGINT, which exits at once and says which EIPs may be l
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 import signal
 import ssl
@@ -28,7 +29,16 @@ from eipfailover import log as log_config
 from eipfailover.api import Api, read_token
 from eipfailover.checks.base import Check, CheckContext
 from eipfailover.cluster.etcd_client import EtcdError
-from eipfailover.config import CheckConfig, Config, GroupConfig, check_name, dry, load_config, split_host_port
+from eipfailover.config import (
+    CheckConfig,
+    Config,
+    GroupConfig,
+    check_name,
+    dry,
+    lease_problems,
+    load_config,
+    split_host_port,
+)
 from eipfailover.engine import Engine, GroupRunner, binding_of
 from eipfailover.errors import EipFailoverError
 from eipfailover.events import Observers, StateStore
@@ -274,8 +284,7 @@ class Daemon:
                      changes_enabled=built.token is not None, metrics_port=self.metrics_port)
             self.engine = engine
             if coordinator is not None:  # its API URL is known now (the port may have been 0)
-                coordinator.set_api(self.config.cluster.advertise_api if self.config.cluster is not None and
-                                    self.config.cluster.advertise_api else self._api_url())
+                coordinator.set_api(self._advertised())
                 coordinator.on_change, coordinator.on_leading = engine.cluster_changed, engine.leading
                 clustering = asyncio.create_task(coordinator.run(), name="cluster")
             self._start_guards(parts, built.guards)
@@ -290,7 +299,7 @@ class Daemon:
                 clustering.cancel()
                 await asyncio.gather(clustering, return_exceptions=True)
             if self.coordinator is not None:  # after the engine: the next leader takes over without waiting the TTL
-                await self.coordinator.close()
+                await self.coordinator.close(release=await _settled(self._opened))
             for site_runner in (runner, metrics_runner):
                 if site_runner is not None:
                     await site_runner.cleanup()
@@ -406,6 +415,12 @@ class Daemon:
                 raise EipFailoverError("the daemon was not started from a config file")
             new = load_config(self.config_path)
             new = dry(new) if self.dry_run else new
+            if self.config.cluster is not None and new.cluster != self.config.cluster:
+                # the cluster section applies at restart: the new providers must suit the running lease
+                short = lease_problems(new.providers, self.config.cluster)
+                if short:
+                    raise EipFailoverError("; ".join(f"{where} (the running cluster.ttl: cluster applies at "
+                                                     f"restart): {what}" for where, what in short))
             built = self._build(new, parts, parts.http, parts.observers)
             await _preflight(new, built.providers)
         except asyncio.CancelledError:  # the daemon is stopping: the new config is not applied
@@ -468,9 +483,17 @@ class Daemon:
         if announce:
             self.notifier.ready()
 
-    def _api_url(self) -> str:
-        """This daemon's API as peers reach it: ``api.listen`` with the port it got."""
+    def _advertised(self) -> str:
+        """This daemon's API as peers and clients reach it: ``cluster.advertise_api``, else ``api.listen`` with the
+        port it got (said loudly when that is loopback or a wildcard: other hosts cannot use it)."""
+        cluster = self.config.cluster
+        if cluster is not None and cluster.advertise_api is not None:
+            return cluster.advertise_api
         host = self.config.api.url.rsplit(":", 1)[0]
+        if _local_only(self.config.api.host):
+            log.warning("api_not_advertised", api=f"{host}:{self.api_port}", listen=self.config.api.listen,
+                        detail="set cluster.advertise_api to an address the other daemons and the CLI reach: a "
+                               "follower names this URL when it sends a change to the leader")
         return f"{host}:{self.api_port}"
 
     async def _close_when_idle(self, provider: Provider, users: Iterable[GroupRunner], parts: _Parts) -> None:
@@ -525,6 +548,23 @@ async def _remember(store: StateStore, runners: Sequence[GroupRunner]) -> None:
         return
     for runner in runners:
         runner.remember(memory[runner.name])
+
+
+def _local_only(host: str) -> bool:
+    """A listen address other hosts cannot reach this daemon at: a wildcard or loopback."""
+    if host in ("", "0.0.0.0", "::", "localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+async def _settled(providers: Iterable[Provider]) -> bool:
+    """Whether every mutating cloud call still under way has been answered (each given its driver's longest call):
+    only then may a leader hand over at once."""
+    results = await asyncio.gather(*(p.settle(p.call_deadline) for p in providers))
+    return all(results)
 
 
 async def _finished(task: asyncio.Task[None], timeout: float) -> bool:

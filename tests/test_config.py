@@ -260,6 +260,7 @@ def test_cluster_defaults_and_every_key_documented() -> None:
     ({"tls": {"ca_file": "/ca", "cert_file": "/c"}}, "cluster.tls.cert_file: cert_file and key_file go together"),
     ({"advertise_api": "10.0.0.1:9797"}, "cluster.advertise_api: invalid API URL"),
     ({"type": "consul"}, "cluster.type: Input should be 'etcd'"),
+    ({"tls": {"ca_file": "/ca"}}, "cluster.tls: no endpoint is https://: the TLS settings would go unused"),
 ])
 def test_cluster_errors(cluster: dict[str, Any], expected: str) -> None:
     found = problems(clustered(**cluster))

@@ -78,7 +78,7 @@ class ScriptedCoordinator(Coordinator):
     async def run(self) -> None:
         raise NotImplementedError
 
-    async def close(self) -> None:
+    async def close(self, release: bool = True) -> None:
         pass
 
 

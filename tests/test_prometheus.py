@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
+from eipfailover.cluster.solo import Solo
 from eipfailover.config import parse_config
 from eipfailover.engine import Engine
 from eipfailover.metrics import Metrics
@@ -87,7 +88,7 @@ def exported_names() -> set[str]:
             for t in ("a", "b")]}],
     })
     metrics = Metrics(config, {"aws": ("DescribeAddresses",)})
-    metrics.watch(Engine([]))
+    metrics.watch(Engine([], coordinator=Solo()))  # a coordinator: the cluster's series too
     return {s.name for family in metrics.registry.collect() for s in family.samples} | {
         f.name for f in metrics.registry.collect()}
 

@@ -100,9 +100,14 @@ class Coordinator(ABC):
     async def run(self) -> None:
         """Keep the lease, the election and the shared views current until cancelled."""
 
+    def problem(self) -> str | None:
+        """Why this daemon cannot take part now (for ``/readyz``), or None."""
+        return None if self.available() else "the coordination store cannot be reached"
+
     @abstractmethod
-    async def close(self) -> None:
-        """Give up leadership and the lease at once (a clean stop hands over without waiting for the TTL)."""
+    async def close(self, release: bool = True) -> None:
+        """Give up leadership and the lease at once (a clean stop hands over without waiting for the TTL); not
+        ``release``: a cloud call may still be under way, keep them until they expire."""
 
 
 class CoordinationError(Exception):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -104,6 +105,10 @@ class EtcdCoordinator(Coordinator):
         self._revision = 0
         """The etcd revision the cluster view reflects (a read older than the watch's events is ignored)."""
         self._lost: str | None = _NOT_YET
+        self._leases: set[int] = set()
+        """Every lease this daemon has held: a member key on another one is another daemon's."""
+        self._clash_until = 0.0
+        self._renewing = asyncio.Lock()
         self._wake = asyncio.Event()
         self._dirty = asyncio.Event()
         self._notify_pending = False
@@ -117,10 +122,19 @@ class EtcdCoordinator(Coordinator):
 
     # --- what the engine reads ---
     def acting(self) -> bool:
-        return self._term is not None and time.monotonic() < self._valid_until - self.margin
+        return self._term is not None and self.available() and time.monotonic() < self._valid_until - self.margin
 
     def available(self) -> bool:
-        return self._lease is not None and time.monotonic() < self._valid_until
+        now = time.monotonic()
+        return self._lease is not None and now < self._valid_until and now >= self._clash_until
+
+    def problem(self) -> str | None:
+        if time.monotonic() < self._clash_until:
+            return (f"another daemon uses the node name {self.node!r} (cluster.node must be unique): neither acts "
+                    f"until one is renamed")
+        if not self.available():
+            return "the coordination store (etcd) cannot be reached, or this daemon's lease lapsed"
+        return None
 
     def verdict(self, group: str, target: str, local: TargetState) -> TargetState:
         votes = [_STATES.get(view.get(target, ""), TargetState.UNKNOWN)
@@ -184,31 +198,38 @@ class EtcdCoordinator(Coordinator):
         term = self._term
         if term is None or not self.acting():
             raise NotLeader(f"{operation} not sent: this daemon is not the cluster's leader (or its lease may lapse)")
-        if time.monotonic() + seconds > self._valid_until - self.margin:
-            try:
-                await self._renew()  # the lease must outlive the call: renew it now rather than wait for the loop
-            except EtcdError as exc:
-                raise NotLeader(f"{operation} not sent: the lease cannot be renewed: {exc}") from None
-            if self._term != term:
-                raise NotLeader(f"{operation} not sent: this daemon's lease expired (term {term} is over)")
-            if time.monotonic() + seconds > self._valid_until - self.margin:
-                raise NotLeader(f"{operation} not sent: the lease ({self.ttl:g}s) cannot outlive a call of "
-                                f"{seconds:g}s with a {self.margin:g}s margin")
         intent = json.dumps({"failover_id": failover_id, "operation": operation, "node": self.node, "term": term,
                              "at": time.time()}).encode()
-        try:
-            proof = await self.client.txn(
-                [Compare.create_revision(self.leader_key, "=", term), Compare.value(self.leader_key, "=", self._me),
-                 Compare.lease(self.leader_key, "=", self._lease or 0)],
-                [Op.put(self.prefix + "intents/" + group, intent)])
-        except EtcdError as exc:
-            raise NotLeader(f"{operation} not sent: leadership cannot be proven: {exc}") from None
-        if not proof.succeeded:
-            self._step_down("the leader key changed (another daemon leads, or the lease expired)")
-            raise NotLeader(f"{operation} not sent: this daemon no longer leads (term {term} is over)")
-        if not self.acting():
-            raise NotLeader(f"{operation} not sent: the lease may have lapsed while leadership was proven")
-        return self.acting
+        for _ in range(2):  # a slow proof may use up the time the call needs: renew, prove once more
+            if not self._covers(seconds):
+                try:
+                    await self._renew()  # the lease must outlive the call: renew it now, not at the loop's turn
+                except EtcdError as exc:
+                    raise NotLeader(f"{operation} not sent: the lease cannot be renewed: {exc}") from None
+                if self._term != term:
+                    raise NotLeader(f"{operation} not sent: this daemon's lease expired (term {term} is over)")
+                if not self._covers(seconds):
+                    raise NotLeader(f"{operation} not sent: the lease ({self.ttl:g}s) cannot outlive a call of "
+                                    f"{seconds:g}s with a {self.margin:g}s margin")
+            try:
+                proof = await self.client.txn(
+                    [Compare.create_revision(self.leader_key, "=", term),
+                     Compare.value(self.leader_key, "=", self._me),
+                     Compare.lease(self.leader_key, "=", self._lease or 0)],
+                    [Op.put(self.prefix + "intents/" + group, intent)])
+            except EtcdError as exc:
+                raise NotLeader(f"{operation} not sent: leadership cannot be proven: {exc}") from None
+            if not proof.succeeded:
+                self._step_down("the leader key changed (another daemon leads, or the lease expired)")
+                raise NotLeader(f"{operation} not sent: this daemon no longer leads (term {term} is over)")
+            if self._term == term and self._covers(seconds):
+                return lambda: self._term == term and self._covers(seconds)
+        raise NotLeader(f"{operation} not sent: etcd answers too slowly for the lease to outlive a call of "
+                        f"{seconds:g}s")
+
+    def _covers(self, seconds: float) -> bool:
+        """The lease, less the margin, outlives a call of ``seconds`` sent now."""
+        return time.monotonic() + seconds <= self._valid_until - self.margin
 
     # --- the loop ---
     async def run(self) -> None:
@@ -251,7 +272,11 @@ class EtcdCoordinator(Coordinator):
 
     async def _renew(self) -> None:
         """Renew the lease (grant a new one if it is gone), and count it valid from the moment the renewal was
-        sent."""
+        sent. One at a time: the loop and a fence must not both grant a new lease."""
+        async with self._renewing:
+            await self._renew_now()
+
+    async def _renew_now(self) -> None:
         sent = time.monotonic()
         if self._lease is not None:
             remaining = await self.client.keepalive(self._lease)
@@ -265,6 +290,7 @@ class EtcdCoordinator(Coordinator):
             self._revision = 0  # etcd may have been rebuilt from scratch, its revisions started again
         lease, granted = await self.client.grant(max(2, round(self.ttl)))
         self._lease, self._valid_until = lease, sent + min(self.ttl, granted)
+        self._leases.add(lease)
 
     async def _put_member(self) -> None:
         value = json.dumps({"api": self.api, "views": self._views}, sort_keys=True).encode()
@@ -278,7 +304,12 @@ class EtcdCoordinator(Coordinator):
             try:
                 while self._unshared:
                     group, memory = next(iter(self._unshared.items()))
-                    await self.client.put(self.memory_prefix + group, _memory_json(memory))
+                    term = self._term
+                    if term is not None:  # only the leader's memory, and only while it leads
+                        await self.client.txn(
+                            [Compare.create_revision(self.leader_key, "=", term),
+                             Compare.lease(self.leader_key, "=", self._lease or 0)],
+                            [Op.put(self.memory_prefix + group, _memory_json(memory))])
                     if self._unshared.get(group) is memory:
                         del self._unshared[group]
                 if self._lease is not None:  # else the loop publishes once it has a lease
@@ -309,11 +340,14 @@ class EtcdCoordinator(Coordinator):
         maintenance: dict[str, bool] = {}
         memory: dict[str, GroupMemory] = {}
         leader: KeyValue | None = None
+        own: KeyValue | None = None
         for kv in kvs:
             if kv.key == self.leader_key:
                 leader = kv
+            elif kv.key == self.member_key:
+                own = kv
             elif kv.key.startswith(self.members_prefix):
-                peer = _peer(kv.value)
+                peer = _peer(kv.value) if kv.lease else None  # a key on no lease is nobody alive
                 if peer is not None:
                     peers[kv.key[len(self.members_prefix):]] = peer
             elif kv.key.startswith(self.maintenance_prefix):
@@ -324,6 +358,7 @@ class EtcdCoordinator(Coordinator):
                     memory[kv.key[len(self.memory_prefix):]] = remembered
         self._peers, self._maintenance = peers, maintenance
         self._memory = {**memory, **self._unshared}
+        self._see_own(own)
         if leader is None:
             self._no_leader()
         else:
@@ -356,9 +391,11 @@ class EtcdCoordinator(Coordinator):
                 self._wake.set()  # campaign now
             else:
                 self._see_leader(event.kv)
+        elif key == self.member_key:
+            self._see_own(event.kv if event.type == "put" else None)
         elif key.startswith(self.members_prefix):
             node = key[len(self.members_prefix):]
-            peer = _peer(event.kv.value) if event.type == "put" else None
+            peer = _peer(event.kv.value) if event.type == "put" and event.kv.lease else None
             if peer is None:
                 self._peers.pop(node, None)
             else:
@@ -371,6 +408,23 @@ class EtcdCoordinator(Coordinator):
                 self._memory.pop(key[len(self.memory_prefix):], None)
             else:
                 self._memory[key[len(self.memory_prefix):]] = remembered
+
+    def _see_own(self, kv: KeyValue | None) -> None:
+        """This daemon's member key as etcd has it: gone (deleted by hand): publish it again; on a lease that was
+        never this daemon's: another daemon has the same node name."""
+        if kv is None:
+            if self._published is not None:
+                self._published = None
+                self._dirty.set()
+        elif kv.lease not in self._leases:
+            if time.monotonic() >= self._clash_until:
+                log.error("node_name_conflict", node=self.node, detail="another daemon publishes under this node "
+                          "name: cluster.node must be unique; neither acts until one is renamed")
+            self._clash_until = time.monotonic() + 2 * self.ttl
+            self._step_down("another daemon has the same node name")
+            self._published = None
+            self._dirty.set()
+            self._changed()
 
     # --- leadership ---
     def _see_leader(self, kv: KeyValue) -> None:
@@ -435,15 +489,17 @@ class EtcdCoordinator(Coordinator):
                 self.on_change()
         asyncio.get_running_loop().call_soon(notify)
 
-    async def close(self) -> None:
+    async def close(self, release: bool = True) -> None:
         """Hand over at once: delete the leader key if it is still ours, revoke the lease (the member key goes with
-        it), close the connections. Best effort: etcd may be gone."""
-        with contextlib.suppress(EtcdError):
-            if self._term is not None:
-                await self.client.txn([Compare.lease(self.leader_key, "=", self._lease or 0)],
-                                      [Op.delete(self.leader_key)])
-            self._term = None
-            if self._lease is not None:
+        it), close the connections. Best effort: etcd may be gone. Not ``release``: a cloud call may still be under
+        way, so the lease is left to expire (no new leader before then)."""
+        self._term = None
+        if not release:
+            log.warning("lease_kept", node=self.node, detail="a cloud call may still be under way: the next leader "
+                        "is elected when this daemon's lease expires")
+        elif self._lease is not None:
+            with contextlib.suppress(EtcdError):
+                await self.client.txn([Compare.lease(self.leader_key, "=", self._lease)], [Op.delete(self.leader_key)])
                 await self.client.revoke(self._lease)
         self._lease = None
         await self.client.close()
@@ -466,8 +522,10 @@ def _memory_json(memory: GroupMemory) -> bytes:
 def _memory(value: bytes) -> GroupMemory | None:
     try:
         data: Any = json.loads(value)
-        last = data.get("last_move_at")
-        return GroupMemory(False, tuple(float(t) for t in data.get("window_starts", [])),
-                           None if last is None else float(last))
+        last = None if data.get("last_move_at") is None else float(data["last_move_at"])
+        starts = tuple(float(t) for t in data.get("window_starts", []))
+        if not all(math.isfinite(t) for t in (*starts, *([] if last is None else [last]))):
+            return None
+        return GroupMemory(False, starts, last)
     except (ValueError, AttributeError, TypeError):
         return None

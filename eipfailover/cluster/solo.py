@@ -54,5 +54,5 @@ class Solo(Coordinator):
     async def run(self) -> None:
         await asyncio.Event().wait()
 
-    async def close(self) -> None:
+    async def close(self, release: bool = True) -> None:
         pass

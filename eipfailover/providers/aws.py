@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -30,9 +30,9 @@ from botocore.exceptions import (
 from botocore.parsers import ResponseParserError
 
 from eipfailover.config import AwsProviderConfig, call_deadline
-from eipfailover.errors import ProviderError
+from eipfailover.errors import NotLeader, ProviderError
 from eipfailover.model import Binding, EipState
-from eipfailover.providers.base import Call, EipAdmin, EipRecord, InstanceState, Provider
+from eipfailover.providers.base import Call, EipAdmin, EipRecord, InstanceState, Provider, send_check
 
 _RETRYABLE_CODES = frozenset({
     "RequestLimitExceeded", "Throttling", "ThrottlingException", "InternalError", "InternalFailure",
@@ -97,8 +97,10 @@ class AwsProvider(Provider, EipAdmin):
         method = functools.partial(getattr(client, _snake(operation)), **params)
 
         async def call() -> dict[str, Any]:
+            check = send_check()  # fenced: checked again in the thread, after any wait for a free one
+            run = method if check is None else functools.partial(_if_leading, check, operation, method)
             try:
-                result: dict[str, Any] = await asyncio.get_running_loop().run_in_executor(self.executor, method)
+                result: dict[str, Any] = await asyncio.get_running_loop().run_in_executor(self.executor, run)
             except (ClientError, BotoCoreError) as exc:
                 raise self._error(operation, exc) from None
             except ResponseParserError as exc:  # not a BotoCoreError: an HTML page, a truncated body
@@ -274,6 +276,12 @@ def _eip_state(address: dict[str, Any]) -> EipState:
         else None
     )
     return EipState(allocation_id=address["AllocationId"], public_ip=address.get("PublicIp", ""), bound_to=bound)
+
+
+def _if_leading(check: Callable[[], bool], operation: str, method: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    if not check():
+        raise NotLeader(f"{operation} not sent: the lease may have lapsed while the call waited for a thread")
+    return method()
 
 
 def _snake(operation: str) -> str:

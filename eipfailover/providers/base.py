@@ -184,9 +184,8 @@ class Provider(ABC):
             raise ProviderError(f"{operation} refused: the daemon runs with --dry-run", retryable=False,
                                 code="DryRun")
         fence = _FENCE.get()
-        if fence is not None:
-            still_leading = await fence(operation, self.call_deadline)
-            call = _checked(call, still_leading, operation)
+        if fence is not None:  # proven in the sent task itself, right before the call
+            call = _fenced_call(call, fence, operation, self.call_deadline)
         recorder = _STEPS.get()
         answered = await recorder(operation) if recorder is not None else None
         sent: asyncio.Future[T] = asyncio.ensure_future(self._timed(operation, call, answered))
@@ -229,13 +228,28 @@ class Provider(ABC):
                 answered(result, seconds)
 
 
-def _checked(call: Callable[[], Awaitable[T]], still_leading: Callable[[], bool],
-             operation: str) -> Callable[[], Awaitable[T]]:
-    async def checked() -> T:
-        if not still_leading():  # the last instant before the call goes out: after a freeze, nothing is sent
-            raise NotLeader(f"{operation} not sent: the lease may have lapsed since leadership was proven")
-        return await call()
-    return checked
+def _fenced_call(call: Callable[[], Awaitable[T]], fence: Fence, operation: str,
+                 seconds: float) -> Callable[[], Awaitable[T]]:
+    async def fenced_call() -> T:
+        still_leading = await fence(operation, seconds)
+        token = _SEND_CHECK.set(still_leading)
+        try:
+            if not still_leading():  # a freeze since the proof: nothing is sent
+                raise NotLeader(f"{operation} not sent: the lease may have lapsed since leadership was proven")
+            return await call()
+        finally:
+            _SEND_CHECK.reset(token)
+    return fenced_call
+
+
+_SEND_CHECK: contextvars.ContextVar[Callable[[], bool] | None] = contextvars.ContextVar("eipfailover_send_check",
+                                                                                        default=None)
+
+
+def send_check() -> Callable[[], bool] | None:
+    """For a driver whose calls wait for a thread: the re-check to make in that thread at the instant the fenced
+    call goes out (False: do not send it), or None when the call is not fenced."""
+    return _SEND_CHECK.get()
 
 
 async def hedged(call: Callable[[], Awaitable[T]], interval: float, accept: Callable[[T | Exception], bool], *,
