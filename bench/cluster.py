@@ -66,7 +66,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from eipfailover.config import parse_duration
 from eipfailover.demo import DaemonProcess
 from tests.cluster_world import POLICY, TOKEN, TTL, ClusterWorld, Node, _config, _free_port, cluster_world
-from tests.conftest import Ec2World, HealthServer, ec2_client, eventually
+from tests.conftest import Ec2World, HealthServer, ec2_world, eventually
 from tests.etcd_server import etcd_binary
 from tests.fault_proxy import FaultProxy
 
@@ -110,20 +110,6 @@ class Trial:
 
 
 # --- the world ---
-
-def ec2_world(endpoint: str) -> Ec2World:
-    """Two running instances and one EIP on the first (tests/conftest.py's ``ec2`` fixture)."""
-    client = ec2_client(endpoint)
-    reply = client.run_instances(ImageId="ami-12345678", MinCount=2, MaxCount=2, InstanceType="t3.micro")
-    a, b = reply["Instances"]
-    eip = client.allocate_address(Domain="vpc")
-    client.associate_address(AllocationId=eip["AllocationId"], InstanceId=a["InstanceId"], AllowReassociation=True)
-    return Ec2World(
-        endpoint=endpoint, client=client, instance_a=a["InstanceId"], instance_b=b["InstanceId"],
-        eni_a=a["NetworkInterfaces"][0]["NetworkInterfaceId"], eni_b=b["NetworkInterfaces"][0]["NetworkInterfaceId"],
-        ip_a=a["PrivateIpAddress"], ip_b=b["PrivateIpAddress"], eip=eip["AllocationId"], public_ip=eip["PublicIp"],
-    )
-
 
 async def move_back(ec2: Ec2World) -> None:
     await asyncio.to_thread(ec2.client.associate_address, AllocationId=ec2.eip, InstanceId=ec2.instance_a,

@@ -166,26 +166,46 @@ async def _show_status_and_metrics(api: str) -> None:
     print(f"\n$ curl -s {api}/metrics   (excerpt)\n" + "\n".join(lines))
 
 
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "demo", "AWS_SECRET_ACCESS_KEY": "demo", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+class MotoWorld:
+    """A moto EC2 server on loopback with two instances, ``web-a`` and ``web-b``, and one EIP on ``web-a``."""
+
+    def __init__(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self.server.start()
+        host, port = self.server.get_host_and_port()
+        self.endpoint = f"http://{host}:{port}"
+        self.ec2 = boto3.client("ec2", endpoint_url=self.endpoint, region_name="us-east-1",
+                                aws_access_key_id="demo", aws_secret_access_key="demo")
+        instances = self.ec2.run_instances(ImageId="ami-12345678", MinCount=2, MaxCount=2, InstanceType="t3.micro")
+        self.id_a, self.id_b = (i["InstanceId"] for i in instances["Instances"])
+        self.eip = self.ec2.allocate_address(Domain="vpc")
+        self.ec2.associate_address(AllocationId=self.eip["AllocationId"], InstanceId=self.id_a,
+                                   AllowReassociation=True)
+
+    def holder(self) -> str:
+        address = self.ec2.describe_addresses(AllocationIds=[self.eip["AllocationId"]])["Addresses"][0]
+        return {self.id_a: "web-a", self.id_b: "web-b"}.get(address.get("InstanceId", ""), "nothing")
+
+    def targets(self, web_a: LocalInstance, web_b: LocalInstance) -> list[dict[str, Any]]:
+        """The group's targets in a config, each checked on its local health endpoint."""
+        return [{"name": name, "binding": {"instance_id": iid},
+                 "checks": [{"type": "http", "url": f"http://127.0.0.1:{server.port}/healthz"}]}
+                for name, iid, server in (("web-a", self.id_a, web_a), ("web-b", self.id_b, web_b))]
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
 async def _demo(workdir: Path) -> int:
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    moto.start()
-    host, port = moto.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    creds = {"AWS_ACCESS_KEY_ID": "demo", "AWS_SECRET_ACCESS_KEY": "demo", "AWS_DEFAULT_REGION": "us-east-1"}
-    ec2 = boto3.client("ec2", endpoint_url=endpoint, region_name="us-east-1",
-                       aws_access_key_id="demo", aws_secret_access_key="demo")
-    instances = ec2.run_instances(ImageId="ami-12345678", MinCount=2, MaxCount=2, InstanceType="t3.micro")
-    id_a, id_b = (i["InstanceId"] for i in instances["Instances"])
-    eip = ec2.allocate_address(Domain="vpc")
-    ec2.associate_address(AllocationId=eip["AllocationId"], InstanceId=id_a, AllowReassociation=True)
-
-    def holder() -> str:
-        address = ec2.describe_addresses(AllocationIds=[eip["AllocationId"]])["Addresses"][0]
-        return {id_a: "web-a", id_b: "web-b"}.get(address.get("InstanceId", ""), "nothing")
-
+    world = MotoWorld()
+    endpoint, eip, holder = world.endpoint, world.eip, world.holder
+    id_a, id_b = world.id_a, world.id_b
     web_a, web_b = LocalInstance("web-a"), LocalInstance("web-b")
     await web_a.start()
     await web_b.start()
@@ -194,14 +214,8 @@ async def _demo(workdir: Path) -> int:
         "api": {"listen": "127.0.0.1:0"},
         "state_directory": str(workdir / "state"),
         "providers": {"moto": {"type": "aws", "region": "us-east-1", "endpoint_url": endpoint}},
-        "groups": [{
-            "name": "web", "provider": "moto", "eips": [eip["AllocationId"]], "policy": POLICY,
-            "targets": [
-                {"name": name, "binding": {"instance_id": iid},
-                 "checks": [{"type": "http", "url": f"http://127.0.0.1:{server.port}/healthz"}]}
-                for name, iid, server in (("web-a", id_a, web_a), ("web-b", id_b, web_b))
-            ],
-        }],
+        "groups": [{"name": "web", "provider": "moto", "eips": [eip["AllocationId"]], "policy": POLICY,
+                    "targets": world.targets(web_a, web_b)}],
     }
     config_path = workdir / "eipfailover.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -213,7 +227,7 @@ async def _demo(workdir: Path) -> int:
         if line is not None:
             print(f"  [{at - t0:7.2f}s] daemon: {line}", flush=True)
 
-    env = {**os.environ, **creds, "NO_PROXY": "127.0.0.1,localhost", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, **CREDENTIALS, "NO_PROXY": "127.0.0.1,localhost", "PYTHONUNBUFFERED": "1"}
     daemon = DaemonProcess(config_path, env, echo)
     print(f"moto EC2 at {endpoint}; instances web-a={id_a} web-b={id_b}; EIP {eip['PublicIp']} "
           f"({eip['AllocationId']}) on {holder()}")
@@ -254,7 +268,7 @@ async def _demo(workdir: Path) -> int:
         code = await daemon.stop()
         await web_a.stop()
         await web_b.stop()
-        moto.stop()
+        world.stop()
     print(f"\ndaemon exited with status {code} after SIGTERM")
     print("demo " + ("passed" if ok and code == 0 else "FAILED"))
     return 0 if ok and code == 0 else 1

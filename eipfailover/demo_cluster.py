@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
-import logging
 import os
 import shutil
 import signal
@@ -25,10 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import boto3
 import yaml
 
-from eipfailover.demo import POLICY, DaemonProcess, LocalInstance, _fmt
+from eipfailover.demo import CREDENTIALS, POLICY, DaemonProcess, LocalInstance, MotoWorld, _fmt
 
 TTL = "3s"
 
@@ -108,31 +106,14 @@ async def _leader(nodes: list[tuple[str, int]], timeout: float = 30) -> str:
 
 
 async def _demo(workdir: Path, etcd_binary: str) -> int:
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
     etcd, etcd_url = await _start_etcd(etcd_binary, workdir)
-    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    moto.start()
-    host, port = moto.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    ec2 = boto3.client("ec2", endpoint_url=endpoint, region_name="us-east-1",
-                       aws_access_key_id="demo", aws_secret_access_key="demo")
-    instances = ec2.run_instances(ImageId="ami-12345678", MinCount=2, MaxCount=2, InstanceType="t3.micro")
-    id_a, id_b = (i["InstanceId"] for i in instances["Instances"])
-    eip = ec2.allocate_address(Domain="vpc")
-    ec2.associate_address(AllocationId=eip["AllocationId"], InstanceId=id_a, AllowReassociation=True)
-
-    def holder() -> str:
-        address = ec2.describe_addresses(AllocationIds=[eip["AllocationId"]])["Addresses"][0]
-        return {id_a: "web-a", id_b: "web-b"}.get(address.get("InstanceId", ""), "nothing")
-
+    world = MotoWorld()
+    endpoint, eip, holder = world.endpoint, world.eip, world.holder
     web_a, web_b = LocalInstance("web-a"), LocalInstance("web-b")
     await web_a.start()
     await web_b.start()
     t0 = time.monotonic()
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": "demo", "AWS_SECRET_ACCESS_KEY": "demo",
-           "AWS_DEFAULT_REGION": "us-east-1", "NO_PROXY": "127.0.0.1,localhost", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, **CREDENTIALS, "NO_PROXY": "127.0.0.1,localhost", "PYTHONUNBUFFERED": "1"}
     nodes: list[tuple[str, int]] = [(f"n{i}", _free_port()) for i in (1, 2, 3)]
     daemons: dict[str, DaemonProcess] = {}
     for name, api_port in nodes:
@@ -144,14 +125,8 @@ async def _demo(workdir: Path, etcd_binary: str) -> int:
                                    "connect_timeout": "500ms", "read_timeout": "1500ms"}},
             "cluster": {"type": "etcd", "endpoints": [etcd_url], "prefix": "/eipfailover/demo", "node": name,
                         "ttl": TTL},
-            "groups": [{
-                "name": "web", "provider": "moto", "eips": [eip["AllocationId"]], "policy": POLICY,
-                "targets": [
-                    {"name": target, "binding": {"instance_id": iid},
-                     "checks": [{"type": "http", "url": f"http://127.0.0.1:{server.port}/healthz"}]}
-                    for target, iid, server in (("web-a", id_a, web_a), ("web-b", id_b, web_b))
-                ],
-            }],
+            "groups": [{"name": "web", "provider": "moto", "eips": [eip["AllocationId"]], "policy": POLICY,
+                        "targets": world.targets(web_a, web_b)}],
         }
         path = workdir / f"{name}.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -219,7 +194,7 @@ async def _demo(workdir: Path, etcd_binary: str) -> int:
                 code = max(code, await daemon.stop())
         await web_a.stop()
         await web_b.stop()
-        moto.stop()
+        world.stop()
         etcd.terminate()
         await etcd.wait()
     print(f"\ndaemons exited with status {code} after SIGTERM")

@@ -95,13 +95,18 @@ def ec2_client(endpoint: str) -> Any:
 
 @pytest.fixture
 def ec2(moto: str) -> Ec2World:
-    client = ec2_client(moto)
+    return ec2_world(moto)
+
+
+def ec2_world(endpoint: str) -> Ec2World:
+    """Two running instances in the EC2 API at ``endpoint``, and one EIP on the first."""
+    client = ec2_client(endpoint)
     reply = client.run_instances(ImageId="ami-12345678", MinCount=2, MaxCount=2, InstanceType="t3.micro")
     a, b = reply["Instances"]
     eip = client.allocate_address(Domain="vpc")
     client.associate_address(AllocationId=eip["AllocationId"], InstanceId=a["InstanceId"], AllowReassociation=True)
     return Ec2World(
-        endpoint=moto, client=client, instance_a=a["InstanceId"], instance_b=b["InstanceId"],
+        endpoint=endpoint, client=client, instance_a=a["InstanceId"], instance_b=b["InstanceId"],
         eni_a=a["NetworkInterfaces"][0]["NetworkInterfaceId"], eni_b=b["NetworkInterfaces"][0]["NetworkInterfaceId"],
         ip_a=a["PrivateIpAddress"], ip_b=b["PrivateIpAddress"], eip=eip["AllocationId"], public_ip=eip["PublicIp"],
     )

@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
@@ -33,6 +34,16 @@ from .test_cluster_coordinator import Daemons, proxied
 def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
     with EtcdCluster(1, tmp_path_factory.mktemp("etcd")) as cluster:
         yield cluster
+
+
+def clustered(ec2: Ec2World, servers: list[HealthServer], etcd: EtcdCluster) -> dict[str, Any]:
+    """The API tests' config, alone on ``etcd`` (a prefix of its own, ttl 3 s, timeouts the lease covers)."""
+    data = config_data(ec2, servers, None)
+    data["state_directory"] = None
+    data["providers"]["moto"].update(connect_timeout="500ms", read_timeout="1500ms")
+    data["cluster"] = {"type": "etcd", "endpoints": etcd.client_urls, "prefix": f"/test/{uuid.uuid4().hex[:8]}",
+                       "node": "solo", "ttl": "3s"}
+    return data
 
 
 async def test_a_fenced_call_that_waits_for_a_thread_is_checked_again_in_it(
@@ -85,11 +96,7 @@ async def test_a_reload_is_refused_when_the_running_lease_cannot_cover_the_new_t
         ec2: Ec2World, health_servers: list[HealthServer], etcd: EtcdCluster, tmp_path: Path) -> None:
     """``cluster`` applies at a restart: a reload whose provider timeouts the *running* lease cannot outlive is
     refused (it would leave a leader that can never move anything), even when the new file raises ``ttl`` too."""
-    data = config_data(ec2, health_servers, None)
-    data["state_directory"] = None
-    data["providers"]["moto"].update(connect_timeout="500ms", read_timeout="1500ms")
-    data["cluster"] = {"type": "etcd", "endpoints": etcd.client_urls, "prefix": f"/review/{uuid.uuid4().hex[:8]}",
-                       "node": "solo", "ttl": "3s"}
+    data = clustered(ec2, health_servers, etcd)
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(data))
     daemon = Daemon(load_config(path), path)
@@ -125,12 +132,10 @@ async def test_a_stopping_leader_hands_over_only_once_its_calls_are_answered(
     answered: a follower cannot lead, and move the EIP, while the old leader's AssociateAddress is still in flight."""
     cloud = FaultProxy(ec2.endpoint, "ec2")
     await cloud.start()
-    prefix = f"/review/{uuid.uuid4().hex[:8]}"
-    data = config_data(ec2, health_servers, None)
-    data["state_directory"] = None
+    data = clustered(ec2, health_servers, etcd)
+    prefix = data["cluster"]["prefix"]
     data["stop_timeout"] = "300ms"
-    data["providers"]["moto"].update(endpoint_url=cloud.url, connect_timeout="500ms", read_timeout="1500ms")
-    data["cluster"] = {"type": "etcd", "endpoints": etcd.client_urls, "prefix": prefix, "node": "solo", "ttl": "3s"}
+    data["providers"]["moto"]["endpoint_url"] = cloud.url
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(data))
     daemon = Daemon(load_config(path), path)
@@ -183,12 +188,8 @@ async def test_an_api_other_hosts_cannot_reach_is_reported_at_start(
         ec2: Ec2World, health_servers: list[HealthServer], etcd: EtcdCluster, tmp_path: Path) -> None:
     """With ``api.listen`` on a wildcard (or loopback) and no ``cluster.advertise_api``, the API URL published
     to the other daemons is loopback: a warning naming ``advertise_api`` says so at start."""
-    data = config_data(ec2, health_servers, None)
-    data["state_directory"] = None
+    data = clustered(ec2, health_servers, etcd)
     data["api"]["listen"] = "0.0.0.0:0"
-    data["providers"]["moto"].update(connect_timeout="500ms", read_timeout="1500ms")
-    data["cluster"] = {"type": "etcd", "endpoints": etcd.client_urls, "prefix": f"/review/{uuid.uuid4().hex[:8]}",
-                       "node": "solo", "ttl": "3s"}
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(data))
     daemon = Daemon(load_config(path), path)
