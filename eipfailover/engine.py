@@ -457,6 +457,8 @@ class GroupRunner:
         if windowed:
             window = self.config.policy.max_failovers.window
             self.recent_moves = [t for t in self.recent_moves if now - t < window] + [now]
+        if counted and self.coordinator is not None:  # stored with the first fencing proof, before any cloud call
+            self.coordinator.share_memory(self.name, self.memory())
         record = self._record(decision.target, decision.trigger, request, eips, decision.reason.value)
         self.current = record
         self._moving = True

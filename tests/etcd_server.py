@@ -176,9 +176,16 @@ class EtcdMember:
             self._process.wait()
 
     def pause(self) -> None:
-        """SIGSTOP: connections are still accepted (by the kernel), nothing is answered."""
+        """SIGSTOP: connections are still accepted (by the kernel), nothing is answered. Returns once every thread
+        has stopped (a group stop completes asynchronously: a thread may still answer a request meanwhile)."""
         assert self._process is not None
         self._process.send_signal(signal.SIGSTOP)
+        tasks = Path(f"/proc/{self._process.pid}/task")
+        deadline = time.monotonic() + 10
+        while not all(_stopped(task / "stat") for task in tasks.iterdir()):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"etcd {self.name} did not stop within 10 s of SIGSTOP")
+            time.sleep(0.001)
 
     def resume(self) -> None:
         assert self._process is not None
@@ -189,6 +196,14 @@ class EtcdMember:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError as e:
             return f"(no log: {e})"
+
+
+def _stopped(stat: Path) -> bool:
+    """Whether the thread whose ``/proc/.../stat`` this is has stopped (or is gone)."""
+    try:
+        return stat.read_text().rsplit(")", 1)[1].split()[0] in ("T", "t")
+    except (OSError, IndexError):
+        return True
 
 
 class EtcdCluster:

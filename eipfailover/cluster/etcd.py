@@ -211,17 +211,22 @@ class EtcdCoordinator(Coordinator):
                 if not self._covers(seconds):
                     raise NotLeader(f"{operation} not sent: the lease ({self.ttl:g}s) cannot outlive a call of "
                                     f"{seconds:g}s with a {self.margin:g}s margin")
+            memory = self._unshared.get(group)  # the move's memory goes with its proof: the next leader has it
+            writes = [Op.put(self.prefix + "intents/" + group, intent)]
+            if memory is not None:
+                writes.append(Op.put(self.memory_prefix + group, _memory_json(memory)))
             try:
                 proof = await self.client.txn(
                     [Compare.create_revision(self.leader_key, "=", term),
                      Compare.value(self.leader_key, "=", self._me),
-                     Compare.lease(self.leader_key, "=", self._lease or 0)],
-                    [Op.put(self.prefix + "intents/" + group, intent)])
+                     Compare.lease(self.leader_key, "=", self._lease or 0)], writes)
             except EtcdError as exc:
                 raise NotLeader(f"{operation} not sent: leadership cannot be proven: {exc}") from None
             if not proof.succeeded:
                 self._step_down("the leader key changed (another daemon leads, or the lease expired)")
                 raise NotLeader(f"{operation} not sent: this daemon no longer leads (term {term} is over)")
+            if memory is not None and self._unshared.get(group) is memory:
+                del self._unshared[group]
             if self._term == term and self._covers(seconds):
                 return lambda: self._term == term and self._covers(seconds)
         raise NotLeader(f"{operation} not sent: etcd answers too slowly for the lease to outlive a call of "
