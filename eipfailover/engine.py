@@ -58,6 +58,8 @@ _DESCRIBE_TIMEOUT = 30.0
 """A safety net around one ``describe``; the driver's own connect/read timeouts normally end it far sooner."""
 REPAIR_BACKOFF_CAP = 30.0
 """After failed repairs, the longest wait before the next one (it starts at one interval and doubles)."""
+SAME_MOVE = 0.5
+"""Seconds within which two recorded starts of a group's moves are the same move."""
 STALE_INTERVALS = 3
 """A group whose last completed check round, or last successful cloud read, is older than this many intervals is
 stalled, or blind."""
@@ -174,7 +176,10 @@ class GroupRunner:
         """Add the cluster's memory of this group's moves (the previous leaders') to this daemon's own: the
         ``max_failovers`` window and the cooldown hold across a change of leader."""
         starts, last = _monotonic(shared)
-        self.recent_moves = sorted({*self.recent_moves, *starts})
+        # the same move may be in both (this daemon led before): times within SAME_MOVE of each other are one move
+        # (the round trip through wall-clock time shifts them by microseconds)
+        known = list(self.recent_moves)
+        self.recent_moves = sorted([*known, *(t for t in starts if all(abs(t - k) > SAME_MOVE for k in known))])
         if last is not None and (self.last_move_at is None or last > self.last_move_at):
             self.last_move_at = last
 
@@ -485,7 +490,9 @@ class GroupRunner:
                                                     counted=counted, windowed=windowed)
         done = replace(done, finished_at=time.time())
         now = time.monotonic()
-        if reason is Reason.REPAIR:  # not counted; a failed one makes the next wait, doubling from an interval
+        if reason is Reason.REPAIR and outcome.code == "NotLeader":
+            pass  # refused before any call by the fence, not by the cloud: the next leader repairs at once
+        elif reason is Reason.REPAIR:  # not counted; a failed one makes the next wait, doubling from an interval
             self.repair_failures = 0 if outcome.ok else self.repair_failures + 1
             doublings = min(self.repair_failures - 1, 16)  # past the cap anyway; and never a float overflow
             backoff = min(self.config.policy.interval * 2**doublings, REPAIR_BACKOFF_CAP)
@@ -661,9 +668,14 @@ class Engine:
         if runner is not None:
             if old is not None:
                 runner.carry_over(old)
+            elif self.coordinator is not None and (shared := self.coordinator.memory(name)) is not None:
+                runner.adopt(shared)  # a group added back: the cluster's memory of its moves
             self._start(runner)
-        elif self.on_removed is not None:  # gone: also a group that was still waiting to start
-            self.on_removed(name)
+        else:
+            if self.coordinator is not None:  # gone: it no longer votes
+                self.coordinator.forget(name)
+            if self.on_removed is not None:  # (also a group that was still waiting to start)
+                self.on_removed(name)
         self._changed.set()
 
     async def _watch_ready(self) -> None:

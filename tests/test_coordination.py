@@ -51,6 +51,9 @@ class ScriptedCoordinator(Coordinator):
     def publish(self, group: str, views: Mapping[str, TargetState]) -> None:
         self.published.append(dict(views))
 
+    def forget(self, group: str) -> None:
+        self.published.append({})
+
     def observers(self, group: str) -> dict[str, dict[str, str]]:
         return {"n1": {t: s.value for t, s in self.published[-1].items()}} if self.published else {}
 

@@ -68,6 +68,10 @@ class Coordinator(ABC):
         """This daemon's view of a group's targets (sent in the background)."""
 
     @abstractmethod
+    def forget(self, group: str) -> None:
+        """``group`` is no longer configured here: stop publishing a view of it."""
+
+    @abstractmethod
     def observers(self, group: str) -> dict[str, dict[str, str]]:
         """Each live member's published view of ``group`` (node -> target -> state); empty for a daemon alone."""
 

@@ -49,6 +49,8 @@ log = structlog.get_logger("eipfailover.cluster")
 
 _STATES = {s.value: s for s in TargetState}
 _NOT_YET = "not connected yet"
+_BAD_VALUE = (ValueError, AttributeError, TypeError, KeyError, OverflowError, RecursionError)
+"""What a value under the prefix that is not ours (hand-written, damaged) may raise while it is parsed."""
 
 
 @dataclass(slots=True)
@@ -150,6 +152,10 @@ class EtcdCoordinator(Coordinator):
             self._dirty.set()
             self._changed()  # our own vote counts at once
 
+    def forget(self, group: str) -> None:
+        if self._views.pop(group, None) is not None:
+            self._dirty.set()
+
     def observers(self, group: str) -> dict[str, dict[str, str]]:
         seen = {node: dict(peer.views.get(group, {})) for node, peer in self._others().items()}
         seen[self.node] = dict(self._views.get(group, {}))
@@ -185,12 +191,10 @@ class EtcdCoordinator(Coordinator):
     async def set_maintenance(self, group: str, enabled: bool) -> None:
         key = self.maintenance_prefix + group
         try:
-            if enabled:
-                await self.client.put(key, b"on")
-            else:
-                await self.client.delete(key)
+            done = await self.client.txn([], [Op.put(key, b"on") if enabled else Op.delete(key)])
         except EtcdError as exc:
             raise CoordinationError(f"the maintenance switch could not be stored in etcd: {exc}") from None
+        self._revision = max(self._revision, done.revision)  # a read from before the switch must not undo it
         if self._maintenance is not None:
             self._maintenance[group] = enabled
 
@@ -248,6 +252,10 @@ class EtcdCoordinator(Coordinator):
                 except EtcdError as exc:
                     self._trouble(str(exc))
                     pause = self.ttl / 10  # retried sooner, but never hammered
+                except Exception as exc:  # a bug must not end the coordination: the lease lapses loudly instead
+                    log.exception("cluster_cycle_failed", node=self.node)
+                    self._trouble(f"internal error: {type(exc).__name__}: {exc}")
+                    pause = self.ttl / 10
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(pause):
@@ -322,6 +330,9 @@ class EtcdCoordinator(Coordinator):
             except EtcdError as exc:
                 self._published = None  # the next cycle publishes again
                 self._trouble(str(exc))
+            except Exception:
+                log.exception("cluster_publish_failed", node=self.node)
+                self._published = None
 
     async def _campaign(self) -> None:
         answer = await self.client.txn([Compare.create_revision(self.leader_key, "=", 0)],
@@ -386,6 +397,8 @@ class EtcdCoordinator(Coordinator):
                         self._changed()
             except EtcdError as exc:
                 log.debug("cluster_watch_ended", error=str(exc))
+            except Exception:  # a bug: the periodic read keeps the view current meanwhile
+                log.exception("cluster_watch_failed", node=self.node)
             await asyncio.sleep(self.ttl / 6)
 
     def _apply(self, event: WatchEvent) -> None:
@@ -436,7 +449,7 @@ class EtcdCoordinator(Coordinator):
         try:
             holder = json.loads(kv.value)
             node, api = str(holder["node"]), holder.get("api")
-        except (ValueError, KeyError, TypeError):
+        except _BAD_VALUE:
             node, api = "?", None
         mine = kv.value == self._me and kv.lease == self._lease
         if mine and self._term != kv.create_revision:
@@ -516,7 +529,7 @@ def _peer(value: bytes) -> _Peer | None:
         views = {str(g): {str(t): str(s) for t, s in v.items()} for g, v in data.get("views", {}).items()}
         api = data.get("api")
         return _Peer(api if isinstance(api, str) else None, views)
-    except (ValueError, AttributeError, TypeError):
+    except _BAD_VALUE:
         return None
 
 
@@ -532,5 +545,5 @@ def _memory(value: bytes) -> GroupMemory | None:
         if not all(math.isfinite(t) for t in (*starts, *([] if last is None else [last]))):
             return None
         return GroupMemory(False, starts, last)
-    except (ValueError, AttributeError, TypeError):
+    except _BAD_VALUE:
         return None

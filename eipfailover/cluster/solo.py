@@ -30,6 +30,9 @@ class Solo(Coordinator):
     def publish(self, group: str, views: Mapping[str, TargetState]) -> None:
         pass
 
+    def forget(self, group: str) -> None:
+        pass
+
     def observers(self, group: str) -> dict[str, dict[str, str]]:
         return {}
 
