@@ -65,7 +65,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from eipfailover.config import parse_duration
 from eipfailover.demo import DaemonProcess
-from tests.cluster_world import POLICY, TOKEN, TTL, ClusterWorld, Node, _config, _free_port, cluster_world
+from eipfailover.demo_cluster import free_port
+from tests.cluster_world import POLICY, TOKEN, TTL, ClusterWorld, Node, _config, cluster_world
 from tests.conftest import Ec2World, HealthServer, ec2_world, eventually
 from tests.etcd_server import etcd_binary
 from tests.fault_proxy import FaultProxy
@@ -300,7 +301,7 @@ async def solo_trials(world: ClusterWorld, tmp: Path, trials: int, rng: random.R
     primary, standby = HealthServer(), HealthServer()
     for server in (primary, standby):
         await server.start()
-    port = _free_port()
+    port = free_port()
     token = tmp / "solo-token"
     token.write_text(TOKEN)
     data = _config("solo", ec2, proxy, primary, standby, [], port, tmp / "state-solo", token, BENCH_POLICY)

