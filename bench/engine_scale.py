@@ -35,7 +35,7 @@ class StaticCloud(Provider):
     def from_config(cls, name: str, config: object) -> StaticCloud:
         return cls(name)
 
-    async def describe(self, eips: Sequence[str]) -> dict[str, EipState]:
+    async def read_eips(self, eips: Sequence[str]) -> dict[str, EipState]:
         return {e: EipState(e, "192.0.2.1", Binding(instance_id=f"i-{e}-a")) for e in eips}
 
     async def move(self, eips: Sequence[str], to: Binding) -> None:

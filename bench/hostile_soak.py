@@ -318,7 +318,7 @@ class NoCloud(Provider):
     def from_config(cls, name: str, config: Any) -> NoCloud:
         return cls(name)
 
-    async def describe(self, eips: Sequence[str]) -> dict[str, EipState]:
+    async def read_eips(self, eips: Sequence[str]) -> dict[str, EipState]:
         raise NotImplementedError
 
     async def move(self, eips: Sequence[str], to: Binding) -> None:

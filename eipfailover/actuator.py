@@ -15,7 +15,7 @@ from dataclasses import replace
 
 import structlog
 
-from eipfailover import failover
+from eipfailover import failover, ratelimit
 from eipfailover.checks.base import describe_exception
 from eipfailover.cluster.base import Coordinator
 from eipfailover.config import GroupConfig
@@ -23,8 +23,13 @@ from eipfailover.events import FailoverRecord, StateStore
 from eipfailover.hooks import hook_environment, hook_values, run_gate, substitute
 from eipfailover.model import Binding, EipState, Reason
 from eipfailover.providers.base import Provider, fenced, recorded_steps
+from eipfailover.ratelimit import Priority
 
 log = structlog.get_logger("eipfailover.engine")
+
+_PRIORITY = {Reason.REPAIR: Priority.REPAIR, Reason.ACTIVE_DOWN: Priority.REPAIR, Reason.FAILBACK: Priority.FAILBACK}
+"""The rate limit's order for a move's calls (the others: :attr:`Priority.FAILOVER`): a mass failover ends the
+downtime first."""
 
 
 class Actuator:
@@ -52,7 +57,8 @@ class Actuator:
                                                      f"{record.to_target}; no cloud call made")
             else:
                 veto = await self._gate(record, reason, sources)
-                with self.journaled(record), self._fenced(record):
+                with self.journaled(record), self._fenced(record), ratelimit.priority(_PRIORITY.get(
+                        reason, Priority.FAILOVER)):
                     outcome = failover.Outcome(False, 0, veto) if veto is not None else await failover.execute(
                         self.provider, record.eips, self.bindings[record.to_target],
                         deadline=self.config.policy.failover_deadline, states=states, fallback=fallback,

@@ -113,8 +113,9 @@ def group_json(group: GroupStatus) -> dict[str, Any]:
         "failover_in_progress": record_json(group.current),
         "last_failover": record_json(group.last_failover),
         "last_tick_age_seconds": _age(group.last_tick_age),
-        "policy": {"interval": p.interval, "timeout": p.timeout, "rise": p.rise, "fall": p.fall,
-                   "failback": p.failback, "cooldown": p.cooldown, "detection_seconds": p.detection_seconds},
+        "policy": {"interval": p.interval, "fast_interval": p.fast, "timeout": p.timeout, "rise": p.rise,
+                   "fall": p.fall, "failback": p.failback, "cooldown": p.cooldown,
+                   "detection_seconds": p.detection_seconds},
         "targets": [
             {
                 "name": t.name,

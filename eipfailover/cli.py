@@ -200,7 +200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for group in config.groups:
             p = group.policy
             print(f"group {group.name}: {len(group.targets)} targets, {len(group.eips)} EIP(s), "
-                  f"detection within {p.detection_seconds:g}s ((fall-1)*interval + timeout), failback {p.failback}")
+                  f"detection within {p.detection_seconds:g}s ((fall-1)*fast_interval + timeout), "
+                  f"failback {p.failback}")
         if args.cloud:
             code = asyncio.run(_check_cloud(config))
             if code:

@@ -199,8 +199,6 @@ class Daemon:
                 cls = registry.load(providers.REGISTRY, cfg.type, Provider)
                 by_name[name] = fresh[name] = cls.from_config(name, cfg)
                 fresh[name].read_only = self.dry_run
-                if self.coordinator is not None:
-                    fresh[name].single_attempts()
                 self._opened.append(fresh[name])
         old_groups = {g.name: g for g in old.groups} if old is not None else {}
         for group in config.groups:

@@ -191,13 +191,21 @@ class GroupRunner:
 
     # --- the loops ---
     async def run(self, phase: float = 0.0) -> None:
-        """Run the check and cloud loops until :meth:`request_stop`; the first round comes after ``phase`` s."""
+        """Run the check and cloud loops until :meth:`request_stop`; the first check round comes after ``phase`` s,
+        the first cloud read at once, and the next ones on the provider's grid (see :func:`run_every`)."""
         self.started_at = time.monotonic()
         interval = self.config.policy.interval
         await asyncio.gather(
-            run_every(interval, self._stop, self._check_wake, self.check_round, phase, group=self.name, loop="checks"),
-            run_every(interval, self._stop, self._read_wake, self.read_cloud, phase, group=self.name, loop="cloud"),
+            run_every(self.check_interval, self._stop, self._check_wake, self.check_round, phase,
+                      group=self.name, loop="checks"),
+            run_every(lambda: interval, self._stop, self._read_wake, self.read_cloud, aligned=True,
+                      group=self.name, loop="cloud"),
         )
+
+    def check_interval(self) -> float:
+        """Until the next check round: ``fast_interval`` while a target's state is changing, else ``interval``."""
+        p = self.config.policy
+        return p.fast if any(t.health.changing for t in self.targets.values()) else p.interval
 
     def request_stop(self) -> None:
         """Stop the loops and take no new action (a running failover goes on: see :meth:`wait_idle`)."""
@@ -529,11 +537,15 @@ class GroupRunner:
             await asyncio.shield(self._task)
 
 
-async def run_every(interval: float, stop: asyncio.Event, wake: asyncio.Event, tick: Callable[[], Awaitable[None]],
-                    phase: float = 0.0, **context: str) -> None:
-    """Call ``tick`` on a fixed schedule (a slow tick skips slots, it never shifts or bursts) until ``stop`` is set.
+async def run_every(interval: Callable[[], float], stop: asyncio.Event, wake: asyncio.Event,
+                    tick: Callable[[], Awaitable[None]], phase: float = 0.0, *, aligned: bool = False,
+                    **context: str) -> None:
+    """Call ``tick`` on a fixed schedule (a slow tick skips slots, it never shifts or bursts) until ``stop`` is set;
+    ``interval()`` is the time to the next tick, asked after each one.
 
-    Setting ``wake`` starts the next tick at once. A tick that raises is logged and the schedule goes on.
+    With ``aligned``, the first tick is at once and the next ones on multiples of the interval on the loop's clock:
+    every loop of one interval ticks at the same instants (the groups' cloud reads then make one batch). Setting
+    ``wake`` starts the next tick at once. A tick that raises is logged and the schedule goes on.
     """
     loop = asyncio.get_running_loop()
     next_at = loop.time() + phase
@@ -546,10 +558,13 @@ async def run_every(interval: float, stop: asyncio.Event, wake: asyncio.Event, t
             await tick()
         except Exception:  # a bug in one tick must not end the monitoring
             log.exception("tick_failed", **context)
-        next_at += interval
+        period = interval()
+        next_at += period
         now = loop.time()
-        if next_at <= now:
-            next_at = now + interval - (now - next_at) % interval
+        if aligned:
+            next_at = (now // period + 1) * period
+        elif next_at <= now:
+            next_at = now + period - (now - next_at) % period
         if not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(next_at - now):

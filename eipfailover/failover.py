@@ -16,6 +16,7 @@ import time
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 
+from eipfailover import ratelimit
 from eipfailover.checks.base import describe_exception
 from eipfailover.errors import ProviderError
 from eipfailover.model import Binding, EipState
@@ -105,7 +106,8 @@ async def _execute(provider: Provider, eips: Sequence[str], to: Binding, deadlin
     if outcome.ok or not fallback or not exposed:  # nothing can have been left detached: nothing to secure
         return outcome
     try:
-        return await _secure(provider, eips, outcome, fallback, deadline, backoff, verify_interval, exposed)
+        with ratelimit.priority(ratelimit.Priority.REPAIR):  # a detached EIP is downtime, whatever the move was
+            return await _secure(provider, eips, outcome, fallback, deadline, backoff, verify_interval, exposed)
     except Exception as exc:  # a driver bug in the secure step: report it, the engine's next read repairs
         return _failed(outcome, f"securing the EIPs failed: internal error: {describe_exception(exc)}", None,
                        exposed)

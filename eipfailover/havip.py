@@ -56,7 +56,8 @@ class HaVipGuard:
 
     async def run(self) -> None:
         """Tick every group interval until :meth:`stop`, then let a running hook finish."""
-        await run_every(self.policy.interval, self._stop, self._stop, self.tick, group=self.group, target=self.target)
+        await run_every(lambda: self.policy.interval, self._stop, self._stop, self.tick, group=self.group,
+                        target=self.target)
         await asyncio.gather(*self.hooks, return_exceptions=True)
 
     def stop(self) -> None:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
@@ -31,7 +31,7 @@ FAILOVER_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0,
 PROVIDER_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 TRIGGERS = ("auto", "manual", "failback")
 RESULTS = ("success", "failure", "skipped", "dry_run", "interrupted")
-PROVIDER_RESULTS = ("ok", "retryable", "error", "timeout", "cancelled")
+PROVIDER_RESULTS = ("ok", "throttled", "retryable", "error", "timeout", "cancelled")
 _HELD = frozenset({Reason.COOLDOWN, Reason.RATE_LIMITED, Reason.NO_HEALTHY_STANDBY})
 """Decisions that hold back an automatic move that was called for (refused manual requests come as records)."""
 P = "eipfailover_"
@@ -57,8 +57,9 @@ class Metrics(NullObserver):
                                            registry=r)
         self.last_failover = Gauge(P + "last_failover_timestamp_seconds", "When the last failover finished "
                                    "(Unix time).", ["group"], registry=r)
-        self.provider_requests = Counter(P + "provider_requests", "Cloud API requests by result (timeout: no "
-                                         "answer in time; cancelled: abandoned, e.g. at shutdown).",
+        self.provider_requests = Counter(P + "provider_requests", "Cloud API requests by result (throttled: refused "
+                                         "for its rate; timeout: no answer in time; cancelled: abandoned, e.g. at "
+                                         "shutdown).",
                                          ["provider", "operation", "result"], registry=r)
         self.provider_duration = Histogram(P + "provider_request_duration_seconds", "Cloud API request latency.",
                                            ["provider", "operation"], buckets=PROVIDER_BUCKETS, registry=r)
@@ -169,7 +170,7 @@ class StateCollector(Collector):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def _families(self) -> dict[str, GaugeMetricFamily]:
+    def _families(self) -> dict[str, GaugeMetricFamily | CounterMetricFamily]:
         return {
             "target_up": GaugeMetricFamily(P + "target_up", "1 if the target is confirmed UP (rise/fall), else 0.",
                                            labels=["group", "target"]),
@@ -185,6 +186,12 @@ class StateCollector(Collector):
             "cloud_read_age": GaugeMetricFamily(P + "cloud_read_age_seconds", "Seconds since the group's last "
                                                 "successful cloud read (before the first one: since the group "
                                                 "started).", labels=["group"]),
+            "limit_rate": GaugeMetricFamily(P + "provider_rate_limit", "The requests a second the provider's "
+                                            "client-side rate limit allows now (below the configured rate for a "
+                                            "while after the cloud throttled a request).", labels=["provider", "kind"]),
+            "limit_wait": CounterMetricFamily(P + "provider_rate_limit_wait_seconds", "Seconds cloud requests "
+                                              "spent waiting for the provider's rate limit.",
+                                              labels=["provider", "kind"]),
         }
 
     def describe(self) -> Iterator[Metric]:
@@ -203,6 +210,11 @@ class StateCollector(Collector):
             f["eips_foreign"].add_metric([name], float(len(location.foreign)))
             since = runner.last_read_ok_at or runner.started_at
             f["cloud_read_age"].add_metric([name], now - since if since is not None else 0.0)
+        providers = {r.config.provider: r.provider for r in self.engine.runners.values()}
+        for name, provider in providers.items():
+            for kind, limiter in (("reads", provider.limits.reads), ("mutations", provider.limits.mutations)):
+                f["limit_rate"].add_metric([name, kind], limiter.current_rate)
+                f["limit_wait"].add_metric([name, kind], limiter.waited)
         return iter(f.values())
 
 

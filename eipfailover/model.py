@@ -50,6 +50,12 @@ class Health:
     failures: int = 0
     since: float = 0.0
 
+    @property
+    def changing(self) -> bool:
+        """A failure not yet confirmed DOWN, or a success not yet confirmed UP: probe again soon."""
+        return (self.failures > 0 and self.state is not TargetState.DOWN) or (
+            self.successes > 0 and self.state is not TargetState.UP)
+
 
 @dataclass(frozen=True, slots=True)
 class Binding:

@@ -7,7 +7,6 @@ import contextlib
 from collections.abc import Sequence
 
 from eipfailover.checks.base import Check
-from eipfailover.errors import ProviderError
 from eipfailover.model import Binding, CheckStatus, EipState
 from eipfailover.providers.base import InstanceState, Provider
 
@@ -42,7 +41,8 @@ class FakeProvider(Provider):
         if queue:
             raise queue.pop(0)
 
-    async def describe(self, eips: Sequence[str]) -> dict[str, EipState]:
+    async def read_eips(self, eips: Sequence[str]) -> dict[str, EipState]:
+        """(Called with the EIPs of every describe waiting at that moment, sorted.)"""
         self.calls.append(("describe", tuple(eips), None))
         self._fault("describe")
         for eip, (binding, left) in list(self._pending.items()):
@@ -51,10 +51,7 @@ class FakeProvider(Provider):
                 del self._pending[eip]
             else:
                 self._pending[eip] = (binding, left - 1)
-        missing = [e for e in eips if e not in self.placement]
-        if missing:
-            raise ProviderError(f"no EIP {missing}", retryable=False, code="NotFound")
-        seen = {e: EipState(e, f"192.0.2.{i}", self.placement[e]) for i, e in enumerate(eips)}
+        seen = {e: EipState(e, f"192.0.2.{i}", self.placement[e]) for i, e in enumerate(eips) if e in self.placement}
         hold, self.hold = self.hold, None
         if hold is not None:
             await hold.wait()

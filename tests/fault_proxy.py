@@ -35,6 +35,11 @@ Faults (:data:`Kind`):
     comparison): eventual consistency, describe shows the old association. A describe never seen before the call
     is forwarded. Another ``late`` call inside the window extends it and keeps the older answers.
 
+EC2's request throttling (``buckets=``, an :class:`~tests.ec2_buckets.Ec2Buckets`): every EC2 request first takes a
+token from its bucket (per action and Region, the documented sizes and refill rates); a request that finds none is
+answered as ``throttle`` is (EC2's ``RequestLimitExceeded``), not forwarded, and no scripted or probable fault is
+used up on it. Logged with ``fault="throttle"`` and ``limited=True``; :attr:`Seen.bucket` names the bucket.
+
 Every request is recorded in :attr:`FaultProxy.log` (a :class:`Seen`) when it arrives and updated as it goes: its
 operation, fault, time, the parameters, the SDK's attempt number, whether it was forwarded (sent upstream: applied,
 or possibly so), and the status the client was sent.
@@ -69,6 +74,8 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
+
+from .ec2_buckets import Ec2Buckets, region_of
 
 Kind = Literal["throttle", "http500", "http503", "reset", "reset_after", "delay", "html", "late"]
 Cloud = Literal["ec2", "aliyun"]
@@ -136,6 +143,10 @@ class Seen:
     connection was reset instead."""
     stale: bool = False
     """Answered from the describe cache by a ``late`` fault."""
+    bucket: str | None = None
+    """With ``buckets``: the request-token bucket it took a token from, or found empty."""
+    limited: bool = False
+    """With ``buckets``: refused for want of a token (and answered ``throttle``)."""
 
 
 @dataclass(frozen=True)
@@ -151,14 +162,19 @@ _Key = tuple[str, tuple[tuple[str, str], ...]]
 
 class FaultProxy:
     """A fault-injecting reverse proxy in front of ``upstream`` (``http://host:port`` or ``host:port``), speaking
-    ``cloud``'s error dialect. Use ``async with FaultProxy(...) as proxy`` or :meth:`start` and :meth:`stop`."""
+    ``cloud``'s error dialect, enforcing EC2's request throttling with ``buckets`` (EC2 only). Use
+    ``async with FaultProxy(...) as proxy`` or :meth:`start` and :meth:`stop`."""
 
     def __init__(self, upstream: str, cloud: Cloud, *, seed: int = 0, log_limit: int = 100_000,
-                 cache_limit: int = 256) -> None:
+                 cache_limit: int = 256, buckets: Ec2Buckets | None = None) -> None:
+        if buckets is not None and cloud != "ec2":
+            raise ValueError("buckets model EC2's throttling: cloud must be 'ec2'")
         self.upstream = (upstream if "://" in upstream else f"http://{upstream}").rstrip("/")
         self.cloud: Cloud = cloud
         self.describes = DESCRIBES[cloud]
         self.random = random.Random(seed)
+        self.buckets = buckets
+        """EC2's request-token buckets, or None: no throttling but the faults chosen."""
         self.log: list[Seen] = []
         """Every request, oldest first; beyond ``log_limit`` the oldest tenth is dropped (counted in ``dropped``)."""
         self.dropped = 0
@@ -262,10 +278,14 @@ class FaultProxy:
         body = await request.read()
         pairs = _params(request, body)
         operation = request.headers.get("x-acs-action") or next((v for k, v in pairs if k == "Action"), "")
-        fault = self._choose(operation)
+        bucket, limited = None, False
+        if self.buckets is not None and operation:
+            bucket = self.buckets.bucket_name(operation, pairs)
+            limited = not self.buckets.admit_named(bucket, region_of(request.headers.get("Authorization"), pairs))
+        fault = Fault("throttle") if limited else self._choose(operation)
         kept = tuple(sorted((k, v) for k, v in pairs if k not in VOLATILE))
         seen = Seen(operation, fault.kind if fault is not None else None, time.monotonic(), dict(kept),
-                    _attempt(request))
+                    _attempt(request), bucket=bucket, limited=limited)
         self._record(seen)
         response = await self._answer(request, body, seen, fault, (operation, kept))
         if response is None:

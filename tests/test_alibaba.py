@@ -364,3 +364,25 @@ async def test_a_move_returns_only_once_every_call_it_sent_is_answered(
     assert outcome.error.endswith("; re-attached eip-2 to Nat i-a")
     states = {e: (fake.eips[e].status, fake.eips[e].instance_id) for e in ("eip-1", "eip-2")}
     assert all(s == "InUse" for s, _ in states.values()), f"failover said: {outcome.error!r}; now: {states}"
+
+
+async def test_many_eips_are_read_by_pages_and_the_missing_by_their_ids(fake: FakeAliyun,
+                                                                         ali: AlibabaProvider) -> None:
+    """Over 50 EIPs (the most IDs one call takes): every EIP of the region, 100 a page; an EIP the pages did not
+    show is then asked for by its ID, and only the describe that wanted it fails."""
+    ecs_world(fake)
+    eips = [f"eip-x{i:03d}" for i in range(150)]
+    for i, eip in enumerate(eips):
+        fake.add_eip(eip, f"47.2.{i // 250}.{i % 250}")
+        fake.bind(eip, "i-b")
+    found, missing = await asyncio.gather(ali.describe(eips), ali.describe(["eip-1", "eip-gone"]),
+                                          return_exceptions=True)
+    assert isinstance(found, dict)
+    assert list(found) == eips
+    assert all(state.bound_to == ECS_B for state in found.values())
+    assert isinstance(missing, ProviderError)
+    assert missing.code == "InvalidAllocationId.NotFound"
+    assert str(missing) == "Alibaba DescribeEipAddresses in cn-hangzhou: no EIP eip-gone"
+    reads = [e.query for e in fake.log if e.action == "DescribeEipAddresses"]
+    assert [(r.get("PageNumber"), r.get("AllocationId")) for r in reads] == [("1", None), ("2", None),
+                                                                            (None, "eip-gone")]

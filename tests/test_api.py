@@ -40,7 +40,8 @@ async def test_probes_and_reads(running: Running) -> None:
     assert group["decision"] == {"action": "none", "reason": "active_healthy", "target": "web-a"}
     assert [(t["name"], t["state"], t["checks"][0]["result"]) for t in group["targets"]] == [
         ("web-a", "up", "ok"), ("web-b", "up", "ok")]
-    assert group["policy"]["detection_seconds"] == 0.75
+    assert group["policy"]["fast_interval"] == 0.25  # interval/4 is below the timeout: the timeout
+    assert group["policy"]["detection_seconds"] == 0.5  # (fall-1) * fast_interval + timeout
     assert (await running.get("/v1/groups/web"))[1]["name"] == "web"
     assert await running.get("/v1/history") == (200, {"failovers": []})
 
@@ -130,7 +131,7 @@ async def test_manual_failover_moves_the_eip_and_is_recorded(running: Running) -
     assert metrics[("eipfailover_provider_requests_total", (("operation", "AssociateAddress"),
                                                              ("provider", "moto"), ("result", "ok")))] == 1
     assert metrics[("eipfailover_provider_requests_total", (("operation", "DescribeAddresses"),
-                                                             ("provider", "moto"), ("result", "ok")))] >= 4
+                                                             ("provider", "moto"), ("result", "ok")))] >= 2
 
 
 async def test_manual_failover_conflicts(running: Running) -> None:
@@ -198,7 +199,7 @@ async def test_a_hanging_cloud_makes_the_daemon_unready_not_stalled(running: Run
         assert group["reason"].endswith("s ago (over 3 intervals)")
         # the checks go on at their own pace: the engine is not stalled
         assert await running.get("/healthz") == (200, {"status": "ok"})
-        assert running.runner.ticks >= rounds + 3
+        await eventually(lambda: running.runner.ticks >= rounds + 3, timeout=5)  # while the cloud still hangs
     finally:
         release.set()
 
@@ -251,7 +252,8 @@ async def test_metric_families_and_initial_label_sets(running: Running) -> None:
                 "eipfailover_maintenance", "eipfailover_eip_attached", "eipfailover_provider_requests",
                 "eipfailover_provider_request_duration_seconds", "eipfailover_config_reloads",
                 "eipfailover_eips_foreign", "eipfailover_cloud_read_age_seconds", "eipfailover_journal_up",
-                "eipfailover_last_interrupted_failover_timestamp_seconds"}
+                "eipfailover_last_interrupted_failover_timestamp_seconds", "eipfailover_provider_rate_limit",
+                "eipfailover_provider_rate_limit_wait_seconds"}
     assert expected <= set(families)
     assert {n for n in families if n.startswith("eipfailover_")} == expected
     failovers = {(s.labels["trigger"], s.labels["result"]) for s in families["eipfailover_failovers"].samples
@@ -264,6 +266,9 @@ async def test_metric_families_and_initial_label_sets(running: Running) -> None:
     operations = {s.labels["operation"] for s in families["eipfailover_provider_requests"].samples}
     assert operations == {"DescribeAddresses", "AssociateAddress", "DescribeInstanceStatus",
                           "DescribeNetworkInterfaces"}
+    limits = {(s.labels["provider"], s.labels["kind"]): s.value for s in
+              families["eipfailover_provider_rate_limit"].samples}
+    assert limits == {("moto", "reads"): 18.0, ("moto", "mutations"): 4.5}  # the defaults; nothing throttled
 
 
 async def test_openapi_document_matches_the_routes(running: Running) -> None:

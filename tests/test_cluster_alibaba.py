@@ -47,7 +47,6 @@ def runner_for(fake: FakeAliyun, tmp_path: Path, coordinator: ScriptedCoordinato
         }],
     }
     provider = provider_for(fake, tmp_path)
-    provider.single_attempts()
     checks = {"a": ScriptedCheck(), "b": ScriptedCheck()}
     runner = GroupRunner(parse_config(data).groups[0], provider, {n: [c] for n, c in checks.items()},
                          Observers([]), coordinator=coordinator)

@@ -55,7 +55,6 @@ async def test_a_fenced_call_that_waits_for_a_thread_is_checked_again_in_it(
     await cloud.start()
     provider = AwsProvider("aws", AwsProviderConfig(type="aws", region=REGION, endpoint_url=cloud.url,
                                                     connect_timeout=0.5, read_timeout=1.5, max_concurrency=1))
-    provider.single_attempts()
     world = Daemons()
     try:
         async with proxied(etcd) as to_etcd:

@@ -38,7 +38,7 @@ def problems(data: Any) -> list[str]:
 def test_example_is_valid_and_documents_every_key() -> None:
     config = load_config(EXAMPLE)
     group = config.groups[0]
-    assert group.policy.detection_seconds == 5.0
+    assert group.policy.detection_seconds == 3.0  # (fall-1) * fast_interval (1s: timeout, above interval/4) + timeout
     assert [t.name for t in group.targets] == ["web-a", "web-b"]
     assert [c.type for c in group.targets[0].checks] == ["http", "tcp", "instance"]
     text = EXAMPLE.read_text()
@@ -209,7 +209,7 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 def test_check_config_ok() -> None:
     result = cli("check-config", "-c", str(EXAMPLE))
     assert result.returncode == 0, result.stderr
-    assert "group web: 2 targets, 1 EIP(s), detection within 5s" in result.stdout
+    assert "group web: 2 targets, 1 EIP(s), detection within 3s" in result.stdout
     assert result.stdout.rstrip().endswith(": OK")
 
 

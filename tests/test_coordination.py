@@ -98,7 +98,6 @@ def world(ec2: Ec2World) -> tuple[GroupRunner, ScriptedCoordinator, dict[str, Sc
     }
     provider = AwsProvider("aws", AwsProviderConfig(type="aws", region=REGION, endpoint_url=ec2.endpoint,
                                                     connect_timeout=1, read_timeout=2))
-    provider.single_attempts()
     coordinator = ScriptedCoordinator()
     checks = {"a": ScriptedCheck(), "b": ScriptedCheck()}
     runner = GroupRunner(parse_config(data).groups[0], provider, {n: [c] for n, c in checks.items()},
@@ -195,7 +194,8 @@ async def test_a_lease_that_lapsed_after_the_proof_sends_nothing(aws_world: Any,
     runner, coordinator, checks = aws_world
     coordinator.lapsed = True
     sent: list[str] = []
-    runner.provider.mutator.meta.events.register("before-send.ec2", lambda request, **_: sent.append("sent"))
+    runner.provider.client.meta.events.register("before-send.ec2.AssociateAddress",
+                                                lambda request, **_: sent.append("sent"))
     await primary_fails(runner, checks)
     await runner.wait_idle()
     assert runner.last_failover is not None

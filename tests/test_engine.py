@@ -366,7 +366,7 @@ async def test_health_transitions_are_reported() -> None:
 
 
 async def test_the_loop_keeps_its_schedule_and_survives_a_failing_tick() -> None:
-    w = World({"e1": A}, interval="100ms", timeout="50ms")
+    w = World({"e1": A}, interval="100ms", timeout="50ms", fast_interval="100ms")
     calls: list[float] = []
     real_round = w.runner.check_round
 
@@ -384,6 +384,53 @@ async def test_the_loop_keeps_its_schedule_and_survives_a_failing_tick() -> None
     assert w.runner.ticks == len(calls) - 1  # every round but the failing one completed
     gaps = [b - a for a, b in itertools.pairwise(calls)]
     assert min(gaps) > 0.08  # on the 100 ms schedule: a late or failing round never makes the next one burst
+
+
+async def round_starts(w: World, count: int) -> list[float]:
+    """The start times of the runner's next ``count`` check rounds, run on its own schedule."""
+    starts: list[float] = []
+    real_round = w.runner.check_round
+
+    async def timed_round() -> None:
+        starts.append(time.monotonic())
+        await real_round()
+
+    w.runner.check_round = timed_round  # type: ignore[method-assign]
+    task = asyncio.create_task(w.runner.run())
+    await eventually(lambda: len(starts) >= count)
+    w.runner.request_stop()
+    await asyncio.wait_for(task, 1)
+    return starts
+
+
+async def test_a_changing_target_is_probed_at_the_fast_interval() -> None:
+    """From a first failure until the target is confirmed DOWN, the group's rounds come every fast_interval; a
+    steady group goes back to the interval. Detection: timeout + (fall-1) * fast_interval."""
+    w = World({"e1": A}, interval="400ms", timeout="50ms", fast_interval="100ms", rise=1, fall=3)
+    await w.ticks(1)  # both UP: steady
+    assert w.runner.check_interval() == pytest.approx(0.4)
+    w.set(a=FAIL)
+    starts = await round_starts(w, 4)  # fail 1 (fast), fail 2 (fast), fail 3: DOWN, then steady again
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert [round(g, 1) for g in gaps[:2]] == [0.1, 0.1], gaps
+    assert gaps[2] > 0.35, gaps  # confirmed DOWN: back to the interval
+    assert w.runner.targets["a"].health.state is TargetState.DOWN
+    assert w.runner.config.policy.detection_seconds == pytest.approx(0.05 + 2 * 0.1)
+
+
+async def test_a_target_coming_back_is_probed_at_the_fast_interval_until_up() -> None:
+    w = World({"e1": A}, interval="400ms", timeout="50ms", fast_interval="100ms", rise=3, fall=1)
+    w.set(b=FAIL)
+    await w.ticks(3)  # a: UP after 3 passes (probed fast until then)
+    assert w.runner.targets["b"].health.state is TargetState.DOWN
+    assert w.runner.check_interval() == pytest.approx(0.4)  # a UP, b DOWN and failing: nothing is changing
+    w.set(b=CheckStatus.OK)
+    await w.runner.check_round()  # a first success: changing
+    assert w.runner.check_interval() == pytest.approx(0.1)
+    await w.runner.check_round()
+    await w.runner.check_round()  # rise 3: UP
+    assert w.recorder.of("health")[-1] == ("health", "b", TargetState.UP)
+    assert w.runner.check_interval() == pytest.approx(0.4)
 
 
 @pytest.mark.parametrize("status", [CheckStatus.TIMEOUT, CheckStatus.ERROR])

@@ -33,7 +33,7 @@ from eipfailover.errors import ProviderError
 from eipfailover.model import Binding, EipState
 from eipfailover.providers import tea_transport
 from eipfailover.providers.alibaba_auth import DefaultChainCredentials, KeyFileCredentials
-from eipfailover.providers.base import Call, EipAdmin, EipRecord, InstanceState, Provider, hedged
+from eipfailover.providers.base import Call, EipAdmin, EipRecord, InstanceState, Provider, consume, hedged
 
 T = TypeVar("T")
 _RETRYABLE_CODES = frozenset({
@@ -110,8 +110,13 @@ class AlibabaProvider(Provider, EipAdmin):
         "DescribeInstanceStatus", "DescribeNetworkInterfaces", "AttachNetworkInterface", "DetachNetworkInterface"})
     """The operations of the ECS API (the others are VPC's)."""
 
+    throttling = ("Throttling",)
+    default_limits = ((8.0, 100), (1.6, 20))
+    """Alibaba allows DescribeEipAddresses 600 calls a minute and AssociateEipAddress 120 (its EIP quotas page):
+    no minute here can exceed 580 and 116."""
+
     def __init__(self, name: str, config: AlibabaProviderConfig) -> None:
-        super().__init__(name)
+        super().__init__(name, config.rate_limit)
         self.config = config
         self.region = config.region
         if config.ca_file is not None:
@@ -188,17 +193,28 @@ class AlibabaProvider(Provider, EipAdmin):
         return list(getattr(holder, item, None) or [])
 
     # --- the contract ---
-    async def describe(self, eips: Sequence[str]) -> dict[str, EipState]:
+    async def read_eips(self, eips: Sequence[str]) -> dict[str, EipState]:
         """An EIP in cut-through mode is where its ENI is: on the instance the ENI is attached to, in transition
         while the ENI is attaching or detaching, and detached while the ENI is on no instance."""
-        found = await self._describe_eips(eips)
+        found = await self._describe_eips(eips, strict=False)
         enis = await self._enis_of(found.values())
         return {e: _through(s, enis) for e, s in found.items()}
 
-    async def _describe_eips(self, eips: Sequence[str]) -> dict[str, EipState]:
-        """The EIPs as the VPC API reports them (an EIP in cut-through mode on its ENI), 50 IDs a call."""
+    def not_found(self, missing: Sequence[str]) -> ProviderError:
+        return ProviderError(f"Alibaba DescribeEipAddresses in {self.region}: no EIP {', '.join(missing)}",
+                             retryable=False, code="InvalidAllocationId.NotFound")
+
+    async def _describe_eips(self, eips: Sequence[str], *, strict: bool = True) -> dict[str, EipState]:
+        """The EIPs as the VPC API reports them (an EIP in cut-through mode on its ENI); with ``strict``, a missing
+        one is an error. Up to 50 by their IDs in one call; more, by reading every EIP of the region, 100 a page,
+        then those not seen (the pages shifted while read) by their IDs."""
         found: dict[str, EipState] = {}
-        for chunk in (eips[i:i + EIP_IDS_PER_CALL] for i in range(0, len(eips), EIP_IDS_PER_CALL)):
+        if len(eips) > EIP_IDS_PER_CALL:
+            wanted = set(eips)
+            found = {item.allocation_id: _eip_state(item) for item in await self._every_eip()
+                     if item.allocation_id in wanted}
+        rest = [e for e in eips if e not in found]
+        for chunk in (rest[i:i + EIP_IDS_PER_CALL] for i in range(0, len(rest), EIP_IDS_PER_CALL)):
             request = vpc.DescribeEipAddressesRequest(region_id=self.region, allocation_id=",".join(chunk),
                                                       page_size=100)
             reply = await self._call("DescribeEipAddresses",
@@ -206,9 +222,8 @@ class AlibabaProvider(Provider, EipAdmin):
             items = self._listed(reply, "DescribeEipAddresses", "eip_addresses", "eip_address")
             found.update({item.allocation_id: _eip_state(item) for item in items})
         missing = [e for e in eips if e not in found]
-        if missing:
-            raise ProviderError(f"Alibaba DescribeEipAddresses in {self.region}: no EIP {', '.join(missing)}",
-                                retryable=False, code="InvalidAllocationId.NotFound")
+        if missing and strict:
+            raise self.not_found(missing)
         return found
 
     async def _enis_of(self, states: Iterable[EipState]) -> dict[str, EniState]:
@@ -458,7 +473,7 @@ class AlibabaProvider(Provider, EipAdmin):
             for future in done:
                 if (failed := future.exception()) is None:
                     for other in sends:
-                        other.add_done_callback(_consume)
+                        other.add_done_callback(consume)
                     return
                 errors.append(failed)
         refused = any(not (isinstance(e, ProviderError) and e.retryable) for e in errors)
@@ -492,6 +507,10 @@ class AlibabaProvider(Provider, EipAdmin):
 
     # --- the eip commands ---
     async def list_eips(self) -> list[EipRecord]:
+        return await self._records(await self._every_eip())
+
+    async def _every_eip(self) -> list[Any]:
+        """Every EIP of the region, 100 a page."""
         items: list[Any] = []
         page = 1
         while True:
@@ -501,9 +520,8 @@ class AlibabaProvider(Provider, EipAdmin):
             batch = self._listed(reply, "DescribeEipAddresses", "eip_addresses", "eip_address")
             items += batch
             if not batch or len(items) >= (reply.body.total_count or 0):
-                break
+                return items
             page += 1
-        return await self._records(items)
 
     async def record(self, eip: str) -> EipRecord:
         request = vpc.DescribeEipAddressesRequest(region_id=self.region, allocation_id=eip)
@@ -634,11 +652,6 @@ async def _all(calls: Iterable[Awaitable[None]]) -> None:
     errors = [r for r in results if isinstance(r, BaseException)]
     if errors:
         raise min(errors, key=lambda e: isinstance(e, ProviderError) and e.retryable)
-
-
-def _consume(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()
 
 
 def _lost(exc: ProviderError) -> bool:

@@ -1,15 +1,20 @@
 """AWS EC2 driver (boto3).
 
 boto3 is synchronous: calls run in a thread pool of ``max_concurrency`` workers, which bounds the requests in
-flight. botocore retries briefly (``standard`` mode, ``max_attempts`` in all) within explicit connect and read
-timeouts; longer retries belong to the failover module. ``AssociateAddress`` is always sent with
-``AllowReassociation=True``, which makes a move one atomic call: the EIP is never detached on the way.
+flight. botocore makes one attempt per request, within explicit connect and read timeouts; the driver itself retries
+throttling and transient errors briefly (``max_attempts`` in all, jittered backoff), each attempt a request of its
+own: through the provider's rate limit, and in a cluster fenced anew. Longer retries belong to the failover module.
+``AssociateAddress`` is always sent with ``AllowReassociation=True``, which makes a move one atomic call: the EIP is
+never detached on the way. The EIPs of every group are read together, in one ``DescribeAddresses`` whatever their
+number: filtered on their allocation IDs up to :data:`FILTER_VALUES` of them, else unfiltered (every address of the
+region: the call is not paginated, and takes from the same request bucket).
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import random
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -40,6 +45,11 @@ _RETRYABLE_CODES = frozenset({
     "ConcurrentTagAccess", "AuthFailure",
 })
 """``AuthFailure`` included: credentials that fail at boot (clock skew, an IAM role not yet attached) often recover."""
+_NOT_RETRIED_HERE = frozenset({"AuthFailure", "NoCredentials", "IncorrectState", "ConcurrentTagAccess",
+                               "RequestExpired"})
+"""Retryable errors the driver leaves to its caller's longer retries: they do not clear within a second."""
+FILTER_VALUES = 200
+"""The most values EC2 takes in one filter (its ``FilterLimitExceeded``)."""
 _HEALTHY_STATUS = frozenset({"ok", "initializing", "not-applicable", "insufficient-data"})
 
 
@@ -50,51 +60,54 @@ class AwsProvider(Provider, EipAdmin):
     """``CreateTags`` is what IAM checks when ``AllocateAddress`` tags the new EIP."""
     mutating = frozenset({"AssociateAddress", "DisassociateAddress", "AllocateAddress", "ReleaseAddress"})
     atomic_moves = True
+    throttling = ("RequestLimitExceeded", "Throttling")
+    default_limits = ((18.0, 90), (4.5, 45))
+    """EC2's request-token buckets (non-mutating actions 100 tokens, 20 a second; mutating ones 50, 5 a second),
+    less 10% for the account's other clients."""
 
     def __init__(self, name: str, config: AwsProviderConfig) -> None:
-        super().__init__(name)
+        super().__init__(name, config.rate_limit)
         self.region = config.region
         self.config = config
-        self.call_deadline = call_deadline(config) * config.max_attempts
+        self.call_deadline = call_deadline(config)
         try:
             self.session = boto3.session.Session(profile_name=config.profile, region_name=config.region)
-            self.client = self._client(config.max_attempts)
+            self.client = self.session.client(
+                "ec2",
+                endpoint_url=config.endpoint_url,
+                config=BotoConfig(
+                    retries={"mode": "standard", "total_max_attempts": 1},
+                    connect_timeout=config.connect_timeout,
+                    read_timeout=config.read_timeout,
+                    max_pool_connections=config.max_concurrency,
+                ),
+            )
         except (ProfileNotFound, NoRegionError, ValueError) as exc:
             raise ProviderError(f"aws provider {name!r}: {exc}", retryable=False) from None
-        self.mutator = self.client
-        """The client of mutating calls (one attempt each once :meth:`single_attempts` was called)."""
         self.executor = ThreadPoolExecutor(max_workers=config.max_concurrency, thread_name_prefix=f"aws-{name}")
-
-    def _client(self, attempts: int) -> Any:
-        return self.session.client(
-            "ec2",
-            endpoint_url=self.config.endpoint_url,
-            config=BotoConfig(
-                retries={"mode": "standard", "total_max_attempts": attempts},
-                connect_timeout=self.config.connect_timeout,
-                read_timeout=self.config.read_timeout,
-                max_pool_connections=self.config.max_concurrency,
-            ),
-        )
 
     @classmethod
     def from_config(cls, name: str, config: AwsProviderConfig) -> AwsProvider:
         return cls(name, config)
 
-    def single_attempts(self) -> None:
-        if self.mutator is self.client:
-            self.mutator = self._client(1)
-            self.call_deadline = call_deadline(self.config)
-
     async def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
         await asyncio.to_thread(self.client.close)
-        if self.mutator is not self.client:
-            await asyncio.to_thread(self.mutator.close)
 
     async def _ec2(self, operation: str, **params: Any) -> dict[str, Any]:
-        client = self.mutator if operation in self.mutating else self.client
-        method = functools.partial(getattr(client, _snake(operation)), **params)
+        """One call, with up to ``max_attempts`` attempts (each one a request: rate-limited, fenced, recorded)."""
+        attempt = 1
+        while True:
+            try:
+                return await self._attempt(operation, params)
+            except ProviderError as exc:
+                if attempt >= self.config.max_attempts or not exc.retryable or exc.code in _NOT_RETRIED_HERE:
+                    raise
+            await asyncio.sleep(random.uniform(0, min(5.0, 0.5 * 2 ** (attempt - 1))))
+            attempt += 1
+
+    async def _attempt(self, operation: str, params: dict[str, Any]) -> dict[str, Any]:
+        method = functools.partial(getattr(self.client, _snake(operation)), **params)
 
         async def call() -> dict[str, Any]:
             check = send_check()  # fenced: checked again in the thread, after any wait for a free one
@@ -130,19 +143,23 @@ class AwsProvider(Provider, EipAdmin):
         return ProviderError(f"EC2 {operation} in {self.region}: {exc}", retryable=retryable,
                              timed_out=isinstance(exc, ReadTimeoutError | ConnectTimeoutError))
 
-    async def describe(self, eips: Sequence[str]) -> dict[str, EipState]:
-        reply = await self._ec2("DescribeAddresses", AllocationIds=list(eips))
-        found = {a["AllocationId"]: _eip_state(a) for a in reply.get("Addresses", [])}
-        missing = [e for e in eips if e not in found]
-        if eips and not found:  # EC2 answers InvalidAllocationID.NotFound for a missing EIP: this is no answer
+    async def read_eips(self, eips: Sequence[str]) -> dict[str, EipState]:
+        wanted = set(eips)
+        where = {"Filters": [{"Name": "allocation-id", "Values": list(eips)}]} if len(eips) <= FILTER_VALUES else {}
+        reply = await self._ec2("DescribeAddresses", **where)
+        found = {a["AllocationId"]: _eip_state(a) for a in reply.get("Addresses", [])
+                 if a.get("AllocationId") in wanted}
+        if eips and not found:  # none exists, or the endpoint is not EC2's: EC2 itself tells which
+            if not await self._lookup("DescribeAddresses", "InvalidAllocationID.NotFound", "Addresses",
+                                      AllocationIds=list(eips[:FILTER_VALUES])):
+                return found
             raise ProviderError(f"EC2 DescribeAddresses in {self.region}: the answer lists none of the EIPs asked "
                                 f"for (is the endpoint right?)", retryable=True)
-        if missing:
-            raise ProviderError(
-                f"EC2 DescribeAddresses in {self.region}: no EIP {', '.join(missing)}", retryable=False,
-                code="InvalidAllocationID.NotFound",
-            )
         return found
+
+    def not_found(self, missing: Sequence[str]) -> ProviderError:
+        return ProviderError(f"EC2 DescribeAddresses in {self.region}: InvalidAllocationID.NotFound: no EIP "
+                             f"{', '.join(missing)}", retryable=False, code="InvalidAllocationID.NotFound")
 
     async def move(self, eips: Sequence[str], to: Binding) -> None:
         where = _where(to)

@@ -17,8 +17,10 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
+from eipfailover.config import RateLimitConfig
 from eipfailover.errors import NotLeader, ProviderError
 from eipfailover.model import Binding, EipState
+from eipfailover.ratelimit import Limiter, Limits
 
 T = TypeVar("T")
 class _Calls:
@@ -86,8 +88,9 @@ def fenced(fence: Fence) -> Iterator[None]:
 
 RequestObserver = Callable[[str, str, str, float], None]
 """Called as ``(provider, operation, result, seconds)`` after every cloud request; ``result`` is ``ok``,
-``retryable``, ``error``, ``timeout`` (no answer within the driver's timeouts) or ``cancelled`` (abandoned by the
-caller: a failover deadline, shutdown): a bounded set, fit for a metric label."""
+``throttled`` (the cloud refused it for its rate), ``retryable``, ``error``, ``timeout`` (no answer within the
+driver's timeouts) or ``cancelled`` (abandoned by the caller: a failover deadline, shutdown): a bounded set, fit
+for a metric label. The time spent waiting for the rate limit is not counted in ``seconds``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,24 +137,75 @@ class Provider(ABC):
     """The operations that change the cloud. Once sent, such a call is never abandoned: a caller that gives up (a
     deadline, a stop) leaves it to finish, and :meth:`settle` waits for its answer, so that what it did is known
     before anyone looks at the cloud again."""
+    throttling: ClassVar[tuple[str, ...]] = ()
+    """The error codes (or their prefixes) by which the cloud says a request exceeded its rate."""
+    default_limits: ClassVar[tuple[tuple[float, int], tuple[float, int]]] = ((1e6, 10**6), (1e6, 10**6))
+    """``((requests a second, burst) of reads, (requests a second, burst) of mutations)`` when the config sets
+    none (the driver's: below the cloud's documented limits)."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, rate_limit: RateLimitConfig | None = None) -> None:
         self.name = name
+        limits = rate_limit or RateLimitConfig()
+        (read_rate, read_burst), (write_rate, write_burst) = self.default_limits
+        self.limits = Limits(
+            Limiter(limits.reads.requests_per_second or read_rate, limits.reads.burst or read_burst),
+            Limiter(limits.mutations.requests_per_second or write_rate, limits.mutations.burst or write_burst))
+        """Shared by every call of this provider, every attempt included (see :mod:`eipfailover.ratelimit`)."""
         self.on_request: RequestObserver | None = None
         self.read_only = False
         """True under ``eipfailover run --dry-run``: a mutating request is refused before it is sent."""
         self.call_deadline = 30.0
         """The longest one mutating call can take before the driver gives it up (the lease must outlive it)."""
         self._in_flight: dict[asyncio.Future[Any], _Calls | None] = {}
+        self._batch: _Batch | None = None
 
     @classmethod
     @abstractmethod
     def from_config(cls, name: str, config: Any) -> Provider:
         """Build the driver from its config model; raise :class:`ProviderError` if that is impossible."""
 
-    @abstractmethod
     async def describe(self, eips: Sequence[str]) -> dict[str, EipState]:
-        """The cloud's current view of each EIP, keyed by allocation ID."""
+        """The cloud's current view of each EIP, keyed by allocation ID, from a read sent after this call. Every
+        describe of this provider waiting at the same moment (every group's, every verification's) goes out as one
+        batch (:meth:`read_eips`); while the read limit holds the batch back, later callers join it. An EIP the cloud
+        does not know is an error (:meth:`not_found`)."""
+        batch = self._batch
+        if batch is None:
+            batch = self._batch = _Batch()
+            batch.task = asyncio.ensure_future(self._send(batch))
+            batch.task.add_done_callback(consume)
+        batch.eips.update(eips)
+        batch.waiting += 1
+        try:
+            found = await asyncio.shield(batch.task)
+        except asyncio.CancelledError:
+            if not batch.task.done() and batch.waiting == 1:  # the last one waiting gave up: nobody needs it
+                batch.task.cancel()
+                if self._batch is batch:
+                    self._batch = None
+            raise
+        finally:
+            batch.waiting -= 1
+        missing = [e for e in eips if e not in found]
+        if missing:
+            raise self.not_found(missing)
+        return {e: found[e] for e in eips}
+
+    async def _send(self, batch: _Batch) -> dict[str, EipState]:
+        await asyncio.sleep(0)  # the callers woken by the same event join first
+        await self.limits.reads.acquire()  # the batch takes callers until it may go: then its read takes the token
+        self.limits.reads.refund()
+        if self._batch is batch:
+            self._batch = None
+        return await self.read_eips(sorted(batch.eips))
+
+    @abstractmethod
+    async def read_eips(self, eips: Sequence[str]) -> dict[str, EipState]:
+        """The cloud's view of those of ``eips`` that exist, in as few calls as the API allows."""
+
+    def not_found(self, missing: Sequence[str]) -> ProviderError:
+        """The error for EIPs the cloud does not know."""
+        return ProviderError(f"{self.name}: no EIP {', '.join(missing)}", retryable=False, code="NotFound")
 
     @abstractmethod
     async def move(self, eips: Sequence[str], to: Binding) -> None:
@@ -160,10 +214,6 @@ class Provider(ABC):
     @abstractmethod
     async def instance_state(self, binding: Binding) -> InstanceState:
         """Whether the resource behind ``binding`` exists and runs."""
-
-    def single_attempts(self) -> None:  # noqa: B027 - optional hook: most drivers make one attempt per call anyway
-        """Send each mutating call with one attempt (in a cluster, where every attempt must be fenced and the lease
-        must outlive it): retries are then the failover module's, each proven anew."""
 
     async def close(self) -> None:  # noqa: B027 - optional hook: most drivers hold nothing to release
         """Release clients and threads."""
@@ -179,16 +229,19 @@ class Provider(ABC):
         assert operation in self.operations + self.manual_operations, \
             f"{operation} is missing from {type(self).__name__}.operations"
         if operation not in self.mutating:
-            return await self._timed(operation, call)
+            await self.limits.reads.acquire()
+            return await self._timed(operation, call, self.limits.reads)
         if self.read_only:
             raise ProviderError(f"{operation} refused: the daemon runs with --dry-run", retryable=False,
                                 code="DryRun")
+        await self.limits.mutations.acquire()  # before the fence: the lease must cover the call, not this wait
         fence = _FENCE.get()
         if fence is not None:  # proven in the sent task itself, right before the call
             call = _fenced_call(call, fence, operation, self.call_deadline)
         recorder = _STEPS.get()
         answered = await recorder(operation) if recorder is not None else None
-        sent: asyncio.Future[T] = asyncio.ensure_future(self._timed(operation, call, answered))
+        sent: asyncio.Future[T] = asyncio.ensure_future(self._timed(operation, call, self.limits.mutations,
+                                                                    answered))
         self._in_flight[sent] = _CALLER.get()
         sent.add_done_callback(_forget(self._in_flight))
         return await asyncio.shield(sent)
@@ -203,7 +256,7 @@ class Provider(ABC):
         _, pending = await asyncio.wait(mine, timeout=max(timeout, 0.001))
         return not pending
 
-    async def _timed(self, operation: str, call: Callable[[], Awaitable[T]],
+    async def _timed(self, operation: str, call: Callable[[], Awaitable[T]], limiter: Limiter,
                      answered: Callable[[str, float], None] | None = None) -> T:
         start = time.monotonic()
         result = "error"
@@ -213,6 +266,9 @@ class Provider(ABC):
             return value
         except ProviderError as exc:
             result = "timeout" if exc.timed_out else "retryable" if exc.retryable else "error"
+            if exc.code is not None and exc.code.startswith(self.throttling):
+                result = "throttled"
+                limiter.throttled()
             calls = _CALLER.get()
             if calls is not None:
                 calls.last_error = exc
@@ -226,6 +282,17 @@ class Provider(ABC):
                 self.on_request(self.name, operation, result, seconds)
             if answered is not None:
                 answered(result, seconds)
+
+
+class _Batch:
+    """The EIPs of the describes waiting for one read, and that read."""
+
+    __slots__ = ("eips", "task", "waiting")
+
+    def __init__(self) -> None:
+        self.eips: set[str] = set()
+        self.task: asyncio.Future[dict[str, EipState]]
+        self.waiting = 0
 
 
 def _fenced_call(call: Callable[[], Awaitable[T]], fence: Fence, operation: str,
@@ -290,13 +357,18 @@ async def hedged(call: Callable[[], Awaitable[T]], interval: float, accept: Call
                     future.exception()
 
 
+def consume(future: asyncio.Future[Any]) -> None:
+    """A done-callback that retrieves an outcome nobody may be left to retrieve."""
+    if not future.cancelled():
+        future.exception()
+
+
 def _forget(in_flight: dict[asyncio.Future[Any], _Calls | None]) -> Callable[[asyncio.Future[Any]], None]:
     """A done-callback that drops a finished call from ``in_flight`` and consumes its outcome (whoever was waiting
     for it may have given up: its error is reported through ``on_request``, not as a never-retrieved exception)."""
     def done(future: asyncio.Future[Any]) -> None:
         in_flight.pop(future, None)
-        if not future.cancelled():
-            future.exception()
+        consume(future)
 
     return done
 
