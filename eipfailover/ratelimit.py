@@ -33,6 +33,9 @@ DECREASE_SPACING = 1.0
 class Priority:
     """What a request is for, in the order a starved limiter serves them."""
 
+    ATTACH = -1
+    """A call that attaches (the second step of a two-step move): it ends a detached EIP's downtime, and goes
+    before the first step of any other move."""
     REPAIR = 0
     """Re-attaching detached EIPs, and moves off a target confirmed DOWN: downtime until done."""
     FAILOVER = 1

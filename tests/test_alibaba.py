@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from eipfailover import failover
+from eipfailover import failover, ratelimit
 from eipfailover.checks.havip import HaVipCheck
 from eipfailover.checks.instance import InstanceCheck
 from eipfailover.errors import ProviderError
@@ -386,3 +386,30 @@ async def test_many_eips_are_read_by_pages_and_the_missing_by_their_ids(fake: Fa
     reads = [e.query for e in fake.log if e.action == "DescribeEipAddresses"]
     assert [(r.get("PageNumber"), r.get("AllocationId")) for r in reads] == [("1", None), ("2", None),
                                                                             (None, "eip-gone")]
+
+
+async def test_a_mass_move_under_the_rate_limit_reattaches_each_eip_before_detaching_more(
+        fake: FakeAliyun, tmp_path: Path) -> None:
+    """Ten groups' EIPs move at once on Alibaba (two steps each) through a mutation limit of 5 calls a second:
+    an EIP's association, once it is detached, goes before the next group's unassociation, so that few EIPs are
+    ever detached at the same time (not all ten while the queue drains)."""
+    eips = [f"eip-m{i}" for i in range(10)]
+    for i, eip in enumerate(eips):  # one EIP per ECS instance
+        fake.add_resource(f"i-a{i}")
+        fake.add_resource(f"i-b{i}")
+        fake.add_eip(eip, f"47.3.0.{i}")
+        fake.bind(eip, f"i-a{i}")
+    ali = provider_for(fake, tmp_path, rate_limit={"mutations": {"requests_per_second": 5, "burst": 1}})
+    with ratelimit.priority(ratelimit.Priority.REPAIR):  # as the actuator runs moves off a DOWN target
+        outcomes = await asyncio.gather(*(
+            failover.execute(ali, [eip], Binding(instance_id=f"i-b{i}", instance_type="EcsInstance"), deadline=30,
+                             verify_interval=0.05) for i, eip in enumerate(eips)))
+    assert all(o.ok for o in outcomes), [o.error for o in outcomes]
+    detached, most = set(), 0
+    for _, eip, status, _ in sorted(fake.timeline):
+        if status in ("Unassociating", "Available"):
+            detached.add(eip)
+        else:
+            detached.discard(eip)
+        most = max(most, len(detached))
+    assert most <= 3, most

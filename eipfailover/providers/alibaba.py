@@ -110,6 +110,7 @@ class AlibabaProvider(Provider, EipAdmin):
         "DescribeInstanceStatus", "DescribeNetworkInterfaces", "AttachNetworkInterface", "DetachNetworkInterface"})
     """The operations of the ECS API (the others are VPC's)."""
 
+    attaching = frozenset({"AssociateEipAddress", "AssociateEipAddressBatch", "AttachNetworkInterface"})
     throttling = ("Throttling",)
     default_limits = ((8.0, 100), (1.6, 20))
     """Alibaba allows DescribeEipAddresses 600 calls a minute and AssociateEipAddress 120 (its EIP quotas page):

@@ -20,7 +20,7 @@ from typing import Any, ClassVar, TypeVar
 from eipfailover.config import RateLimitConfig
 from eipfailover.errors import NotLeader, ProviderError
 from eipfailover.model import Binding, EipState
-from eipfailover.ratelimit import Limiter, Limits
+from eipfailover.ratelimit import Limiter, Limits, Priority
 
 T = TypeVar("T")
 class _Calls:
@@ -137,6 +137,9 @@ class Provider(ABC):
     """The operations that change the cloud. Once sent, such a call is never abandoned: a caller that gives up (a
     deadline, a stop) leaves it to finish, and :meth:`settle` waits for its answer, so that what it did is known
     before anyone looks at the cloud again."""
+    attaching: ClassVar[frozenset[str]] = frozenset()
+    """The mutating operations that attach and never detach: they wait for the rate limit at
+    :attr:`~eipfailover.ratelimit.Priority.ATTACH`."""
     throttling: ClassVar[tuple[str, ...]] = ()
     """The error codes (or their prefixes) by which the cloud says a request exceeded its rate."""
     default_limits: ClassVar[tuple[tuple[float, int], tuple[float, int]]] = ((1e6, 10**6), (1e6, 10**6))
@@ -234,7 +237,8 @@ class Provider(ABC):
         if self.read_only:
             raise ProviderError(f"{operation} refused: the daemon runs with --dry-run", retryable=False,
                                 code="DryRun")
-        await self.limits.mutations.acquire()  # before the fence: the lease must cover the call, not this wait
+        # before the fence: the lease must cover the call, not this wait
+        await self.limits.mutations.acquire(Priority.ATTACH if operation in self.attaching else None)
         fence = _FENCE.get()
         if fence is not None:  # proven in the sent task itself, right before the call
             call = _fenced_call(call, fence, operation, self.call_deadline)
