@@ -325,7 +325,8 @@ class Daemon:
 
     async def _serve(self, engine: Engine, parts: _Parts) -> int:
         log.info("daemon_starting", groups=[g.name for g in self.config.groups],
-                 detection_seconds={g.name: g.policy.detection_seconds for g in self.config.groups})
+                 detection_seconds={g.name: g.policy.detection_seconds for g in self.config.groups},
+                 event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0])
         running = asyncio.create_task(engine.run(), name="engine")
         helpers = [asyncio.create_task(watchdog(self.notifier, engine)), asyncio.create_task(parts.status.refresh())]
         self.serving.set()

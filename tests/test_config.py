@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -201,9 +202,9 @@ def test_missing_file(tmp_path: Path) -> None:
     assert info.value.problems == ["cannot read the file: No such file or directory"]
 
 
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "eipfailover", *args], capture_output=True, text=True, timeout=60,
-                          check=False)
+                          check=False, env={**os.environ, **(env or {})})
 
 
 def test_check_config_ok() -> None:
@@ -265,3 +266,10 @@ def test_cluster_defaults_and_every_key_documented() -> None:
 def test_cluster_errors(cluster: dict[str, Any], expected: str) -> None:
     found = problems(clustered(**cluster))
     assert any(expected in line for line in found), found
+
+
+def test_an_unknown_event_loop_in_the_environment_exits_2(tmp_path: Path) -> None:
+    path = tmp_path / "ok.yaml"
+    path.write_text(yaml.safe_dump(minimal()))
+    result = cli("run", "-c", str(path), env={"EIPFAILOVER_LOOP": "trio"})
+    assert (result.returncode, result.stderr) == (2, "eipfailover: unknown event loop 'trio' (asyncio or uvloop)\n")

@@ -46,8 +46,8 @@ def write_config(path: Path, ec2: Ec2World, servers: list[HealthServer], eip: st
     return path
 
 
-def daemon(config: Path) -> DaemonProcess:
-    return DaemonProcess(config, dict(os.environ), lambda at, event: None)
+def daemon(config: Path, *options: str) -> DaemonProcess:
+    return DaemonProcess(config, dict(os.environ), lambda at, event: None, *options)
 
 
 def poll_holder(ec2: Ec2World, instance: str, timeout: float) -> float | None:
@@ -60,12 +60,16 @@ def poll_holder(ec2: Ec2World, instance: str, timeout: float) -> float | None:
     return None
 
 
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 async def test_failover_restart_and_no_failback(ec2: Ec2World, health_servers: list[HealthServer],
-                                                tmp_path: Path) -> None:
+                                                tmp_path: Path, loop: str) -> None:
+    """On either event loop (uvloop: the 'fast' extra): a failover, a clean stop, a restart that moves nothing,
+    a reload that fails back."""
     config = write_config(tmp_path / "c.yaml", ec2, health_servers)
-    first = daemon(config)
+    first = daemon(config, "--loop", loop)
     try:
         await first.start_and_settle("web-a", "web-b")
+        assert next(e for _, e in first.events if e["event"] == "daemon_starting")["event_loop"] == loop
         assert first.count("failover_started") == 0
 
         stopped = time.monotonic()
@@ -84,7 +88,7 @@ async def test_failover_restart_and_no_failback(ec2: Ec2World, health_servers: l
         assert await first.stop() == 0
 
     # A restart reconciles from the cloud: the EIP is on a healthy standby, so nothing moves.
-    second = daemon(config)
+    second = daemon(config, "--loop", loop)
     await second.start()
     try:
         await second.wait_for("daemon_ready", 30)
