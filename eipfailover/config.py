@@ -155,7 +155,7 @@ class AwsProviderConfig(_Model):
     """Attempts per call (the driver's own retries of throttling and transient errors, each through the rate
     limit)."""
     max_concurrency: int = Field(4, ge=1, le=64)
-    """Cloud calls in flight at once for this provider."""
+    """Cloud calls in flight at once for this provider, of each kind (reads, mutations)."""
     rate_limit: RateLimitConfig = RateLimitConfig()
     """Default: reads 18/s with a burst of 90, mutations 4.5/s with a burst of 45 (EC2's buckets, less 10%)."""
 

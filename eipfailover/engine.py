@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -37,6 +38,7 @@ from eipfailover.model import (
     Action,
     Binding,
     CheckResult,
+    CheckStatus,
     Decision,
     EipState,
     Health,
@@ -72,6 +74,8 @@ class TargetRuntime:
     checks: Sequence[Check]
     health: Health = field(default_factory=Health)
     last_results: dict[str, CheckResult] = field(default_factory=dict)
+    settling: bool = False
+    """Its state is changing, and its last round was a pass or a failure: re-probe at the fast interval."""
 
 
 class GroupRunner:
@@ -203,9 +207,11 @@ class GroupRunner:
         )
 
     def check_interval(self) -> float:
-        """Until the next check round: ``fast_interval`` while a target's state is changing, else ``interval``."""
+        """Until the next check round: ``fast_interval`` while a target's state is changing (and its last round
+        told something: checks that cannot tell, a throttled cloud API, are not re-asked faster), else
+        ``interval``."""
         p = self.config.policy
-        return p.fast if any(t.health.changing for t in self.targets.values()) else p.interval
+        return p.fast if any(t.settling for t in self.targets.values()) else p.interval
 
     def request_stop(self) -> None:
         """Stop the loops and take no new action (a running failover goes on: see :meth:`wait_idle`)."""
@@ -333,6 +339,7 @@ class GroupRunner:
         before = target.health
         p = self.config.policy
         target.health = health.apply(before, combined, rise=p.rise, fall=p.fall, now=now)
+        target.settling = target.health.changing and combined.status is not CheckStatus.UNKNOWN
         if target.health.state is not before.state:
             self.observers.on_health(self.name, target.name, before, target.health, combined)
 
@@ -540,15 +547,18 @@ class GroupRunner:
 async def run_every(interval: Callable[[], float], stop: asyncio.Event, wake: asyncio.Event,
                     tick: Callable[[], Awaitable[None]], phase: float = 0.0, *, aligned: bool = False,
                     **context: str) -> None:
-    """Call ``tick`` on a fixed schedule (a slow tick skips slots, it never shifts or bursts) until ``stop`` is set;
-    ``interval()`` is the time to the next tick, asked after each one.
+    """Call ``tick`` on a fixed schedule until ``stop`` is set; ``interval()`` is the time to the next tick, asked
+    after each one. A tick that ends late is followed by the next at once (one, never a burst of catching up), and
+    the schedule goes on from there.
 
-    With ``aligned``, the first tick is at once and the next ones on multiples of the interval on the loop's clock:
-    every loop of one interval ticks at the same instants (the groups' cloud reads then make one batch). Setting
-    ``wake`` starts the next tick at once. A tick that raises is logged and the schedule goes on.
+    With ``aligned``, the first tick is at once and the next ones on multiples of the interval on the loop's clock
+    (each on a later one than the last, whatever the timer's resolution): every loop of one interval ticks at the
+    same instants (the groups' cloud reads then make one batch). Setting ``wake`` starts the next tick at once. A
+    tick that raises is logged and the schedule goes on.
     """
     loop = asyncio.get_running_loop()
     next_at = loop.time() + phase
+    slot = math.floor(next_at / interval()) if aligned else 0
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(phase):
             await wake.wait()
@@ -559,12 +569,12 @@ async def run_every(interval: Callable[[], float], stop: asyncio.Event, wake: as
         except Exception:  # a bug in one tick must not end the monitoring
             log.exception("tick_failed", **context)
         period = interval()
-        next_at += period
         now = loop.time()
         if aligned:
-            next_at = (now // period + 1) * period
-        elif next_at <= now:
-            next_at = now + period - (now - next_at) % period
+            slot = max(math.floor(now / period) + 1, slot + 1)
+            next_at = slot * period
+        else:
+            next_at = max(next_at + period, now)
         if not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(next_at - now):

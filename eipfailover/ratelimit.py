@@ -93,7 +93,7 @@ class Bucket:
     def take(self, now: float) -> float:
         """Take a token: 0.0 if one was taken, else the seconds until one will be there (none is taken)."""
         self._advance(now)
-        if self.tokens >= 1.0:
+        if self.tokens >= 1.0 - 1e-9:  # (a token earned to the nanosecond: rounding must not cost a wait)
             self.tokens -= 1.0
             return 0.0
         return (1.0 - self.tokens) / self.current
@@ -107,13 +107,28 @@ class Bucket:
         self.current = max(self.current / 2, self.rate * MIN_RATE_FACTOR)
 
 
-class Limiter:
-    """One bucket, with a queue of waiters served by priority (see the module's docstring)."""
+class Ticket:
+    """A place in a :class:`Limiter`'s queue, whose priority can be raised while it waits (:meth:`Limiter.hurry`)."""
 
-    def __init__(self, rate: float, burst: float) -> None:
+    __slots__ = ("future", "level", "order")
+
+    def __init__(self, level: int) -> None:
+        self.level = level
+        self.order = 0
+        self.future: asyncio.Future[None] | None = None
+
+
+class Limiter:
+    """One bucket, with at most ``slots`` requests in flight (None: no bound), and a queue of waiters served by
+    priority (see the module's docstring). A request holds its slot from its token to :meth:`release`: the token is
+    taken when the request can go out, so requests that wait for a slot never pile up tokens to send in a burst."""
+
+    def __init__(self, rate: float, burst: float, slots: int | None = None) -> None:
         self.rate, self.burst = rate, burst
+        self._free = slots
         self._bucket: Bucket | None = None
-        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._waiters: list[tuple[int, int, asyncio.Future[None], bool, bool]] = []
+        """(priority, order, future, wants a token, wants a slot)"""
         self._order = itertools.count()
         self._timer: asyncio.TimerHandle | None = None
         self.waited = 0.0
@@ -129,28 +144,72 @@ class Limiter:
 
     @property
     def current_rate(self) -> float:
-        return self._state().current if self._bucket is not None else self.rate
+        """The refill rate in force now (recovering since the last throttling answer, request or not)."""
+        if self._bucket is None:
+            return self.rate
+        elapsed = max(self._now() - self._bucket.now, 0.0)
+        return min(self.rate, self._bucket.current + self.rate * RECOVERY_PER_SECOND * elapsed)
 
-    async def acquire(self, level: int | None = None) -> None:
-        """Wait for a token (at ``level``, default: the current :func:`priority`)."""
-        bucket = self._state()
-        if not self._waiters and bucket.take(self._now()) == 0.0:
+    async def acquire(self, level: int | None = None, ticket: Ticket | None = None, *, token: bool = True,
+                      slot: bool = True) -> None:
+        """Wait for a token and a slot (at ``level``, default: the current :func:`priority`; or as ``ticket``, whose
+        priority may be raised meanwhile); only for the one or the other if ``slot`` or ``token`` is false. A
+        waiter cancelled once served gives them back."""
+        ticket = ticket or Ticket(current_priority() if level is None else level)
+        if not self._waiters and self._grant(token, slot):
             return
         start = self._now()
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._waiters, (current_priority() if level is None else level, next(self._order), future))
+        future = ticket.future = asyncio.get_running_loop().create_future()
+        ticket.order = next(self._order)
+        heapq.heappush(self._waiters, (ticket.level, ticket.order, future, token, slot))
         self._schedule(0.0)
         try:
             await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():  # served, then cancelled before it could go
+                if token:
+                    self.refund()
+                if slot:
+                    self.release()
+            self._schedule(0.0)  # its turn may have been next: pass it on
+            raise
         finally:
+            ticket.future = None
             self.waited += self._now() - start
-            if future.cancelled():  # its turn may have been next: pass it on
+
+    def _grant(self, token: bool, slot: bool) -> bool:
+        """Take what a request needs if it is there now."""
+        if slot and self._free == 0:
+            return False
+        if token and self._state().take(self._now()) > 0.0:
+            return False
+        if slot and self._free is not None:
+            self._free -= 1
+        return True
+
+    def hurry(self, ticket: Ticket, level: int) -> None:
+        """Raise a waiting ticket's priority to ``level`` (if it is lower)."""
+        if level >= ticket.level:
+            return
+        ticket.level = level
+        if ticket.future is not None and not ticket.future.done():
+            entry = next(w for w in self._waiters if w[2] is ticket.future)
+            heapq.heappush(self._waiters, (level, *entry[1:]))  # the old entry is skipped once done
+            self._schedule(0.0)
+
+    def release(self) -> None:
+        """A request that held a slot has its answer (or was given up)."""
+        if self._free is not None:
+            self._free += 1
+            if self._waiters:
                 self._schedule(0.0)
 
     def refund(self) -> None:
         """Give back a token taken by :meth:`acquire` and not used."""
         bucket = self._state()
         bucket.tokens = min(bucket.burst, bucket.tokens + 1.0)
+        if self._waiters:
+            self._schedule(0.0)
 
     def throttled(self) -> None:
         """The cloud answered a request "throttled"."""
@@ -159,20 +218,78 @@ class Limiter:
     def _schedule(self, delay: float) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        self._timer = asyncio.get_running_loop().call_later(delay, self._serve)
+        # a millisecond more: loops whose timers have a millisecond's resolution (uvloop) fire a little early, and
+        # would find no token yet and spin until there is one
+        self._timer = asyncio.get_running_loop().call_later(delay + 0.001 if delay else 0.0, self._serve)
 
     def _serve(self) -> None:
         self._timer = None
         bucket = self._state()
         while self._waiters:
-            if self._waiters[0][2].done():  # cancelled while waiting
+            _, _, future, token, slot = self._waiters[0]
+            if future.done():  # cancelled while waiting, or a ticket served at a raised priority
                 heapq.heappop(self._waiters)
                 continue
-            wait = bucket.take(self._now())
+            if slot and self._free == 0:
+                return  # release() serves the next one
+            wait = bucket.take(self._now()) if token else 0.0
             if wait > 0.0:
                 self._schedule(wait)
                 return
-            heapq.heappop(self._waiters)[2].set_result(None)
+            if slot and self._free is not None:
+                self._free -= 1
+            heapq.heappop(self._waiters)
+            future.set_result(None)
+
+
+class Prepaid:
+    """A token (and a slot, unless ``slot`` is false) taken ahead by a caller for a request made further down (see
+    :func:`prepaid`)."""
+
+    __slots__ = ("limiter", "operations", "slot")
+
+    def __init__(self, limiter: Limiter, operations: frozenset[str] | None, slot: bool) -> None:
+        self.limiter: Limiter | None = limiter
+        self.operations = operations
+        self.slot = slot
+
+    def use(self, limiter: Limiter, operation: str) -> bool:
+        """True (once) if ``operation`` on ``limiter`` is the request this token was taken for."""
+        if self.limiter is not limiter or (self.operations is not None and operation not in self.operations):
+            return False
+        self.limiter = None
+        return True
+
+
+_PREPAID: contextvars.ContextVar[Prepaid | None] = contextvars.ContextVar("eipfailover_prepaid", default=None)
+
+
+@contextlib.contextmanager
+def prepaid(limiter: Limiter, operations: frozenset[str] | None = None, *, slot: bool = True) -> Iterator[Prepaid]:
+    """The caller holds a token of ``limiter`` (and a slot, unless ``slot`` is false): the first request inside
+    on it (of ``operations``, if given) uses them instead of waiting its turn (for a slot still, if none is held).
+    Unused, they are given back on exit."""
+    ticket = Prepaid(limiter, operations, slot)
+    token = _PREPAID.set(ticket)
+    try:
+        yield ticket
+    finally:
+        _PREPAID.reset(token)
+        if ticket.limiter is not None:
+            limiter.refund()
+            if slot:
+                limiter.release()
+
+
+async def take(limiter: Limiter, operation: str, level: int | None = None) -> None:
+    """What a request on ``limiter`` needs before it goes: a token and a slot, or what the context holds for it
+    (:func:`prepaid`) and the rest."""
+    ticket = _PREPAID.get()
+    if ticket is not None and ticket.use(limiter, operation):
+        if not ticket.slot:
+            await limiter.acquire(level, token=False)
+        return
+    await limiter.acquire(level)
 
 
 @dataclass(frozen=True, slots=True)

@@ -90,7 +90,7 @@ async def test_a_read_nobody_waits_for_any_more_is_not_sent() -> None:
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiting
-    assert cloud._batch is None
+    assert cloud._reads._open is None
     assert len(reads(cloud)) == 1
     assert list(await cloud.describe(["e1"])) == ["e1"]  # a new batch, not the cancelled one
 

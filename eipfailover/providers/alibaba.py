@@ -27,13 +27,23 @@ from alibabacloud_vpc20160428 import models as vpc
 from alibabacloud_vpc20160428.client import Client as VpcClient
 from Tea.exceptions import TeaException
 
+from eipfailover import ratelimit
 from eipfailover.config import AlibabaProviderConfig, call_deadline
 from eipfailover.credentials import credential_file
 from eipfailover.errors import ProviderError
 from eipfailover.model import Binding, EipState
 from eipfailover.providers import tea_transport
 from eipfailover.providers.alibaba_auth import DefaultChainCredentials, KeyFileCredentials
-from eipfailover.providers.base import Call, EipAdmin, EipRecord, InstanceState, Provider, consume, hedged
+from eipfailover.providers.base import (
+    Call,
+    Coalescer,
+    EipAdmin,
+    EipRecord,
+    InstanceState,
+    Provider,
+    consume,
+    hedged,
+)
 
 T = TypeVar("T")
 _RETRYABLE_CODES = frozenset({
@@ -117,7 +127,7 @@ class AlibabaProvider(Provider, EipAdmin):
     no minute here can exceed 580 and 116."""
 
     def __init__(self, name: str, config: AlibabaProviderConfig) -> None:
-        super().__init__(name, config.rate_limit)
+        super().__init__(name, config.rate_limit, config.max_concurrency)
         self.config = config
         self.region = config.region
         if config.ca_file is not None:
@@ -139,7 +149,10 @@ class AlibabaProvider(Provider, EipAdmin):
             raise ProviderError(f"alibaba provider {name!r}: {exc}", retryable=False) from None
         tea_transport.acquire()
         self._ecs: Any = None
-        self._limit = asyncio.Semaphore(config.max_concurrency)
+        self._region_eips: int | None = None
+        """The number of EIPs in the region, when last seen (to read the groups' EIPs in the fewest calls)."""
+        self._polls = Coalescer(lambda eips: self._describe_eips(eips, strict=False), self.limits.reads)
+        """The polls of moves in progress, batched like :meth:`describe` (the EIPs as the VPC API reports them)."""
         self._call_timeout = self.call_deadline = call_deadline(config)
 
     @classmethod
@@ -152,15 +165,14 @@ class AlibabaProvider(Provider, EipAdmin):
     # --- calls and errors ---
     async def _call(self, operation: str, call: Callable[[], Awaitable[T]], about: str = "") -> T:
         async def guarded() -> T:
-            async with self._limit:
-                try:
-                    async with asyncio.timeout(self._call_timeout):
-                        return await call()
-                except TimeoutError:
-                    raise ProviderError(f"Alibaba {operation} in {self.region}: no answer within "
-                                        f"{self._call_timeout:g}s", retryable=True, timed_out=True) from None
-                except TeaException as exc:
-                    raise self._error(operation, exc, about) from None
+            try:
+                async with asyncio.timeout(self._call_timeout):
+                    return await call()
+            except TimeoutError:
+                raise ProviderError(f"Alibaba {operation} in {self.region}: no answer within "
+                                    f"{self._call_timeout:g}s", retryable=True, timed_out=True) from None
+            except TeaException as exc:
+                raise self._error(operation, exc, about) from None
 
         return await self.request(operation, guarded)
 
@@ -207,13 +219,15 @@ class AlibabaProvider(Provider, EipAdmin):
 
     async def _describe_eips(self, eips: Sequence[str], *, strict: bool = True) -> dict[str, EipState]:
         """The EIPs as the VPC API reports them (an EIP in cut-through mode on its ENI); with ``strict``, a missing
-        one is an error. Up to 50 by their IDs in one call; more, by reading every EIP of the region, 100 a page,
-        then those not seen (the pages shifted while read) by their IDs."""
+        one is an error. By their IDs, 50 a call; or, when that takes more calls, by reading every EIP of the
+        region, 100 a page, then those not seen (the pages shifted while read) by their IDs. The region's size is
+        learnt from a first page, the first time, and again whenever the pages are read."""
         found: dict[str, EipState] = {}
-        if len(eips) > EIP_IDS_PER_CALL:
+        if len(eips) > EIP_IDS_PER_CALL and (self._region_eips is None
+                                             or _pages(self._region_eips, 100) < _pages(len(eips), EIP_IDS_PER_CALL)):
             wanted = set(eips)
-            found = {item.allocation_id: _eip_state(item) for item in await self._every_eip()
-                     if item.allocation_id in wanted}
+            found = {item.allocation_id: _eip_state(item) for item in await self._every_eip(
+                lambda total: _pages(total, 100) < _pages(len(eips), EIP_IDS_PER_CALL)) if item.allocation_id in wanted}
         rest = [e for e in eips if e not in found]
         for chunk in (rest[i:i + EIP_IDS_PER_CALL] for i in range(0, len(rest), EIP_IDS_PER_CALL)):
             request = vpc.DescribeEipAddressesRequest(region_id=self.region, allocation_id=",".join(chunk),
@@ -284,6 +298,16 @@ class AlibabaProvider(Provider, EipAdmin):
         caller verifies. A cut-through ENI is detached first (and waited for), then its EIP associated if it is not,
         then the ENI attached to ``to``'s instance."""
         plan = await self._plan(eips, to)
+        if plan.detach is None and not plan.unassociate:
+            await self._steps(plan)
+            return
+        # two steps: the token of the call that attaches again is taken before anything is detached, so that a
+        # mass move never has more EIPs detached than the rate limit lets it attach again at once
+        await self.limits.mutations.acquire(slot=False)
+        with ratelimit.prepaid(self.limits.mutations, self.attaching, slot=False):
+            await self._steps(plan)
+
+    async def _steps(self, plan: _Plan) -> None:
         if plan.detach is not None:
             await self._detach(*plan.detach)
         try:
@@ -405,10 +429,17 @@ class AlibabaProvider(Provider, EipAdmin):
             answer.update(outcome)
             return done(outcome)
 
-        await hedged(lambda: self._describe_eips(eips), interval or self.config.poll_interval / 4, accept)
+        await hedged(lambda: self._polled(eips), interval or self.config.poll_interval / 4, accept)
         if failed:
             raise failed[0]
         return answer
+
+    async def _polled(self, eips: list[str]) -> dict[str, EipState]:
+        found = await self._polls.read(eips)
+        missing = [e for e in eips if e not in found]
+        if missing:
+            raise self.not_found(missing)
+        return {e: found[e] for e in eips}
 
     async def _second_step(self, eips: tuple[str, ...], to: Binding, batch: bool) -> None:
         """Associate EIPs that are detached: every second now is downtime. A retryable refusal (throttling, a
@@ -510,8 +541,8 @@ class AlibabaProvider(Provider, EipAdmin):
     async def list_eips(self) -> list[EipRecord]:
         return await self._records(await self._every_eip())
 
-    async def _every_eip(self) -> list[Any]:
-        """Every EIP of the region, 100 a page."""
+    async def _every_eip(self, worth: Callable[[int], bool] = lambda _: True) -> list[Any]:
+        """Every EIP of the region, 100 a page; only the first page unless ``worth(the region's size)``."""
         items: list[Any] = []
         page = 1
         while True:
@@ -520,7 +551,8 @@ class AlibabaProvider(Provider, EipAdmin):
                                      lambda r=request: self.vpc.describe_eip_addresses_async(r))  # type: ignore[misc]
             batch = self._listed(reply, "DescribeEipAddresses", "eip_addresses", "eip_address")
             items += batch
-            if not batch or len(items) >= (reply.body.total_count or 0):
+            total = self._region_eips = int(reply.body.total_count or 0)
+            if not batch or len(items) >= total or not worth(total):
                 return items
             page += 1
 
@@ -644,6 +676,10 @@ class AlibabaProvider(Provider, EipAdmin):
                                               instance_type="EcsInstance", force="True" if force else "False")
         await self._call("UnassociateHaVip", lambda: self.vpc.unassociate_ha_vip_async(request),
                          f"instance {instance_id} from HaVip {havip_id}")
+
+
+def _pages(count: int, size: int) -> int:
+    return -(-count // size)
 
 
 async def _all(calls: Iterable[Awaitable[None]]) -> None:

@@ -1,13 +1,14 @@
 """AWS EC2 driver (boto3).
 
-boto3 is synchronous: calls run in a thread pool of ``max_concurrency`` workers, which bounds the requests in
-flight. botocore makes one attempt per request, within explicit connect and read timeouts; the driver itself retries
-throttling and transient errors briefly (``max_attempts`` in all, jittered backoff), each attempt a request of its
-own: through the provider's rate limit, and in a cluster fenced anew. Longer retries belong to the failover module.
-``AssociateAddress`` is always sent with ``AllowReassociation=True``, which makes a move one atomic call: the EIP is
-never detached on the way. The EIPs of every group are read together, in one ``DescribeAddresses`` whatever their
-number: filtered on their allocation IDs up to :data:`FILTER_VALUES` of them, else unfiltered (every address of the
-region: the call is not paginated, and takes from the same request bucket).
+boto3 is synchronous: calls run in a thread pool; the provider's limits let ``max_concurrency`` reads and as many
+mutating calls be in flight at once. botocore makes one attempt per request, within explicit connect and read
+timeouts; the driver itself retries throttling and transient errors briefly (``max_attempts`` in all, jittered
+backoff), each attempt a request of its own: through the provider's rate limit, and in a cluster fenced anew. Longer
+retries belong to the failover module. ``AssociateAddress`` is always sent with ``AllowReassociation=True``, which
+makes a move one atomic call: the EIP is never detached on the way. The EIPs of every group are read together, in
+one ``DescribeAddresses`` whatever their number: filtered on their allocation IDs up to :data:`FILTER_VALUES` of
+them, else unfiltered (every address of the region: the call is not paginated, and takes from the same request
+bucket).
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ class AwsProvider(Provider, EipAdmin):
     less 10% for the account's other clients."""
 
     def __init__(self, name: str, config: AwsProviderConfig) -> None:
-        super().__init__(name, config.rate_limit)
+        super().__init__(name, config.rate_limit, config.max_concurrency)
         self.region = config.region
         self.config = config
         self.call_deadline = call_deadline(config)
@@ -79,12 +80,13 @@ class AwsProvider(Provider, EipAdmin):
                     retries={"mode": "standard", "total_max_attempts": 1},
                     connect_timeout=config.connect_timeout,
                     read_timeout=config.read_timeout,
-                    max_pool_connections=config.max_concurrency,
+                    max_pool_connections=2 * config.max_concurrency,
                 ),
             )
         except (ProfileNotFound, NoRegionError, ValueError) as exc:
             raise ProviderError(f"aws provider {name!r}: {exc}", retryable=False) from None
-        self.executor = ThreadPoolExecutor(max_workers=config.max_concurrency, thread_name_prefix=f"aws-{name}")
+        # a thread for every request the limits let through: reads and mutations, max_concurrency of each
+        self.executor = ThreadPoolExecutor(max_workers=2 * config.max_concurrency, thread_name_prefix=f"aws-{name}")
 
     @classmethod
     def from_config(cls, name: str, config: AwsProviderConfig) -> AwsProvider:

@@ -13,16 +13,17 @@ import contextlib
 import contextvars
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from eipfailover.config import RateLimitConfig
 from eipfailover.errors import NotLeader, ProviderError
 from eipfailover.model import Binding, EipState
-from eipfailover.ratelimit import Limiter, Limits, Priority
+from eipfailover.ratelimit import Limiter, Limits, Priority, Ticket, current_priority, prepaid, take
 
 T = TypeVar("T")
+V = TypeVar("V")
 class _Calls:
     """The calls of one :func:`own_calls` block."""
 
@@ -146,21 +147,23 @@ class Provider(ABC):
     """``((requests a second, burst) of reads, (requests a second, burst) of mutations)`` when the config sets
     none (the driver's: below the cloud's documented limits)."""
 
-    def __init__(self, name: str, rate_limit: RateLimitConfig | None = None) -> None:
+    def __init__(self, name: str, rate_limit: RateLimitConfig | None = None, slots: int | None = None) -> None:
+        """``slots``: the most requests of each kind (reads, mutations) in flight at once."""
         self.name = name
         limits = rate_limit or RateLimitConfig()
         (read_rate, read_burst), (write_rate, write_burst) = self.default_limits
         self.limits = Limits(
-            Limiter(limits.reads.requests_per_second or read_rate, limits.reads.burst or read_burst),
-            Limiter(limits.mutations.requests_per_second or write_rate, limits.mutations.burst or write_burst))
+            Limiter(limits.reads.requests_per_second or read_rate, limits.reads.burst or read_burst, slots),
+            Limiter(limits.mutations.requests_per_second or write_rate, limits.mutations.burst or write_burst,
+                    slots))
         """Shared by every call of this provider, every attempt included (see :mod:`eipfailover.ratelimit`)."""
+        self._reads = Coalescer(self.read_eips, self.limits.reads)
         self.on_request: RequestObserver | None = None
         self.read_only = False
         """True under ``eipfailover run --dry-run``: a mutating request is refused before it is sent."""
         self.call_deadline = 30.0
         """The longest one mutating call can take before the driver gives it up (the lease must outlive it)."""
         self._in_flight: dict[asyncio.Future[Any], _Calls | None] = {}
-        self._batch: _Batch | None = None
 
     @classmethod
     @abstractmethod
@@ -168,39 +171,15 @@ class Provider(ABC):
         """Build the driver from its config model; raise :class:`ProviderError` if that is impossible."""
 
     async def describe(self, eips: Sequence[str]) -> dict[str, EipState]:
-        """The cloud's current view of each EIP, keyed by allocation ID, from a read sent after this call. Every
+        """The cloud's current view of each EIP, keyed by allocation ID, from a read sent after this call: every
         describe of this provider waiting at the same moment (every group's, every verification's) goes out as one
-        batch (:meth:`read_eips`); while the read limit holds the batch back, later callers join it. An EIP the cloud
-        does not know is an error (:meth:`not_found`)."""
-        batch = self._batch
-        if batch is None:
-            batch = self._batch = _Batch()
-            batch.task = asyncio.ensure_future(self._send(batch))
-            batch.task.add_done_callback(consume)
-        batch.eips.update(eips)
-        batch.waiting += 1
-        try:
-            found = await asyncio.shield(batch.task)
-        except asyncio.CancelledError:
-            if not batch.task.done() and batch.waiting == 1:  # the last one waiting gave up: nobody needs it
-                batch.task.cancel()
-                if self._batch is batch:
-                    self._batch = None
-            raise
-        finally:
-            batch.waiting -= 1
+        batch (:meth:`read_eips`, through a :class:`Coalescer`). An EIP the cloud does not know is an error
+        (:meth:`not_found`)."""
+        found = await self._reads.read(eips)
         missing = [e for e in eips if e not in found]
         if missing:
             raise self.not_found(missing)
         return {e: found[e] for e in eips}
-
-    async def _send(self, batch: _Batch) -> dict[str, EipState]:
-        await asyncio.sleep(0)  # the callers woken by the same event join first
-        await self.limits.reads.acquire()  # the batch takes callers until it may go: then its read takes the token
-        self.limits.reads.refund()
-        if self._batch is batch:
-            self._batch = None
-        return await self.read_eips(sorted(batch.eips))
 
     @abstractmethod
     async def read_eips(self, eips: Sequence[str]) -> dict[str, EipState]:
@@ -232,20 +211,28 @@ class Provider(ABC):
         assert operation in self.operations + self.manual_operations, \
             f"{operation} is missing from {type(self).__name__}.operations"
         if operation not in self.mutating:
-            await self.limits.reads.acquire()
-            return await self._timed(operation, call, self.limits.reads)
+            limiter = self.limits.reads
+            await take(limiter, operation)
+            try:
+                return await self._timed(operation, call, limiter)
+            finally:
+                limiter.release()
         if self.read_only:
             raise ProviderError(f"{operation} refused: the daemon runs with --dry-run", retryable=False,
                                 code="DryRun")
-        # before the fence: the lease must cover the call, not this wait
-        await self.limits.mutations.acquire(Priority.ATTACH if operation in self.attaching else None)
+        limiter = self.limits.mutations  # before the fence: the lease must cover the call, not this wait
+        await take(limiter, operation, Priority.ATTACH if operation in self.attaching else None)
         fence = _FENCE.get()
         if fence is not None:  # proven in the sent task itself, right before the call
             call = _fenced_call(call, fence, operation, self.call_deadline)
         recorder = _STEPS.get()
-        answered = await recorder(operation) if recorder is not None else None
-        sent: asyncio.Future[T] = asyncio.ensure_future(self._timed(operation, call, self.limits.mutations,
-                                                                    answered))
+        try:
+            answered = await recorder(operation) if recorder is not None else None
+        except BaseException:
+            limiter.release()
+            raise
+        sent: asyncio.Future[T] = asyncio.ensure_future(self._timed(operation, call, limiter, answered))
+        sent.add_done_callback(lambda _: limiter.release())
         self._in_flight[sent] = _CALLER.get()
         sent.add_done_callback(_forget(self._in_flight))
         return await asyncio.shield(sent)
@@ -288,14 +275,58 @@ class Provider(ABC):
                 answered(result, seconds)
 
 
-class _Batch:
-    """The EIPs of the describes waiting for one read, and that read."""
+class Coalescer(Generic[V]):
+    """Reads by key from every caller waiting at the same moment, made as one ``fetch`` of all their keys, always
+    sent after each of them asked (a verification never takes an answer from before its move).
 
-    __slots__ = ("eips", "task", "waiting")
+    A batch takes callers until its read may go: while ``limiter`` holds it back (at the priority of its most
+    urgent caller), the callers that come meanwhile join it; the read then goes out on the token it waited for.
+    Each caller gets the whole answer (or its error); a batch whose callers all gave up is not sent."""
 
-    def __init__(self) -> None:
-        self.eips: set[str] = set()
-        self.task: asyncio.Future[dict[str, EipState]]
+    def __init__(self, fetch: Callable[[list[str]], Awaitable[dict[str, V]]], limiter: Limiter) -> None:
+        self.fetch = fetch
+        self.limiter = limiter
+        self._open: _Batch[V] | None = None
+
+    async def read(self, keys: Iterable[str]) -> dict[str, V]:
+        batch = self._open
+        if batch is None:
+            batch = self._open = _Batch(Ticket(current_priority()))
+            batch.task = asyncio.ensure_future(self._send(batch))
+            batch.task.add_done_callback(consume)
+        else:
+            self.limiter.hurry(batch.ticket, current_priority())
+        batch.keys.update(keys)
+        batch.waiting += 1
+        try:
+            return await asyncio.shield(batch.task)
+        except asyncio.CancelledError:
+            if not batch.task.done() and batch.waiting == 1:  # the last one waiting gave up: nobody needs it
+                batch.task.cancel()
+                if self._open is batch:
+                    self._open = None
+            raise
+        finally:
+            batch.waiting -= 1
+
+    async def _send(self, batch: _Batch[V]) -> dict[str, V]:
+        await asyncio.sleep(0)  # the callers woken by the same event join first
+        await self.limiter.acquire(ticket=batch.ticket)
+        if self._open is batch:
+            self._open = None
+        with prepaid(self.limiter):  # the read's first request goes out on the token the batch waited for
+            return await self.fetch(sorted(batch.keys))
+
+
+class _Batch(Generic[V]):
+    """The keys of the callers waiting for one read, and that read."""
+
+    __slots__ = ("keys", "task", "ticket", "waiting")
+
+    def __init__(self, ticket: Ticket) -> None:
+        self.keys: set[str] = set()
+        self.ticket = ticket
+        self.task: asyncio.Future[dict[str, V]]
         self.waiting = 0
 
 
