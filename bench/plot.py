@@ -54,9 +54,9 @@ def side_by_side(data: dict[str, Any]) -> None:
     save(fig, "side_by_side.png")
 
 
-def api_scale(data: dict[str, Any]) -> None:
+def api_scale(data: list[dict[str, Any]]) -> None:
     """Steady-state describes per interval, and throttled answers, against the number of groups."""
-    runs = data["runs"]
+    runs = data
     fig, ax = plt.subplots(figsize=(7, 4))
     groups = [r["groups"] for r in runs]
     ax.plot(groups, [r["describes_per_interval"] for r in runs], marker="o", label="DescribeAddresses per interval")
@@ -69,9 +69,9 @@ def api_scale(data: dict[str, Any]) -> None:
     save(fig, "api_scale.png")
 
 
-def mass_failover(data: dict[str, Any]) -> None:
+def mass_failover(data: list[dict[str, Any]]) -> None:
     """Time until every EIP is verified on its standby, against the floors the buckets set."""
-    runs = data["runs"]
+    runs = data
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     groups = [r["groups"] for r in runs]
     left.plot(groups, [r["seconds_to_all_verified"] for r in runs], marker="o", label="all verified")
@@ -83,8 +83,11 @@ def mass_failover(data: dict[str, Any]) -> None:
     left.legend(fontsize=8)
     biggest = max(runs, key=lambda r: r["groups"])
     series = biggest.get("series") or []
-    right.bar([p["second"] for p in series], [p["admitted"] for p in series], label="AssociateAddress admitted")
-    right.bar([p["second"] for p in series], [p.get("throttled", 0) for p in series], color="red",
+    right.bar([p["second"] for p in series], [p["associate_admitted"] for p in series],
+              label="AssociateAddress admitted")
+    right.plot([p["second"] for p in series], [p["describes"] for p in series], color="black", linewidth=0.8,
+               label="DescribeAddresses")
+    right.bar([p["second"] for p in series], [p["associate_throttled"] for p in series], color="red",
               label="throttled")
     right.set_xlabel("second after the deaths")
     right.set_ylabel("requests")
@@ -114,7 +117,7 @@ def save(fig: Any, name: str) -> None:
     print(f"docs/img/{name}")
 
 
-FIGURES: dict[str, Callable[[dict[str, Any]], None]] = {
+FIGURES: dict[str, Callable[[Any], None]] = {
     "detection.json": detection, "side_by_side.json": side_by_side, "api_scale.json": api_scale,
     "mass_failover.json": mass_failover, "checks_rate.json": checks_rate,
 }

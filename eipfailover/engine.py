@@ -523,9 +523,11 @@ class GroupRunner:
         if outcome.ok and outcome.states is not None:  # the verification's describe: the freshest view there is
             self._see({**self.eip_states, **outcome.states})  # (of the EIPs it moved: the others as last seen)
             self._decide(time.monotonic())
+            if not set(self.config.eips) <= set(outcome.states):
+                self._read_wake.set()  # the EIPs it did not move: read them now
         else:
             self._fresh = False  # wait for a new read before deciding anything
-        self._read_wake.set()
+            self._read_wake.set()
 
     def journaled(self, record: FailoverRecord) -> contextlib.AbstractContextManager[None]:
         """Each cloud call made inside recorded in the store before it is sent (see :class:`Actuator`)."""
@@ -577,7 +579,7 @@ async def run_every(interval: Callable[[], float], stop: asyncio.Event, wake: as
             next_at = max(next_at + period, now)
         if not stop.is_set():
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(next_at - now):
+                async with asyncio.timeout_at(next_at):  # absolute: a pause since ``now`` must not shift it
                     await wake.wait()
 
 

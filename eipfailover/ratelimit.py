@@ -246,12 +246,14 @@ class Prepaid:
     """A token (and a slot, unless ``slot`` is false) taken ahead by a caller for a request made further down (see
     :func:`prepaid`)."""
 
-    __slots__ = ("limiter", "operations", "slot")
+    __slots__ = ("limiter", "operations", "outer", "slot")
 
     def __init__(self, limiter: Limiter, operations: frozenset[str] | None, slot: bool) -> None:
         self.limiter: Limiter | None = limiter
         self.operations = operations
         self.slot = slot
+        self.outer = _PREPAID.get()
+        """The token taken further up, if any (tried after this one)."""
 
     def use(self, limiter: Limiter, operation: str) -> bool:
         """True (once) if ``operation`` on ``limiter`` is the request this token was taken for."""
@@ -285,10 +287,12 @@ async def take(limiter: Limiter, operation: str, level: int | None = None) -> No
     """What a request on ``limiter`` needs before it goes: a token and a slot, or what the context holds for it
     (:func:`prepaid`) and the rest."""
     ticket = _PREPAID.get()
-    if ticket is not None and ticket.use(limiter, operation):
-        if not ticket.slot:
-            await limiter.acquire(level, token=False)
-        return
+    while ticket is not None:
+        if ticket.use(limiter, operation):
+            if not ticket.slot:
+                await limiter.acquire(level, token=False)
+            return
+        ticket = ticket.outer
     await limiter.acquire(level)
 
 

@@ -714,3 +714,32 @@ async def test_the_active_target_gauge_agrees_with_the_api_when_an_eip_is_foreig
     families = {f.name: f for f in StateCollector(Engine([w.runner])).collect()}
     active = {s.labels["target"]: s.value for s in families["eipfailover_active_target"].samples}
     assert active.get("a") == 1.0, f"API active_target={w.runner.active!r}, gauge: {active}"
+
+
+async def test_a_verified_move_of_every_eip_is_not_read_again_at_once() -> None:
+    """The verification's describe is the freshest view there is: after a move that verified every EIP of the group
+    the next cloud read waits for its slot (in a mass failover, one extra describe per move was half the read
+    burst); a failed move is read again at once."""
+    w = World({"e1": A}, interval="5s", timeout="50ms", rise=1, fall=1)
+    await w.ticks(1)
+    task = asyncio.create_task(w.runner.run())
+    try:
+        await eventually(lambda: len(reads(w.cloud)) >= 2)  # the loop's first read, at once
+        w.set(a=FAIL)
+        await eventually(lambda: w.runner.last_failover is not None)
+        assert w.runner.last_failover is not None and w.runner.last_failover.result == "success"
+        settled = len(reads(w.cloud))
+        w.cloud.faults["move"] = [ProviderError("denied", retryable=False, code="Forbidden")]
+        w.set(a=OK)
+        await w.runner.check_round()  # a: UP again
+        w.runner.request_failover(ManualRequest(to="a"))
+        await eventually(lambda: w.runner.last_failover is not None and w.runner.last_failover.to_target == "a")
+        await eventually(lambda: len(reads(w.cloud)) == settled + 1)  # the failed move: a read at once
+    finally:
+        w.runner.request_stop()
+        await asyncio.wait_for(task, 5)
+    assert len(reads(w.cloud)) == settled + 1  # and none after the verified move, before its slot
+
+
+def reads(cloud: FakeProvider) -> list[tuple[str, ...]]:
+    return [eips for op, eips, _ in cloud.calls if op == "describe"]

@@ -253,3 +253,22 @@ async def test_securing_one_group_does_not_wait_for_another_groups_calls() -> No
     finally:
         await asyncio.gather(api, return_exceptions=True)
         await cloud.settle(15)
+
+
+async def test_the_wait_for_the_rate_limit_does_not_count_against_the_deadline() -> None:
+    """A mass failover queues at the provider's mutation limit: a move whose turn comes after its deadline's
+    length still goes out and is verified (the deadline runs from its first token), instead of failing with no call
+    sent and holding its group on a dead primary for a cooldown."""
+
+    class Limited(FakeProvider):
+        operations = ("Associate",)
+        mutating = frozenset({"Associate"})
+
+        async def move(self, eips: Sequence[str], to: Binding) -> None:
+            await self.request("Associate", lambda: FakeProvider.move(self, eips, to))
+
+    cloud = Limited({"e1": A, "e2": A, "e3": A})
+    cloud.limits.mutations.rate, cloud.limits.mutations.burst = 4.0, 1
+    outcomes = await asyncio.gather(*(failover.execute(cloud, [e], B, deadline=0.3) for e in ("e1", "e2", "e3")))
+    assert [o.ok for o in outcomes] == [True, True, True], [o.error for o in outcomes]  # the third waits 0.5 s
+    assert len(cloud.moves()) == 3
