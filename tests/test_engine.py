@@ -727,7 +727,8 @@ async def test_a_verified_move_of_every_eip_is_not_read_again_at_once() -> None:
         await eventually(lambda: len(reads(w.cloud)) >= 2)  # the loop's first read, at once
         w.set(a=FAIL)
         await eventually(lambda: w.runner.last_failover is not None)
-        assert w.runner.last_failover is not None and w.runner.last_failover.result == "success"
+        assert w.runner.last_failover is not None
+        assert w.runner.last_failover.result == "success"
         settled = len(reads(w.cloud))
         w.cloud.faults["move"] = [ProviderError("denied", retryable=False, code="Forbidden")]
         w.set(a=OK)
