@@ -482,6 +482,9 @@ class Daemon:
             log_config.configure(new.log.format, new.log.level)
         unchanged = [g.name for g in new.groups if g.name not in {r.name for r in built.runners}]
         self.config = new
+        gc.unfreeze()  # what start-up froze may now be garbage (the runners replaced): collect it, freeze the rest
+        gc.collect()
+        gc.freeze()
         log.info("reload_done", changed=[r.name for r in built.runners], removed=removed, unchanged=unchanged,
                  havip_guards_rebuilt=[f"{g}/{t}" for g, t in built.guards])
         parts.metrics.config_reloads.labels("success").inc()

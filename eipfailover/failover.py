@@ -13,9 +13,8 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Awaitable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from eipfailover import ratelimit
 from eipfailover.checks.base import describe_exception
@@ -98,8 +97,8 @@ async def _execute(provider: Provider, eips: Sequence[str], to: Binding, deadlin
     exposed = tuple(e for e in eips if not provider.atomic_moves or states is None or e not in states
                     or states[e].bound_to is None or states[e].pending)
     try:
-        outcome = await _abortable(_first_in_line(provider, _move_and_verify(
-            provider, eips, to, deadline, states, backoff, verify_interval)), abort)
+        outcome = await _abortable(_move_and_verify(provider, eips, to, deadline, states, backoff, verify_interval),
+                                   abort)
     except _Aborted:  # cut short: an EIP it detached goes where it was going first, the move being decided
         outcome = Outcome(False, 0, "aborted: the daemon is stopping" if resume_on_abort else "interrupted", states)
         if resume_on_abort:
@@ -112,19 +111,6 @@ async def _execute(provider: Provider, eips: Sequence[str], to: Binding, deadlin
     except Exception as exc:  # a driver bug in the secure step: report it, the engine's next read repairs
         return _failed(outcome, f"securing the EIPs failed: internal error: {describe_exception(exc)}", None,
                        exposed)
-
-
-async def _first_in_line(provider: Provider, move: Coroutine[Any, Any, Outcome]) -> Outcome:
-    """``move``, once the provider's mutation limit has a token for its first call: the deadline runs from there,
-    not from the end of a queue (a mass failover). The token is given back if the move sends nothing."""
-    limiter = provider.limits.mutations
-    try:
-        await limiter.acquire(slot=False)
-    except BaseException:
-        move.close()
-        raise
-    with ratelimit.prepaid(limiter, slot=False):
-        return await move
 
 
 async def _abortable(work: Awaitable[Outcome], abort: asyncio.Event | None) -> Outcome:
@@ -209,9 +195,26 @@ async def _move_and_verify(provider: Provider, eips: Sequence[str], to: Binding,
     attempts = 0
     pending = _pending(eips, to, states) or list(eips)
     last: ProviderError | None = None
+    moving: asyncio.Timeout | None = None
+    admitted = False
+    waiting = 0
 
     def remaining() -> float:
         return end - time.monotonic()
+
+    def queue(entered: bool) -> None:
+        """The move's calls wait for the rate limit: its deadline stops while the first one waits (a mass failover
+        queues there), and runs from the moment it is let go."""
+        nonlocal end, admitted, waiting
+        waiting += 1 if entered else -1
+        if admitted or moving is None:
+            return
+        if entered:
+            moving.reschedule(None)
+        elif waiting == 0:
+            admitted = True
+            end = time.monotonic() + deadline
+            moving.reschedule(asyncio.get_running_loop().time() + deadline)
 
     def failure(text: str) -> Outcome:
         return Outcome(False, attempts, text, states, code=last.code if last is not None else None)
@@ -222,8 +225,9 @@ async def _move_and_verify(provider: Provider, eips: Sequence[str], to: Binding,
     while pending:
         attempts += 1
         try:
-            async with asyncio.timeout(max(remaining(), 0.001)):
-                await provider.move(pending, to)
+            async with asyncio.timeout(max(remaining(), 0.001)) as moving:
+                with ratelimit.on_queue(queue):
+                    await provider.move(pending, to)
             break
         except ProviderError as exc:
             last = exc

@@ -10,11 +10,23 @@ from eipfailover.model import CheckResult, CheckStatus, Health, TargetState
 def combine(results: Iterable[CheckResult]) -> CheckResult:
     """A target passes a round only if every one of its checks passed. Otherwise the first failure stands; with no
     failure, the first ``unknown`` (a check that could not tell) makes the round unknown."""
-    results = list(results)
-    latency = max((r.latency for r in results), default=0.0)
-    failed = next((r for r in results if not r.ok and r.status is not CheckStatus.UNKNOWN), None)
-    unknown = next((r for r in results if r.status is CheckStatus.UNKNOWN), None)
-    return failed or unknown or CheckResult(CheckStatus.OK, latency, "")
+    unknown: CheckResult | None = None
+    passed: CheckResult | None = None  # the slowest pass (its latency is the round's)
+    for result in results:  # one pass, no copy: this runs for every target at every round
+        status = result.status
+        if status is CheckStatus.OK:
+            if passed is None or result.latency > passed.latency:
+                passed = result
+        elif status is CheckStatus.UNKNOWN:
+            if unknown is None:
+                unknown = result
+        else:
+            return result
+    if unknown is not None:
+        return unknown
+    if passed is None:
+        return _NOTHING
+    return passed if not passed.detail else CheckResult(CheckStatus.OK, passed.latency, "")
 
 
 def apply(health: Health, result: CheckResult, *, rise: int, fall: int, now: float) -> Health:
@@ -33,3 +45,7 @@ def apply(health: Health, result: CheckResult, *, rise: int, fall: int, now: flo
         state = TargetState.DOWN if failures >= fall else health.state
     since = now if state is not health.state else health.since
     return Health(state=state, successes=successes, failures=failures, since=since)
+
+
+_NOTHING = CheckResult(CheckStatus.OK, 0.0, "")
+"""The result of a round without checks."""

@@ -19,7 +19,7 @@ import contextlib
 import contextvars
 import heapq
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 MIN_RATE_FACTOR = 1 / 4
@@ -285,15 +285,37 @@ def prepaid(limiter: Limiter, operations: frozenset[str] | None = None, *, slot:
 
 async def take(limiter: Limiter, operation: str, level: int | None = None) -> None:
     """What a request on ``limiter`` needs before it goes: a token and a slot, or what the context holds for it
-    (:func:`prepaid`) and the rest."""
-    ticket = _PREPAID.get()
-    while ticket is not None:
-        if ticket.use(limiter, operation):
-            if not ticket.slot:
-                await limiter.acquire(level, token=False)
-            return
-        ticket = ticket.outer
-    await limiter.acquire(level)
+    (:func:`prepaid`) and the rest (the wait is reported to :func:`on_queue`'s callback, if any)."""
+    queued = _QUEUED.get()
+    if queued is not None:
+        queued(True)
+    try:
+        ticket = _PREPAID.get()
+        while ticket is not None:
+            if ticket.use(limiter, operation):
+                if not ticket.slot:
+                    await limiter.acquire(level, token=False)
+                return
+            ticket = ticket.outer
+        await limiter.acquire(level)
+    finally:
+        if queued is not None:
+            queued(False)
+
+
+_QUEUED: contextvars.ContextVar[Callable[[bool], None] | None] = contextvars.ContextVar("eipfailover_queued",
+                                                                                        default=None)
+
+
+@contextlib.contextmanager
+def on_queue(callback: Callable[[bool], None]) -> Iterator[None]:
+    """``callback(True)`` is called when a request made inside (in this task and the tasks it starts) starts
+    waiting for its limiter, ``callback(False)`` when it stops (let go, or given up)."""
+    token = _QUEUED.set(callback)
+    try:
+        yield
+    finally:
+        _QUEUED.reset(token)
 
 
 @dataclass(frozen=True, slots=True)

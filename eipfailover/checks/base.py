@@ -19,6 +19,9 @@ from eipfailover.errors import ProviderError
 from eipfailover.model import Binding, CheckResult, CheckStatus
 from eipfailover.providers.base import Provider
 
+OK: tuple[CheckStatus, str] = (CheckStatus.OK, "")
+"""What a probe returns when the target is healthy (one tuple for all)."""
+
 
 @dataclass(frozen=True, slots=True)
 class CheckContext:

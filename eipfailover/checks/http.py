@@ -12,7 +12,7 @@ import ssl
 
 from eipfailover import __version__
 from eipfailover.checks import httpwire
-from eipfailover.checks.base import Check, CheckContext, describe_exception
+from eipfailover.checks.base import OK, Check, CheckContext, describe_exception
 from eipfailover.config import HttpCheckConfig
 from eipfailover.model import CheckStatus
 
@@ -25,6 +25,7 @@ class HttpCheck(Check):
         self.config = config
         self.regex = re.compile(config.body_regex) if config.body_regex is not None else None
         self.read_body = config.body_contains is not None or self.regex is not None
+        self.expect_status = frozenset(config.expect_status)
         self.prepared: tuple[httpwire.Target, bytes] | str
         """The target and the request, or why there are none (a port out of range, a header that cannot be sent):
         then every probe reports that (``error``), and none is made."""
@@ -52,13 +53,16 @@ class HttpCheck(Check):
             return CheckStatus.ERROR, self.prepared
         target, request = self.prepared
         try:
-            async with await httpwire.Connection.open(target, self.tls) as conn:
+            conn = await httpwire.Connection.open(target, self.tls)
+            try:
                 response = await conn.exchange(request)
-                if response.status not in cfg.expect_status:
+                if response.status not in self.expect_status:
                     return CheckStatus.FAIL, f"HTTP {response.status}, expected {_statuses(cfg.expect_status)}"
                 if not self.read_body:
-                    return CheckStatus.OK, ""
+                    return OK
                 raw = await conn.read_body(response, cfg.max_body_bytes, head=cfg.method == "HEAD")
+            finally:
+                conn.close()
         except httpwire.ConnectError as exc:
             return CheckStatus.FAIL, _connect_failure(exc)
         except httpwire.BadResponse as exc:
@@ -70,7 +74,7 @@ class HttpCheck(Check):
             return CheckStatus.FAIL, f"body does not contain {cfg.body_contains!r}"
         if self.regex is not None and self.regex.search(body) is None:
             return CheckStatus.FAIL, f"body does not match /{self.regex.pattern}/"
-        return CheckStatus.OK, ""
+        return OK
 
 
 def _connect_failure(exc: httpwire.ConnectError) -> str:
