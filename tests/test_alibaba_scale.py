@@ -11,6 +11,7 @@ from eipfailover import failover, ratelimit
 from eipfailover.model import Binding
 
 from .fake_aliyun import FakeAliyun, provider_for
+from .test_alibaba import most_detached_in_a_mass_move
 
 
 async def test_reading_51_eips_does_not_page_through_every_eip_of_the_region(fake: FakeAliyun,
@@ -67,26 +68,7 @@ async def test_a_mass_failback_does_not_detach_every_eip_at_once_with_the_defaul
     the associations queue at the steady rate: ten failbacks of healthy EIPs with a burst of 10 at 2 calls a second
     detach all ten at once and the last is re-attached ~5 s later, downtime the failbacks were never forced into.
     The limiter should hold a token back for the second step of each move already detached."""
-    eips = [f"eip-m{i}" for i in range(10)]
-    for i, eip in enumerate(eips):
-        fake.add_resource(f"i-a{i}")
-        fake.add_resource(f"i-b{i}")
-        fake.add_eip(eip, f"47.3.0.{i}")
-        fake.bind(eip, f"i-a{i}")
-    ali = provider_for(fake, tmp_path, rate_limit={"mutations": {"requests_per_second": 2, "burst": 10}})
-    with ratelimit.priority(ratelimit.Priority.FAILBACK):
-        outcomes = await asyncio.gather(*(
-            failover.execute(ali, [eip], Binding(instance_id=f"i-b{i}", instance_type="EcsInstance"), deadline=30,
-                             verify_interval=0.05) for i, eip in enumerate(eips)))
-    assert all(o.ok for o in outcomes), [o.error for o in outcomes]
-    detached, most = set(), 0
-    for _, eip, status, _ in sorted(fake.timeline):
-        if status in ("Unassociating", "Available"):
-            detached.add(eip)
-        else:
-            detached.discard(eip)
-        most = max(most, len(detached))
-    assert most <= 3, most
+    assert await most_detached_in_a_mass_move(fake, tmp_path, 2, 10, ratelimit.Priority.FAILBACK) <= 3
 
 
 async def test_requests_leave_within_the_rate_limit_when_the_concurrency_cap_holds_them(

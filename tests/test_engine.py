@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import itertools
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -386,8 +386,9 @@ async def test_the_loop_keeps_its_schedule_and_survives_a_failing_tick() -> None
     assert min(gaps) > 0.08  # on the 100 ms schedule: a late or failing round never makes the next one burst
 
 
-async def round_starts(w: World, count: int) -> list[float]:
-    """The start times of the runner's next ``count`` check rounds, run on its own schedule."""
+async def round_starts(w: World, count: int, until: Callable[[], bool] | None = None) -> list[float]:
+    """The start times of the runner's next ``count`` check rounds (or those until ``until()``), run on its own
+    schedule."""
     starts: list[float] = []
     real_round = w.runner.check_round
 
@@ -397,7 +398,7 @@ async def round_starts(w: World, count: int) -> list[float]:
 
     w.runner.check_round = timed_round  # type: ignore[method-assign]
     task = asyncio.create_task(w.runner.run())
-    await eventually(lambda: len(starts) >= count)
+    await eventually(until or (lambda: len(starts) >= count))
     w.runner.request_stop()
     await asyncio.wait_for(task, 1)
     return starts

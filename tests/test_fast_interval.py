@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import time
 
 from eipfailover.model import Binding, CheckStatus, TargetState
 
-from .conftest import eventually
 from .fakes import ScriptedCheck
-from .test_engine import World
+from .test_engine import World, round_starts
 
 A = Binding(instance_id="i-a")
 
@@ -44,21 +42,8 @@ async def test_detection_with_the_default_fast_interval_equal_to_timeout_meets_t
     await w.ticks(1)
     assert w.runner.targets["a"].health.state is TargetState.UP
 
-    starts: list[float] = []
-    real_round = w.runner.check_round
-
-    async def timed_round() -> None:
-        starts.append(time.monotonic())
-        await real_round()
-
-    w.runner.check_round = timed_round  # type: ignore[method-assign]
     check.dead = True
-    task = asyncio.create_task(w.runner.run())
-    try:
-        await eventually(lambda: w.runner.targets["a"].health.state.value == "down")
-    finally:
-        w.runner.request_stop()
-        await asyncio.wait_for(task, 2)
+    starts = await round_starts(w, 0, until=lambda: w.runner.targets["a"].health.state.value == "down")
     gaps = [round(b - a, 2) for a, b in itertools.pairwise(starts)]
     detection = starts[2] - starts[0] + policy.timeout  # first failed probe to the third failure
     assert detection <= policy.detection_seconds + 0.1, (detection, policy.detection_seconds, gaps)
