@@ -227,31 +227,13 @@ def config_data(targets: int, rate: float, mix: str, port: int) -> tuple[dict[st
 async def daemon(params: dict[str, Any]) -> dict[str, Any]:
     import aiohttp
 
+    from bench.engine_scale import StaticCloud
     from eipfailover.config import parse_config
     from eipfailover.daemon import build_checks
     from eipfailover.engine import Engine, GroupRunner
     from eipfailover.events import NullObserver, Observer, Observers
     from eipfailover.log import LogObserver
     from eipfailover.metrics import Metrics
-    from eipfailover.model import Binding, EipState
-    from eipfailover.providers.base import InstanceState, Provider
-
-    class StaticCloud(Provider):
-        """Every EIP sits on its group's first target; the reads (the groups' describes, batched by the provider as
-        the daemon's are) are answered from memory."""
-
-        @classmethod
-        def from_config(cls, name: str, config: object) -> StaticCloud:
-            return cls(name)
-
-        async def read_eips(self, eips: Sequence[str]) -> dict[str, EipState]:
-            return {e: EipState(e, "192.0.2.1", Binding(instance_id=f"i-{e}-a")) for e in eips}
-
-        async def move(self, eips: Sequence[str], to: Binding) -> None:
-            raise AssertionError("nothing should move in this benchmark")
-
-        async def instance_state(self, binding: Binding) -> InstanceState:
-            return InstanceState(True, "running")
 
     class TimedRunner(GroupRunner):
         """Counts the checks of each round in the window, with the round's lateness and duration."""

@@ -232,6 +232,11 @@ class _Wire:
         """``size`` more bytes parsed; drop the parsed ones once they are most of the buffer."""
         self.pos += size
         if self.pos > COMPACT_AFTER and 2 * self.pos > len(self.buffer):
+            self._drop_read()
+
+    def _drop_read(self) -> None:
+        """Forget the bytes already parsed."""
+        if self.pos:
             del self.buffer[:self.pos]
             self.pos = 0
 
@@ -296,9 +301,7 @@ class _StreamWire(_Wire, asyncio.Protocol):
     async def more(self) -> None:
         if self.eof:
             return
-        if self.pos:
-            del self.buffer[:self.pos]
-            self.pos = 0
+        self._drop_read()
         if self.paused and self.transport is not None:
             self.paused = False
             self.transport.resume_reading()
@@ -362,9 +365,7 @@ class _SocketWire(_Wire):
     async def more(self) -> None:
         if self.eof:
             return
-        if self.pos:
-            del self.buffer[:self.pos]
-            self.pos = 0
+        self._drop_read()
         if not self.reading:
             self.reading = True
             self.loop.add_reader(self.fd, self._readable)
