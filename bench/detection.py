@@ -300,7 +300,7 @@ async def detection(moto: Moto, fast: float, trials: int, check: str, rng: rando
 
     def round_done(runner: GroupRunner) -> None:
         targets = runner.targets.values()
-        if (runner.active == primary and not runner.in_progress
+        if (runner.state.cloud.active == primary and not runner.in_progress
                 and all(t.health.state is TargetState.UP and not t.health.changing for t in targets)):
             steady.put_nowait(time.monotonic())
 

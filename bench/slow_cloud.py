@@ -44,7 +44,7 @@ async def one_round(delay: float) -> tuple[float, float]:
     runner = GroupRunner(config, cloud, {n: [c] for n, c in checks.items()}, Observers([]))
     task = asyncio.create_task(runner.run())
     while True:  # settled: a is UP and holds the EIP
-        if state(runner) is TargetState.UP and runner.active == "a":
+        if state(runner) is TargetState.UP and runner.state.cloud.active == "a":
             break
         await asyncio.sleep(0.01)
     cloud.describe_delay = delay

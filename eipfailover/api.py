@@ -328,7 +328,7 @@ class Api:
             raise ApiError(404, "unknown_target", f"group {runner.name!r} has no target named {body.to!r}")
         if self.engine.stop.is_set() or runner.stopping:
             raise ApiError(503, "stopping", "the daemon is stopping, or reloading this group; try again")
-        if runner.manual is not None:
+        if runner.state.manual is not None:
             raise ApiError(409, "failover_pending", "a manual failover of this group is already waiting")
         requested_by = request.headers.get("X-Requested-By") or f"api@{request.remote}"
         req = ManualRequest(to=body.to, force=body.force, reason=body.reason, id=uuid.uuid4().hex[:12],
@@ -355,4 +355,4 @@ class Api:
                 raise ApiError(503, "coordination_lost", str(exc)) from None
         runner = self._runner(request)  # the group as it is now (carried over to its replacement if reloading)
         runner.set_maintenance(body.enabled)
-        return web.json_response({"group": runner.name, "maintenance": runner.maintenance})
+        return web.json_response({"group": runner.name, "maintenance": runner.state.maintenance})

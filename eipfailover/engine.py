@@ -10,7 +10,9 @@ the API never makes the engine do I/O.
 
 A failover runs as its own task while the loops go on; the decision sees it in progress and does nothing else.
 Reads that were under way when a failover started or finished are discarded, so a stale view never triggers a
-second move. Observers (logs, metrics, hooks) are told of every transition.
+second move. Observers (logs, metrics, hooks) are told of every transition. What a group knows and intends is one
+value (:class:`eipfailover.groupstate.GroupState`) that the runner replaces through pure transitions; the runner
+itself does the I/O.
 """
 
 from __future__ import annotations
@@ -25,16 +27,16 @@ from dataclasses import dataclass, field, replace
 
 import structlog
 
-from eipfailover import health, policy, quorum
+from eipfailover import groupstate, health, policy, quorum
 from eipfailover.actuator import Actuator
 from eipfailover.checks.base import Check, describe_exception
 from eipfailover.cluster.base import Coordinator
 from eipfailover.config import BindingConfig, GroupConfig
 from eipfailover.errors import ProviderError
 from eipfailover.events import FailoverRecord, GroupMemory, Observer, StateStore
+from eipfailover.groupstate import GroupState
 from eipfailover.history import MemoryStore
 from eipfailover.model import (
-    UNKNOWN_LOCATION,
     Action,
     Binding,
     CheckResult,
@@ -42,14 +44,12 @@ from eipfailover.model import (
     Decision,
     EipState,
     Health,
-    Location,
     ManualRequest,
     Placement,
     Reason,
     Snapshot,
     TargetState,
     Trigger,
-    locate,
 )
 from eipfailover.providers.base import Provider
 from eipfailover.status import GroupStatus, TargetStatus
@@ -58,10 +58,6 @@ log = structlog.get_logger("eipfailover.engine")
 
 _DESCRIBE_TIMEOUT = 30.0
 """A safety net around one ``describe``; the driver's own connect/read timeouts normally end it far sooner."""
-REPAIR_BACKOFF_CAP = 30.0
-"""After failed repairs, the longest wait before the next one (it starts at one interval and doubles)."""
-SAME_MOVE = 0.5
-"""Seconds within which two recorded starts of a group's moves are the same move."""
 STALE_INTERVALS = 3
 """A group whose last completed check round, or last successful cloud read, is older than this many intervals is
 stalled, or blind."""
@@ -93,36 +89,17 @@ class GroupRunner:
             t.name: TargetRuntime(t.name, binding_of(t.binding, provider.kind), checks[t.name]) for t in config.targets
         }
         self.bindings = {name: t.binding for name, t in self.targets.items()}
-        self.location: Location = UNKNOWN_LOCATION
-        """Where the EIPs were last seen (kept while the cloud cannot be read)."""
-        self.managed: Location = UNKNOWN_LOCATION
-        """The same for the EIPs the group acts on: all of them, or, when foreign ones are left alone, the others."""
-        self.eip_states: Mapping[str, EipState] = {}
-        self.cloud_error: ProviderError | None = None
-        self.last_read_ok_at: float | None = None
-        self.last_active: str | None = None
-        self.maintenance = False
-        self.manual: ManualRequest | None = None
-        self.last_move_at: float | None = None
-        self.recent_moves: list[float] = []
+        self.state = GroupState()
+        """What the group knows and intends (replaced by the transitions of :mod:`eipfailover.groupstate`)."""
         self.decision: Decision | None = None
-        self.current: FailoverRecord | None = None
-        self.last_failover: FailoverRecord | None = None
-        self.left_detached: tuple[str, ...] = ()
-        """The EIPs the last failover may have left detached (it could not re-attach them, or not tell), until a
-        cloud read shows them attached."""
-        self.repair_failures = 0
-        self.repair_hold_until: float | None = None
         self.ticks = 0
         self.last_tick_at: float | None = None
         self.started_at: float | None = None
         self.reconciled = asyncio.Event()
         """Set once a check round and a cloud read (successful or not) have completed."""
-        self._fresh = False  # the view is current: no failover has ended since it was read
         self._epoch = 0  # bumped when a failover starts and ends: reads that straddle it are discarded
         self._read_done = False
         self._task: asyncio.Task[None] | None = None
-        self._moving = False
         self._check_wake = asyncio.Event()
         self._read_wake = asyncio.Event()
         self._stop = asyncio.Event()
@@ -137,19 +114,8 @@ class GroupRunner:
         return self.config.name
 
     @property
-    def placement(self) -> Placement:
-        """Where the EIPs are now, as far as the decision may rely on it (``UNKNOWN`` while the view is not
-        current)."""
-        return self.location.placement if self._fresh and self.cloud_error is None else Placement.UNKNOWN
-
-    @property
-    def active(self) -> str | None:
-        """The target holding the EIPs the group acts on (None while the view is not current)."""
-        return self.managed.active if self.placement is not Placement.UNKNOWN else None
-
-    @property
     def in_progress(self) -> bool:
-        return self._moving
+        return self.state.moving
 
     @property
     def stopping(self) -> bool:
@@ -158,12 +124,12 @@ class GroupRunner:
     # --- intents, recorded here and decided on at once ---
     def request_failover(self, request: ManualRequest) -> None:
         """Record an operator's request and decide on it now."""
-        self.manual = request
+        self.state = replace(self.state, manual=request)
         self._decide(time.monotonic())
 
     def set_maintenance(self, enabled: bool) -> None:
-        if enabled != self.maintenance:
-            self.maintenance = enabled
+        if enabled != self.state.maintenance:
+            self.state = replace(self.state, maintenance=enabled)
             self.observers.on_maintenance(self.name, enabled)
         self._decide(time.monotonic())
 
@@ -171,27 +137,22 @@ class GroupRunner:
         """Take what the store remembers of this group from before a restart (or a reload that removed it):
         maintenance, the automatic moves still within the ``max_failovers`` window, the end of the last move (the
         cooldown runs from it)."""
-        self.maintenance = memory.maintenance
-        self.recent_moves, self.last_move_at = _monotonic(memory)
+        starts, last = _monotonic(memory)
+        self.state = groupstate.remembered(self.state, maintenance=memory.maintenance, starts=starts, last=last)
         if memory.maintenance:
             self.observers.on_maintenance(self.name, True)
 
     def adopt(self, shared: GroupMemory) -> None:
         """Add the cluster's memory of this group's moves (the previous leaders') to this daemon's own: the
         ``max_failovers`` window and the cooldown hold across a change of leader."""
-        starts, last = _monotonic(shared)
-        # the same move may be in both (this daemon led before): times within SAME_MOVE of each other are one move
-        # (the round trip through wall-clock time shifts them by microseconds)
-        known = list(self.recent_moves)
-        self.recent_moves = sorted([*known, *(t for t in starts if all(abs(t - k) > SAME_MOVE for k in known))])
-        if last is not None and (self.last_move_at is None or last > self.last_move_at):
-            self.last_move_at = last
+        self.state = groupstate.adopted(self.state, *_monotonic(shared))
 
     def memory(self) -> GroupMemory:
         """What this group remembers of its moves, in wall-clock time (for the cluster)."""
         ago = time.time() - time.monotonic()
-        return GroupMemory(self.maintenance, tuple(t + ago for t in self.recent_moves),
-                           None if self.last_move_at is None else self.last_move_at + ago)
+        s = self.state
+        return GroupMemory(s.maintenance, tuple(t + ago for t in s.recent_moves),
+                           None if s.last_move_at is None else s.last_move_at + ago)
 
     # --- the loops ---
     async def run(self, phase: float = 0.0) -> None:
@@ -224,21 +185,11 @@ class GroupRunner:
         self._abort.set()
 
     def carry_over(self, old: GroupRunner) -> None:
-        """Take over the state of the runner this one replaces (after a reload): maintenance, move history, the last
-        failover and active target, the EIPs at risk and the repair backoff, the cloud's view if the EIPs are the
-        same, and the health of every target whose binding and checks are unchanged."""
-        self.maintenance = old.maintenance
-        self.last_move_at, self.recent_moves = old.last_move_at, list(old.recent_moves)
-        self.last_failover, self.last_active = old.last_failover, old.last_active
-        if old.config.eips == self.config.eips and old.provider is self.provider:
-            self.eip_states, self.cloud_error = old.eip_states, old.cloud_error
-            self.last_read_ok_at = old.last_read_ok_at
-            if old.eip_states:
-                self._take(old.eip_states)
-            self._fresh = old._fresh and bool(old.eip_states)
-        # after _take: the carried view is no news about them
-        self.left_detached = old.left_detached
-        self.repair_failures, self.repair_hold_until = old.repair_failures, old.repair_hold_until
+        """Take over the state of the runner this one replaces (after a reload: see :func:`groupstate.carried`) and
+        the health of every target whose binding and checks are unchanged."""
+        self.state = groupstate.carried(
+            old.state, same_cloud=old.config.eips == self.config.eips and old.provider is self.provider,
+            bindings=self.bindings, adopt_foreign=self.config.adopt_foreign)
         old_targets = {t.name: t for t in old.config.targets}
         for target in self.config.targets:
             before = old_targets.get(target.name)
@@ -272,22 +223,21 @@ class GroupRunner:
         except TimeoutError:
             answer = ProviderError(f"describe gave no answer within {_DESCRIBE_TIMEOUT:g}s", retryable=True)
         except Exception as exc:  # a driver bug: the cloud is unreadable, and the trace is worth a log line
-            if self.cloud_error is None:
+            if self.state.cloud.error is None:
                 log.exception("describe_crashed", group=self.name)
             answer = ProviderError(f"describe failed: internal error: {describe_exception(exc)}", retryable=True)
         if epoch != self._epoch:
             return
         now = time.monotonic()
+        error = self.state.cloud.error
         if isinstance(answer, ProviderError):
-            if self.cloud_error is None or str(self.cloud_error) != str(answer):
+            if error is None or str(error) != str(answer):
                 self.observers.on_cloud_error(self.name, answer)
-            self.cloud_error = answer
+            self.state = groupstate.read_failed(self.state, answer)
         else:
-            if self.cloud_error is not None:
+            if error is not None:
                 self.observers.on_cloud_error(self.name, None)
-                self.cloud_error = None
-            self.last_read_ok_at = now
-            self._see(answer)
+            self._see(answer, at=now)
         self._read_done = True
         self._publish(now)
         self._decide(now)
@@ -318,7 +268,7 @@ class GroupRunner:
     def invalidate(self) -> None:
         """Forget the cloud's view and read it again before any decision (a daemon that has just become leader
         reconciles from the cloud's actual state)."""
-        self._fresh = False
+        self.state = groupstate.stale(self.state)
         self._epoch += 1
         self._read_wake.set()
 
@@ -343,33 +293,22 @@ class GroupRunner:
         if target.health.state is not before.state:
             self.observers.on_health(self.name, target.name, before, target.health, combined)
 
-    def _see(self, states: Mapping[str, EipState]) -> None:
-        """Take ``states`` as the cloud's current view, and tell the observers if the EIPs are somewhere new."""
-        before = self.location, _bindings(self.eip_states)
-        self._take(states)
-        if (self.location, _bindings(states)) != before:
-            self.observers.on_placement(self.name, self.location, states)
-
-    def _take(self, states: Mapping[str, EipState]) -> None:
-        self.location, self.eip_states, self._fresh = locate(states, self.bindings), states, True
-        self.left_detached = tuple(e for e in self.left_detached
-                                   if e not in states or states[e].bound_to is None or states[e].pending)
-        self.managed = self.location
-        if self.location.foreign and not self.config.adopt_foreign:
-            others = {e: s for e, s in states.items() if e not in self.location.foreign}
-            self.managed = locate(others, self.bindings) if others else self.location
-        if self.managed.active is not None:
-            self.last_active = self.managed.active
-        if self.managed.placement not in (Placement.DETACHED, Placement.IN_TRANSITION):
-            self.repair_failures, self.repair_hold_until = 0, None  # attached again: the next repair is a new one
+    def _see(self, states: Mapping[str, EipState], at: float | None = None) -> None:
+        """Take ``states`` as the cloud's current view (see :func:`groupstate.seen`), and tell the observers if the
+        EIPs are somewhere new."""
+        before = self.state.cloud
+        self.state = groupstate.seen(self.state, states, self.bindings, adopt_foreign=self.config.adopt_foreign, at=at)
+        if (self.state.cloud.location, _bindings(states)) != (before.location, _bindings(before.states)):
+            self.observers.on_placement(self.name, self.state.cloud.location, states)
 
     def cloud_problem(self, now: float) -> str | None:
         """Why this group cannot see the cloud now (None if it can): no successful read yet, or the last one older
         than 3 intervals."""
-        error = f": {self.cloud_error}" if self.cloud_error is not None else ""
-        if self.last_read_ok_at is None:
+        cloud = self.state.cloud
+        error = f": {cloud.error}" if cloud.error is not None else ""
+        if cloud.read_ok_at is None:
             return "no successful cloud read yet" + (error or " (waiting for the first answer)")
-        age = now - self.last_read_ok_at
+        age = now - cloud.read_ok_at
         if age > STALE_INTERVALS * self.config.policy.interval:
             return f"last successful cloud read {age:.1f}s ago (over {STALE_INTERVALS} intervals){error}"
         return None
@@ -378,16 +317,17 @@ class GroupRunner:
         """A frozen view of the group for the API and systemd."""
         verdicts = self.health(now)
         views = self.coordinator.observers(self.name) if self.coordinator is not None else {}
+        s, cloud = self.state, self.state.cloud
         return GroupStatus(
             name=self.name, provider=self.config.provider, policy=self.config.policy,
-            adopt_foreign=self.config.adopt_foreign, active=self.active, placement=self.placement,
-            location=self.managed, foreign=self.location.foreign, eip_states=self.eip_states,
-            maintenance=self.maintenance, reconciled=self.reconciled.is_set(),
-            cloud_error=None if self.cloud_error is None else str(self.cloud_error),
-            cloud_read_age=None if self.last_read_ok_at is None else now - self.last_read_ok_at,
+            adopt_foreign=self.config.adopt_foreign, active=cloud.active, placement=cloud.placement,
+            location=cloud.managed, foreign=cloud.location.foreign, eip_states=cloud.states,
+            maintenance=s.maintenance, reconciled=self.reconciled.is_set(),
+            cloud_error=None if cloud.error is None else str(cloud.error),
+            cloud_read_age=None if cloud.read_ok_at is None else now - cloud.read_ok_at,
             cloud_problem=self.cloud_problem(now),
-            started=self.last_read_ok_at is not None or self.cloud_error is not None,
-            decision=self.decision, current=self.current, last_failover=self.last_failover,
+            started=cloud.read_ok_at is not None or cloud.error is not None,
+            decision=self.decision, current=s.current, last_failover=s.last_failover,
             last_tick_age=None if self.last_tick_at is None else now - self.last_tick_at,
             targets=tuple(
                 TargetStatus(t.name, t.binding, t.health, verdicts[t.name], dict(t.last_results),
@@ -396,22 +336,23 @@ class GroupRunner:
         )
 
     def snapshot(self) -> Snapshot:
-        known = self.placement is not Placement.UNKNOWN
+        s, cloud = self.state, self.state.cloud
+        known = cloud.placement is not Placement.UNKNOWN
         return Snapshot(
             targets=tuple(self.targets),
             health=self.health(time.monotonic()),
-            placement=self.managed.placement if known else Placement.UNKNOWN,
-            active=self.active,
-            holders=self.managed.holders if known else (),
-            last_active=self.last_active,
+            placement=cloud.managed.placement if known else Placement.UNKNOWN,
+            active=cloud.active,
+            holders=cloud.managed.holders if known else (),
+            last_active=s.last_active,
             adopt_foreign=self.config.adopt_foreign,
-            foreign=bool(self.location.foreign) if known else False,
-            repair_hold_until=self.repair_hold_until,
-            maintenance=self.maintenance,
-            in_progress=self.in_progress,
-            last_move_at=self.last_move_at,
-            recent_moves=tuple(self.recent_moves),
-            manual=self.manual,
+            foreign=bool(cloud.location.foreign) if known else False,
+            repair_hold_until=s.repair_hold_until,
+            maintenance=s.maintenance,
+            in_progress=s.moving,
+            last_move_at=s.last_move_at,
+            recent_moves=s.recent_moves,
+            manual=s.manual,
         )
 
     def movable(self, force: bool = False) -> tuple[str, ...]:
@@ -419,7 +360,7 @@ class GroupRunner:
         forced manual request) says to take those too."""
         if force or self.config.adopt_foreign:
             return tuple(self.config.eips)
-        return tuple(e for e in self.config.eips if e not in self.location.foreign)
+        return tuple(e for e in self.config.eips if e not in self.state.cloud.location.foreign)
 
     def plan(self, snapshot: Snapshot, now: float) -> tuple[Decision, tuple[str, ...]]:
         """The decision on ``snapshot`` (:func:`eipfailover.policy.decide`) with what only the runner knows: no action
@@ -441,7 +382,7 @@ class GroupRunner:
         decision, eips = self.plan(snapshot, now)
         request = snapshot.manual if not snapshot.in_progress else None
         if request is not None:
-            self.manual = None  # served, whether carried out or refused
+            self.state = replace(self.state, manual=None)  # served, whether carried out or refused
         if decision != self.decision:
             self.observers.on_decision(self.name, decision)
             self.decision = decision
@@ -462,7 +403,7 @@ class GroupRunner:
         return FailoverRecord(
             id=request.id if request is not None and request.id else uuid.uuid4().hex[:12], group=self.name,
             trigger=trigger, reason=request.reason if request is not None and request.reason else reason,
-            from_target=self.active, to_target=to, eips=eips, started_at=time.time(),
+            from_target=self.state.cloud.active, to_target=to, eips=eips, started_at=time.time(),
             requested_by=request.requested_by if request is not None else None,
         )
 
@@ -472,19 +413,15 @@ class GroupRunner:
         assert decision.trigger is not None
         counted = decision.reason is not Reason.REPAIR  # a repair neither waits for the holds nor arms them
         windowed = counted and decision.trigger is not Trigger.MANUAL
-        if counted:
-            self.last_move_at = now
-        if windowed:
-            window = self.config.policy.max_failovers.window
-            self.recent_moves = [t for t in self.recent_moves if now - t < window] + [now]
+        record = self._record(decision.target, decision.trigger, request, eips, decision.reason.value)
+        self.state = groupstate.move_started(self.state, record, now, counted=counted, windowed=windowed,
+                                             window=self.config.policy.max_failovers.window)
         if counted and self.coordinator is not None:  # stored with the first fencing proof, before any cloud call
             self.coordinator.share_memory(self.name, self.memory())
-        record = self._record(decision.target, decision.trigger, request, eips, decision.reason.value)
-        self.current = record
-        self._moving = True
         self._epoch += 1
         self.observers.on_failover_started(record)
-        states = self.eip_states if self._fresh and self.cloud_error is None else None
+        cloud = self.state.cloud
+        states = cloud.states if cloud.fresh and cloud.error is None else None
         self._task = asyncio.create_task(self._failover(record, states, self._fallback(record),
                                                         decision.reason, counted, windowed),
                                          name=f"failover-{self.name}-{record.id}")
@@ -504,29 +441,21 @@ class GroupRunner:
         done, outcome = await self.actuator.execute(record, states, fallback, reason, self._sources(record.to_target),
                                                     counted=counted, windowed=windowed)
         done = replace(done, finished_at=time.time())
-        now = time.monotonic()
-        if reason is Reason.REPAIR and outcome.code == "NotLeader":
-            pass  # refused before any call by the fence, not by the cloud: the next leader repairs at once
-        elif reason is Reason.REPAIR:  # not counted; a failed one makes the next wait, doubling from an interval
-            self.repair_failures = 0 if outcome.ok else self.repair_failures + 1
-            doublings = min(self.repair_failures - 1, 16)  # past the cap anyway; and never a float overflow
-            backoff = min(self.config.policy.interval * 2**doublings, REPAIR_BACKOFF_CAP)
-            self.repair_hold_until = now + backoff if self.repair_failures else None
-        else:
-            self.last_move_at = now  # the cooldown runs from the end of the move
-            if self.coordinator is not None:  # the next leader holds the same cooldown and window
-                self.coordinator.share_memory(self.name, self.memory())
-        self.current, self.last_failover, self.left_detached = None, done, outcome.detached
-        self._moving = False
+        repair = reason is Reason.REPAIR
+        self.state = groupstate.move_finished(self.state, done, time.monotonic(), ok=outcome.ok, repair=repair,
+                                              detached=outcome.detached, fenced_out=outcome.code == "NotLeader",
+                                              interval=self.config.policy.interval)
+        if not repair and self.coordinator is not None:  # the next leader holds the same cooldown and window
+            self.coordinator.share_memory(self.name, self.memory())
         self._epoch += 1
         self.observers.on_failover_finished(done)
         if outcome.ok and outcome.states is not None:  # the verification's describe: the freshest view there is
-            self._see({**self.eip_states, **outcome.states})  # (of the EIPs it moved: the others as last seen)
+            self._see({**self.state.cloud.states, **outcome.states})  # (of the EIPs it moved: the others as seen)
             self._decide(time.monotonic())
             if not set(self.config.eips) <= set(outcome.states):
                 self._read_wake.set()  # the EIPs it did not move: read them now
         else:
-            self._fresh = False  # wait for a new read before deciding anything
+            self.state = groupstate.stale(self.state)  # wait for a new read before deciding anything
             self._read_wake.set()
 
     def journaled(self, record: FailoverRecord) -> contextlib.AbstractContextManager[None]:
@@ -536,9 +465,10 @@ class GroupRunner:
     def _sources(self, to: str) -> list[str]:
         """The targets a move to ``to`` takes EIPs off: those holding any (where the cloud cannot be read, the last
         active target)."""
-        if self.placement is Placement.UNKNOWN:
-            return [self.last_active] if self.last_active is not None and self.last_active != to else []
-        return [holder for holder in self.location.holders if holder != to]
+        s = self.state
+        if s.cloud.placement is Placement.UNKNOWN:
+            return [s.last_active] if s.last_active is not None and s.last_active != to else []
+        return [holder for holder in s.cloud.location.holders if holder != to]
 
     async def wait_idle(self) -> None:
         """Wait for the running failover, if any, to finish."""
@@ -742,10 +672,11 @@ class Engine:
         move detaches first; otherwise those it is repairing), and those a finished one could not secure."""
         risky = {}
         for r in self.runners.values():
-            moving = r.current.eips if r.current is not None else ()
-            if r.provider.atomic_moves and r.current is not None and r.current.from_target is not None:
+            current = r.state.current
+            moving = current.eips if current is not None else ()
+            if r.provider.atomic_moves and current is not None and current.from_target is not None:
                 moving = ()  # an atomic move of attached EIPs cannot leave them detached
-            eips = sorted({*moving, *r.left_detached})
+            eips = sorted({*moving, *r.state.left_detached})
             if eips:
                 risky[r.name] = eips
         return risky
@@ -756,7 +687,7 @@ class Engine:
             if runner.stopping:
                 continue
             shared = self.coordinator.maintenance(runner.name) if self.coordinator is not None else None
-            if shared is not None and shared != runner.maintenance:
+            if shared is not None and shared != runner.state.maintenance:
                 runner.set_maintenance(shared)
             else:
                 runner.poke()

@@ -201,14 +201,14 @@ class StateCollector(Collector):
         f = self._families()
         now = time.monotonic()
         for runner in self.engine.runners.values():
-            name, location = runner.name, runner.location
+            name, cloud = runner.name, runner.state.cloud
             for target in runner.targets.values():
                 f["target_up"].add_metric([name, target.name], float(target.health.state is TargetState.UP))
-                f["active_target"].add_metric([name, target.name], float(target.name == runner.managed.active))
-            f["maintenance"].add_metric([name], float(runner.maintenance))
-            f["eip_attached"].add_metric([name], float(location.placement is Placement.ON_TARGET))
-            f["eips_foreign"].add_metric([name], float(len(location.foreign)))
-            since = runner.last_read_ok_at or runner.started_at
+                f["active_target"].add_metric([name, target.name], float(target.name == cloud.managed.active))
+            f["maintenance"].add_metric([name], float(runner.state.maintenance))
+            f["eip_attached"].add_metric([name], float(cloud.location.placement is Placement.ON_TARGET))
+            f["eips_foreign"].add_metric([name], float(len(cloud.location.foreign)))
+            since = cloud.read_ok_at or runner.started_at
             f["cloud_read_age"].add_metric([name], now - since if since is not None else 0.0)
         providers = {r.config.provider: r.provider for r in self.engine.runners.values()}
         for name, provider in providers.items():

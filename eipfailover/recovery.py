@@ -48,7 +48,7 @@ async def _recover(record: FailoverRecord, runner: GroupRunner | None) -> Failov
         return _finish(record, text)
     text = f"{prefix}; " + await _reconcile(record, runner)
     done = _finish(record, text)
-    runner.last_failover = done
+    runner.state = replace(runner.state, last_failover=done)
     runner.observers.on_failover_finished(done)
     return done
 

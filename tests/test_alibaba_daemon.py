@@ -69,9 +69,10 @@ async def test_started_with_a_detached_or_detaching_eip_reconciles(
             assert fake.eips["eip-1"].instance_id == "i-a"  # the most preferred healthy target
             assert daemon.engine is not None
             runner = daemon.engine.runners["web"]
-            await eventually(lambda: runner.last_failover is not None)
-            assert runner.last_failover is not None
-            assert (runner.last_failover.reason, runner.last_failover.result) == ("repair_detached", "success")
+            await eventually(lambda: runner.state.last_failover is not None)
+            done = runner.state.last_failover
+            assert done is not None
+            assert (done.reason, done.result) == ("repair_detached", "success")
         finally:
             assert daemon.engine is not None
             daemon.engine.request_stop()
@@ -111,7 +112,7 @@ async def test_a_manual_failover_while_an_eip_is_in_transition_needs_force(
             assert "UnassociateEipAddress" not in fake.actions()
             async with session.post(url, json={"to": "web-b", "force": True}) as response:
                 assert response.status == 202  # forced: the move waits for the transition, then goes
-        assert runner.current is not None
+        assert runner.state.current is not None
     finally:
         assert daemon.engine is not None
         daemon.engine.request_stop()

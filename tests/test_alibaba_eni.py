@@ -285,15 +285,15 @@ async def test_the_daemon_fails_a_cut_through_group_over_by_moving_the_eni(
         await eventually(lambda: daemon.engine is not None and daemon.engine.ready.is_set(), timeout=20)
         assert daemon.engine is not None
         runner = daemon.engine.runners["web"]
-        assert runner.location.active == "web-a"
+        assert runner.state.cloud.location.active == "web-a"
         await health_servers[0].stop()  # web-a's service dies
-        await eventually(lambda: runner.last_failover is not None and runner.last_failover.result != "running",
+        await eventually(lambda: (done := runner.state.last_failover) is not None and done.result != "running",
                          timeout=20)
-        assert runner.last_failover is not None
-        assert (runner.last_failover.result, runner.last_failover.to_target) == ("success", "web-b")
+        assert runner.state.last_failover is not None
+        assert (runner.state.last_failover.result, runner.state.last_failover.to_target) == ("success", "web-b")
         assert (fake.resources["eni-x"].attached_to, fake.resources["eni-x"].eni_status) == ("i-b", "InUse")
         assert (fake.eips["eip-1"].instance_id, fake.eips["eip-1"].status) == ("eni-x", "InUse")
-        await eventually(lambda: runner.location.active == "web-b", timeout=10)  # read back from the cloud
+        await eventually(lambda: runner.state.cloud.location.active == "web-b", timeout=10)  # read back from the cloud
     finally:
         assert daemon.engine is not None
         daemon.engine.request_stop()

@@ -73,7 +73,7 @@ async def test_changes_need_the_token(running: Running, token: str | None, code:
     status, _ = await running.post("/v1/groups/web/maintenance", {"enabled": True}, token=token)
     assert status == 401
     await asyncio.sleep(1.2)  # a few ticks: nothing was recorded, nothing moves
-    assert running.runner.maintenance is False
+    assert running.runner.state.maintenance is False
     assert running.ec2.holder()["InstanceId"] == running.ec2.instance_a
     assert (await running.get("/v1/history"))[1] == {"failovers": []}
 
@@ -118,7 +118,7 @@ async def test_manual_failover_moves_the_eip_and_is_recorded(running: Running) -
         failover_id, "manual", "web-a", "web-b", "patch web-a")
     assert record["requested_by"].startswith("api@127.0.0.1")
     assert record["duration_seconds"] > 0
-    await eventually(lambda: running.runner.active == "web-b")
+    await eventually(lambda: running.runner.state.cloud.active == "web-b")
 
     metrics = await running.scrape()
     assert metrics[("eipfailover_failovers_total", (("group", "web"), ("result", "success"),
@@ -156,7 +156,7 @@ async def test_manual_failover_conflicts(running: Running) -> None:
         "before-send.ec2.AssociateAddress", lambda **_: release.wait(5) and None)
     status, body = await running.post("/v1/groups/web/failover", {"to": "web-b", "force": True})
     assert status == 202
-    await eventually(lambda: running.runner.current is not None)
+    await eventually(lambda: running.runner.state.current is not None)
     status, second = await running.post("/v1/groups/web/failover", {"to": "web-b", "force": True})
     assert (status, second["error"]) == (409, "failover_in_progress")
     release.set()
@@ -178,7 +178,7 @@ async def test_maintenance_pauses_automatic_failover(running: Running) -> None:
     metrics = await running.scrape()
     assert metrics[("eipfailover_maintenance", (("group", "web"),))] == 0
     assert metrics[("eipfailover_target_up", (("group", "web"), ("target", "web-a")))] == 0
-    await eventually(lambda: running.runner.last_failover is not None)
+    await eventually(lambda: running.runner.state.last_failover is not None)
     assert (await running.scrape())[("eipfailover_failovers_total", (("group", "web"), ("result", "success"),
                                                                      ("trigger", "auto")))] == 1
 
@@ -288,7 +288,7 @@ async def test_openapi_document_matches_the_routes(running: Running) -> None:
 
 async def test_responses_carry_every_documented_field(running: Running) -> None:
     await running.post("/v1/groups/web/failover", {"to": "web-b"})
-    await eventually(lambda: running.runner.last_failover is not None)
+    await eventually(lambda: running.runner.state.last_failover is not None)
     document = yaml.safe_load((ROOT / "docs" / "openapi.yaml").read_text())
     schemas = document["components"]["schemas"]
     group = (await running.get("/v1/groups/web"))[1]

@@ -72,7 +72,7 @@ async def test_a_body_split_over_two_tcp_writes_is_read_whole(running: Running) 
     status, data = await answer(reader)
     writer.close()
     assert status == 200, data
-    assert running.runner.maintenance is True
+    assert running.runner.state.maintenance is True
 
 
 async def test_a_half_sent_request_head_is_closed_after_the_head_timeout(running: Running) -> None:
@@ -116,7 +116,7 @@ async def test_a_malformed_credential_is_a_401(running: Running, auth: bytes) ->
     writer.close()
     assert status == 401, data
     assert b'"error": "unauthorized"' in data
-    assert running.runner.maintenance is False
+    assert running.runner.state.maintenance is False
 
 
 async def test_a_405_says_what_is_allowed(running: Running) -> None:
@@ -153,7 +153,7 @@ async def test_manual_failover_against_an_unreadable_cloud_needs_force(running: 
     faults = Faults()
     faults.script["DescribeAddresses"] = [(403, "UnauthorizedOperation")] * 10_000
     provider.client.meta.events.register("before-send.ec2", faults)
-    await eventually(lambda: running.runner.cloud_error is not None)
+    await eventually(lambda: running.runner.state.cloud.error is not None)
     status, body = await running.post("/v1/groups/web/failover", {"to": "web-b"})
     assert (status, body["error"]) == (409, "cloud_unknown")
     assert running.ec2.holder()["InstanceId"] == running.ec2.instance_a
@@ -161,11 +161,11 @@ async def test_manual_failover_against_an_unreadable_cloud_needs_force(running: 
     assert status == 202, body
     await eventually(lambda: running.ec2.holder()["InstanceId"] == running.ec2.instance_b)
     # the daemon could not verify it (the cloud is unreadable): the EIP counts as at risk until a read shows it
-    await eventually(lambda: running.runner.current is None)
-    assert running.runner.left_detached == (running.ec2.eip,)
+    await eventually(lambda: running.runner.state.current is None)
+    assert running.runner.state.left_detached == (running.ec2.eip,)
     faults.script.clear()
-    await eventually(lambda: not running.runner.left_detached)
-    assert running.runner.active == "web-b"
+    await eventually(lambda: not running.runner.state.left_detached)
+    assert running.runner.state.cloud.active == "web-b"
 
 
 @pytest.fixture
@@ -312,7 +312,7 @@ async def test_schemathesis_with_a_wrong_token_changes_nothing(running: Running)
     before = running.ec2.holder()["InstanceId"]
     failures = await asyncio.to_thread(fuzz, running.url, WRONG_TOKEN_SCHEMA)
     assert not failures, "\n".join(failures)
-    assert (running.runner.maintenance, running.runner.last_failover) == (False, None)
+    assert (running.runner.state.maintenance, running.runner.state.last_failover) == (False, None)
     _, history = await running.get("/v1/history")
     assert history["failovers"] == []
     assert running.ec2.holder()["InstanceId"] == before
@@ -382,7 +382,8 @@ async def test_maintenance_posted_across_a_reload_reaches_the_group_that_runs(
                                             b" true}")
         assert answer == (200, {"group": "web", "maintenance": True})
         assert daemon.engine is not None
-        assert daemon.engine.runners["web"].maintenance is True, "the API said maintenance is on; the group runs off"
+        assert daemon.engine.runners["web"].state.maintenance is True, \
+            "the API said maintenance is on; the group runs off"
 
 
 async def test_a_failover_posted_across_a_reload_is_decided_by_the_group_that_runs(

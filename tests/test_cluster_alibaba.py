@@ -74,13 +74,13 @@ async def test_repairs_refused_by_the_fence_do_not_hold_the_repair_once_etcd_ans
     checks["a"].status = CheckStatus.FAIL
     await runner.check_round()
     await runner.wait_idle()
-    assert runner.last_failover is not None
-    assert runner.last_failover.result == "failure"
+    assert runner.state.last_failover is not None
+    assert runner.state.last_failover.result == "failure"
     assert not fake.eips["eip-1"].instance_id, "the half move left the EIP detached"
 
     # the leader keeps deciding every interval while etcd is out: each repair is refused by the fence
     for _ in range(3):
-        hold = runner.repair_hold_until
+        hold = runner.state.repair_hold_until
         await eventually(lambda h=hold: h is None or time.monotonic() >= h, timeout=30)
         await runner.read_cloud()
         await runner.wait_idle()
@@ -91,7 +91,7 @@ async def test_repairs_refused_by_the_fence_do_not_hold_the_repair_once_etcd_ans
     await runner.wait_idle()
     assert runner.decision is not None
     assert runner.decision.reason is not Reason.REPAIR_BACKOFF, (
-        f"the repair is held until {runner.repair_hold_until} although nothing was refused by the cloud")
+        f"the repair is held until {runner.state.repair_hold_until} although nothing was refused by the cloud")
     await eventually(lambda: _holder(fake) == "i-b", timeout=10)
 
 

@@ -11,6 +11,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -292,13 +293,12 @@ async def test_a_leader_that_adopts_its_own_shared_memory_counts_each_move_once(
     ``max_failovers`` is reached with half (then a quarter...) of the moves."""
     w = World({"e1": A})
     now = time.monotonic()
-    w.runner.recent_moves = [now - 30.0]
-    w.runner.last_move_at = now - 30.0
+    w.runner.state = replace(w.runner.state, recent_moves=(now - 30.0,), last_move_at=now - 30.0)
     shared = w.runner.memory()  # what this daemon stored in etcd as leader
     await asyncio.sleep(0.01)  # it loses leadership and wins it again later
     w.runner.adopt(shared)
-    assert len(w.runner.recent_moves) == 1, f"one move counted {len(w.runner.recent_moves)} times: " \
-                                            f"{w.runner.recent_moves}"
+    moves = w.runner.state.recent_moves
+    assert len(moves) == 1, f"one move counted {len(moves)} times: {moves}"
 
 
 async def keeps_renewing(daemons: Daemons, etcd: EtcdCluster, prefix: str) -> None:
@@ -410,8 +410,9 @@ async def test_a_group_added_by_a_reload_on_the_leader_takes_the_clusters_memory
     engine.apply({"g": runner})  # SIGHUP added group g
     try:
         assert engine.runners.get("g") is runner
-        assert runner.last_move_at is not None, "the previous leader's move does not hold the cooldown"
-        assert len(runner.recent_moves) == 1, f"the previous leader's move is not counted: {runner.recent_moves}"
+        assert runner.state.last_move_at is not None, "the previous leader's move does not hold the cooldown"
+        moves = runner.state.recent_moves
+        assert len(moves) == 1, f"the previous leader's move is not counted: {moves}"
     finally:
         engine.request_stop()
         for task in list(engine._loops.values()):

@@ -170,8 +170,8 @@ async def test_every_mutation_is_fenced_with_the_call_deadline(aws_world: Any, e
     runner, coordinator, checks = aws_world
     await primary_fails(runner, checks)
     await runner.wait_idle()
-    assert runner.last_failover is not None
-    assert runner.last_failover.result == "success", runner.last_failover.error
+    assert runner.state.last_failover is not None
+    assert runner.state.last_failover.result == "success", runner.state.last_failover.error
     assert coordinator.fences == [("web", "AssociateAddress", 3.0)]  # one attempt: connect 1 s + read 2 s
     assert holder(ec2) == ec2.instance_b
 
@@ -181,9 +181,9 @@ async def test_a_refused_fence_sends_nothing(aws_world: Any, ec2: Ec2World) -> N
     coordinator.refuse = "AssociateAddress not sent: this daemon no longer leads (term 7 is over)"
     await primary_fails(runner, checks)
     await runner.wait_idle()
-    assert runner.last_failover is not None
-    assert runner.last_failover.result == "failure"
-    assert "no longer leads" in runner.last_failover.error
+    assert runner.state.last_failover is not None
+    assert runner.state.last_failover.result == "failure"
+    assert "no longer leads" in runner.state.last_failover.error
     assert len(coordinator.fences) == 1  # NotLeader is not retried
     assert holder(ec2) == ec2.instance_a
 
@@ -198,9 +198,9 @@ async def test_a_lease_that_lapsed_after_the_proof_sends_nothing(aws_world: Any,
                                                 lambda request, **_: sent.append("sent"))
     await primary_fails(runner, checks)
     await runner.wait_idle()
-    assert runner.last_failover is not None
-    assert runner.last_failover.result == "failure"
-    assert "lapsed" in runner.last_failover.error
+    assert runner.state.last_failover is not None
+    assert runner.state.last_failover.result == "failure"
+    assert "lapsed" in runner.state.last_failover.error
     assert sent == []
     assert holder(ec2) == ec2.instance_a
 
@@ -218,8 +218,8 @@ async def test_a_new_leader_reads_the_cloud_before_it_decides(aws_world: Any, ec
     assert not runner.in_progress
     await runner.read_cloud()  # a fresh read: now it acts
     await runner.wait_idle()
-    assert runner.last_failover is not None
-    assert runner.last_failover.result == "success"
+    assert runner.state.last_failover is not None
+    assert runner.state.last_failover.result == "success"
     assert holder(ec2) == ec2.instance_b
 
 

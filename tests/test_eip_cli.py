@@ -519,11 +519,11 @@ async def test_an_eip_command_is_refused_while_the_daemon_is_moving_that_eip(
         runner.set_maintenance(True)
         fake.faults["AttachNetworkInterface"] = [Fault(match={"InstanceId": "i-b"}) for _ in range(100000)]
         runner.request_failover(ManualRequest(to="web-b", id="by-hand"))  # `eipfailover failover web --to web-b`
-        await eventually(lambda: runner.current is not None and eni.eni_status == "Available", timeout=10)
+        await eventually(lambda: runner.state.current is not None and eni.eni_status == "Available", timeout=10)
         cli = dict(data, api={"listen": f"127.0.0.1:{daemon.api_port}"})
         path = tmp_path / "cli.yaml"
         await asyncio.to_thread(path.write_text, yaml.safe_dump(cli))
-        assert runner.current is not None
+        assert runner.state.current is not None
         result = await eip(path, "associate", "eip-1", "--target", "web/web-a")
         assert (result.code, "refused" in result.err) == (1, True), (result, eni)
     finally:

@@ -128,10 +128,10 @@ async def test_active_down_fails_over_to_the_standby() -> None:
     assert w.cloud.moves() == [(("e1", "e2"), B)]
     assert w.recorder.of("started") == [("started", Trigger.AUTO, "a", "b")]
     assert w.recorder.of("finished") == [("finished", "success", "b", "")]
-    assert w.runner.last_failover is not None
-    assert w.runner.last_failover.reason == "active_down"
+    assert w.runner.state.last_failover is not None
+    assert w.runner.state.last_failover.reason == "active_down"
     await w.ticks(3)
-    assert (w.runner.placement, w.runner.active) == (Placement.ON_TARGET, "b")
+    assert (w.runner.state.cloud.placement, w.runner.state.cloud.active) == (Placement.ON_TARGET, "b")
     assert len(w.cloud.moves()) == 1
 
 
@@ -139,7 +139,7 @@ async def test_eips_already_on_the_standby_at_start_stay_there() -> None:
     w = World({"e1": B})
     await w.ticks(10)
     assert w.cloud.moves() == []
-    assert w.runner.active == "b"
+    assert w.runner.state.cloud.active == "b"
 
 
 async def test_no_move_to_an_unhealthy_standby() -> None:
@@ -158,8 +158,8 @@ async def test_detached_eip_is_adopted_by_the_best_healthy_target() -> None:
     await w.ticks(1)
     assert w.cloud.moves() == [(("e1",), B)]
     assert w.recorder.of("started") == [("started", Trigger.AUTO, None, "b")]
-    assert w.runner.last_failover is not None
-    assert w.runner.last_failover.reason == "repair_detached"
+    assert w.runner.state.last_failover is not None
+    assert w.runner.state.last_failover.reason == "repair_detached"
 
 
 async def test_an_eip_on_a_foreign_resource_is_left_alone_unless_adopt_foreign() -> None:
@@ -168,7 +168,7 @@ async def test_an_eip_on_a_foreign_resource_is_left_alone_unless_adopt_foreign()
     await w.ticks(4)
     assert w.cloud.moves() == []
     assert w.runner.decision == Decision(Action.NONE, Reason.FOREIGN)
-    assert w.runner.location.foreign == ("e1",)
+    assert w.runner.state.cloud.location.foreign == ("e1",)
     adopting = World({"e1": stranger}, adopt_foreign=True)
     await adopting.ticks(2)
     assert adopting.cloud.moves() == [(("e1",), A)]
@@ -178,12 +178,12 @@ async def test_a_detached_eip_is_repaired_but_a_foreign_one_of_the_same_group_st
     w = World({"e1": Binding(instance_id="i-stranger"), "e2": None, "e3": B})
     await w.ticks(2)
     assert w.cloud.moves() == [(("e2",), B)]  # to b, which already holds e3; never e1
-    assert w.runner.last_failover is not None
-    assert (w.runner.last_failover.reason, w.runner.last_failover.eips) == ("repair_detached", ("e2", "e3"))
+    assert w.runner.state.last_failover is not None
+    assert (w.runner.state.last_failover.reason, w.runner.state.last_failover.eips) == ("repair_detached", ("e2", "e3"))
     await w.ticks(3)
     assert len(w.cloud.moves()) == 1
     assert w.runner.decision == Decision(Action.NONE, Reason.ACTIVE_HEALTHY, "b")  # the others are on b
-    assert w.runner.location.foreign == ("e1",)
+    assert w.runner.state.cloud.location.foreign == ("e1",)
 
 
 async def test_repair_ignores_cooldown_and_max_failovers_and_does_not_count() -> None:
@@ -197,7 +197,7 @@ async def test_repair_ignores_cooldown_and_max_failovers_and_does_not_count() ->
     await w.ticks(1)
     assert w.cloud.moves() == [(("e1",), B), (("e1",), B)]
     assert w.recorder.of("started")[-1] == ("started", Trigger.AUTO, None, "b")
-    assert len(w.runner.recent_moves) == 1  # the repair is not counted against max_failovers
+    assert len(w.runner.state.recent_moves) == 1  # the repair is not counted against max_failovers
     w.cloud.placement["e1"] = None
     await w.ticks(1)
     assert len(w.cloud.moves()) == 3  # and again, at once
@@ -207,13 +207,13 @@ async def test_adoption_goes_to_the_target_holding_the_other_eips_not_by_prefere
     w = World({"e1": B, "e2": None})
     await w.ticks(2)
     assert w.cloud.moves() == [(("e2",), B)]  # e1 stays on b: no failback to a
-    assert (w.runner.placement, w.runner.active) == (Placement.ON_TARGET, "b")
+    assert (w.runner.state.cloud.placement, w.runner.state.cloud.active) == (Placement.ON_TARGET, "b")
 
 
 async def test_a_single_eip_is_adopted_where_the_group_was_last_active() -> None:
     w = World({"e1": B})
     await w.ticks(3)
-    assert w.runner.active == "b"
+    assert w.runner.state.cloud.active == "b"
     w.cloud.placement["e1"] = None
     await w.ticks(1)
     assert w.cloud.moves() == [(("e1",), B)]
@@ -228,7 +228,7 @@ async def test_a_driver_bug_fails_the_failover_and_the_group_goes_on() -> None:
     finished = w.recorder.of("finished")
     assert finished[0][:3] == ("finished", "failure", "b")
     assert "internal error: KeyError: 'AllocationId'" in finished[0][3]
-    assert w.runner.current is None
+    assert w.runner.state.current is None
     await w.runner.wait_idle()  # does not re-raise
     await w.ticks(1)
     assert w.cloud.placement["e1"] == B  # the next decision retried, and it worked
@@ -247,7 +247,7 @@ async def test_a_read_that_straddles_a_failover_is_discarded() -> None:
     assert w.cloud.moves() == [(("e1",), B)]
     release.set()
     await stale  # answers "e1 on a": stale, it must not be taken for the truth
-    assert w.runner.active == "b"
+    assert w.runner.state.cloud.active == "b"
     await w.runner.check_round()
     await w.runner.wait_idle()
     assert w.cloud.moves() == [(("e1",), B)]
@@ -256,7 +256,8 @@ async def test_a_read_that_straddles_a_failover_is_discarded() -> None:
 async def test_a_slow_cloud_does_not_delay_detection() -> None:
     w = World({"e1": A}, interval="100ms", timeout="50ms", fall=3)
     task = asyncio.create_task(w.runner.run())
-    await eventually(lambda: w.runner.targets["a"].health.state is TargetState.UP and w.runner.active == "a")
+    await eventually(lambda: w.runner.targets["a"].health.state is TargetState.UP
+                     and w.runner.state.cloud.active == "a")
     w.cloud.describe_delay = 5.0  # every read from now on takes 5 s
     await asyncio.sleep(0.15)  # the read in flight now is slow
     failed = time.monotonic()
@@ -277,12 +278,12 @@ async def test_manual_failover_and_refusal() -> None:
     w.runner.request_failover(ManualRequest(to="c", id="m1", requested_by="ops"))
     await w.ticks(1)
     assert w.cloud.moves() == []  # c is unhealthy and the request is not forced
-    assert w.runner.manual is None  # the refused request is not kept around
+    assert w.runner.state.manual is None  # the refused request is not kept around
     assert w.recorder.of("finished") == [("finished", "skipped", "c", "refused: manual_target_unhealthy")]
     w.runner.request_failover(ManualRequest(to="b", reason="patching a", id="m2", requested_by="ops"))
     await w.ticks(1)
     assert w.cloud.moves() == [(("e1",), B)]
-    last = w.runner.last_failover
+    last = w.runner.state.last_failover
     assert last is not None
     assert (last.id, last.trigger, last.requested_by, last.reason) == ("m2", Trigger.MANUAL, "ops", "patching a")
 
@@ -492,7 +493,7 @@ async def slow_move_under_way(web: GroupRunner, checks: dict[str, ScriptedCheck]
     engine = Engine([web])
     running = asyncio.create_task(engine.run())
     try:
-        await eventually(lambda: web.active == "a" and all(t.health.state.value == "up"
+        await eventually(lambda: web.state.cloud.active == "a" and all(t.health.state.value == "up"
                                                              for t in web.targets.values()), 5)
         cloud.move_delay = 2.0
         checks["a"].status = FAIL
@@ -527,7 +528,7 @@ async def test_a_stop_abandons_a_hanging_cloud_read_at_once(monkeypatch: Any) ->
     web, _ = runner("web", cloud)
     engine = Engine([web])
     running = asyncio.create_task(engine.run())
-    await eventually(lambda: web.active == "a", 5)
+    await eventually(lambda: web.state.cloud.active == "a", 5)
     cloud.hold = asyncio.Event()  # the next describe hangs (a cloud that accepts and never answers)
     await eventually(lambda: cloud.hold is None, 5)
     engine.request_stop()
@@ -564,7 +565,8 @@ async def test_after_a_move_the_foreign_eip_stays_in_the_view() -> None:
     w = World({"e1": stranger, "e2": None, "e3": B})
     await w.ticks(2)
     assert w.cloud.moves() == [(("e2",), B)]  # the repair; e1 stays where it is
-    assert w.runner.location.foreign == ("e1",), f"foreign EIP dropped from the view: {w.runner.location}"
+    location = w.runner.state.cloud.location
+    assert location.foreign == ("e1",), f"foreign EIP dropped from the view: {location}"
 
 
 async def test_after_a_move_an_unforced_manual_request_leaves_the_foreign_eip() -> None:
@@ -673,10 +675,10 @@ async def test_eips_a_failover_could_not_secure_stop_being_at_risk_once_the_clou
     w.cloud.faults["describe"] = [ProviderError("Forbidden.RAM", retryable=False, code="Forbidden.RAM")]
     w.runner.request_failover(ManualRequest(to="b", id="m1"))
     await w.runner.wait_idle()
-    assert w.runner.left_detached == ("e1",)
+    assert w.runner.state.left_detached == ("e1",)
     await w.ticks(5)  # the cloud answers again: e1 is on a, healthy; nothing to do
-    assert w.runner.placement is Placement.ON_TARGET
-    assert w.runner.active == "a"
+    assert w.runner.state.cloud.placement is Placement.ON_TARGET
+    assert w.runner.state.cloud.active == "a"
     assert Engine([w.runner]).at_risk() == {}, (
         f"the cloud shows e1 attached to a, yet a stop now would exit 1: {Engine([w.runner]).at_risk()}")
 
@@ -711,10 +713,10 @@ async def test_the_active_target_gauge_agrees_with_the_api_when_an_eip_is_foreig
     stranger = Binding(instance_id="i-stranger")
     w = World({"e1": A, "e2": stranger})
     await w.ticks(3)
-    assert w.runner.active == "a"
+    assert w.runner.state.cloud.active == "a"
     families = {f.name: f for f in StateCollector(Engine([w.runner])).collect()}
     active = {s.labels["target"]: s.value for s in families["eipfailover_active_target"].samples}
-    assert active.get("a") == 1.0, f"API active_target={w.runner.active!r}, gauge: {active}"
+    assert active.get("a") == 1.0, f"API active_target={w.runner.state.cloud.active!r}, gauge: {active}"
 
 
 async def test_a_verified_move_of_every_eip_is_not_read_again_at_once() -> None:
@@ -727,15 +729,15 @@ async def test_a_verified_move_of_every_eip_is_not_read_again_at_once() -> None:
     try:
         await eventually(lambda: len(reads(w.cloud)) >= 2)  # the loop's first read, at once
         w.set(a=FAIL)
-        await eventually(lambda: w.runner.last_failover is not None)
-        assert w.runner.last_failover is not None
-        assert w.runner.last_failover.result == "success"
+        await eventually(lambda: w.runner.state.last_failover is not None)
+        assert w.runner.state.last_failover is not None
+        assert w.runner.state.last_failover.result == "success"
         settled = len(reads(w.cloud))
         w.cloud.faults["move"] = [ProviderError("denied", retryable=False, code="Forbidden")]
         w.set(a=OK)
         await w.runner.check_round()  # a: UP again
         w.runner.request_failover(ManualRequest(to="a"))
-        await eventually(lambda: w.runner.last_failover is not None and w.runner.last_failover.to_target == "a")
+        await eventually(lambda: (done := w.runner.state.last_failover) is not None and done.to_target == "a")
         await eventually(lambda: len(reads(w.cloud)) == settled + 1)  # the failed move: a read at once
     finally:
         w.runner.request_stop()

@@ -64,7 +64,7 @@ async def test_a_forced_move_on_a_stale_view_reports_the_eip_it_could_not_check(
     await w.ticks(3)
     w.cloud.faults["describe"] = [THROTTLED] * 1000
     await w.runner.read_cloud()
-    assert w.runner.placement is Placement.UNKNOWN
+    assert w.runner.state.cloud.placement is Placement.UNKNOWN
     w.cloud.placement["e1"] = None  # gone from a, unseen
     w.cloud.faults["move"] = [DENIED]
     w.runner.request_failover(ManualRequest(to="b", force=True, id="m1"))
@@ -74,7 +74,7 @@ async def test_a_forced_move_on_a_stale_view_reports_the_eip_it_could_not_check(
     assert during == {"g": ["e1"]}
     assert Engine([w.runner]).at_risk() == {"g": ["e1"]}, (
         f"e1 is detached ({w.cloud.placement}) and unconfirmed; at_risk() = {Engine([w.runner]).at_risk()}, "
-        f"left_detached = {w.runner.left_detached}")
+        f"left_detached = {w.runner.state.left_detached}")
 
 
 async def test_aborting_an_atomic_move_does_not_wait_a_whole_deadline_for_nothing() -> None:
@@ -135,7 +135,7 @@ async def test_a_long_refused_repair_does_not_wedge_the_group(monkeypatch: Any) 
         await asyncio.sleep(0)
         await w.runner.check_round()
         await asyncio.sleep(0)
-    assert crashed is None, (f"after {failed} failed repairs (repair_failures={w.runner.repair_failures}) the "
+    assert crashed is None, (f"after {failed} failed repairs (repair_failures={w.runner.state.repair_failures}) the "
                              f"failover task raised {crashed!r}; in_progress={w.runner.in_progress}, "
                              f"decision={w.runner.decision}, e1 on {w.cloud.placement['e1']}")
     assert w.cloud.placement["e1"] is not None

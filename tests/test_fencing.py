@@ -75,11 +75,11 @@ async def test_a_hook_that_exits_0_lets_the_move_go_ahead_with_the_placeholders(
     runner, cloud, checks, calls = world(tmp_path)
     await fail_primary(runner, checks)
     await runner.wait_idle()
-    assert runner.last_failover is not None
-    assert runner.last_failover.result == "success", runner.last_failover.error
+    assert runner.state.last_failover is not None
+    assert runner.state.last_failover.result == "success", runner.state.last_failover.error
     assert cloud.moves() == [(("e1",), B)]
     (call,) = hook_calls(calls)
-    assert call == {"argv": ["0", "0.0", "web", "web-a", "web-b", "running", runner.last_failover.id],
+    assert call == {"argv": ["0", "0.0", "web", "web-a", "web-b", "running", runner.state.last_failover.id],
                     "group": "web"}
 
 
@@ -88,9 +88,9 @@ async def test_a_hook_that_fails_vetoes_the_move_before_any_cloud_call(tmp_path:
     await fail_primary(runner, checks)
     before = len(cloud.calls)
     await runner.wait_idle()
-    assert runner.last_failover is not None
-    assert runner.last_failover.result == "failure"
-    assert runner.last_failover.error == ("vetoed by the before_failover hook (exit status 3: fencing web-a: 3): "
+    assert runner.state.last_failover is not None
+    assert runner.state.last_failover.result == "failure"
+    assert runner.state.last_failover.error == ("vetoed by the before_failover hook (exit status 3: fencing web-a: 3): "
                                           "no cloud call made")
     assert cloud.moves() == []
     assert [c for c in cloud.calls[before:] if c[0] != "describe"] == []
@@ -101,8 +101,9 @@ async def test_a_hook_that_hangs_is_killed_at_its_timeout_and_vetoes(tmp_path: P
     runner, cloud, checks, _ = world(tmp_path, sleep=30)
     await fail_primary(runner, checks)
     await asyncio.wait_for(runner.wait_idle(), 10)
-    assert runner.last_failover is not None
-    assert runner.last_failover.error == "vetoed by the before_failover hook (killed after 1s): no cloud call made"
+    assert runner.state.last_failover is not None
+    assert runner.state.last_failover.error == \
+        "vetoed by the before_failover hook (killed after 1s): no cloud call made"
     assert cloud.moves() == []
 
 
@@ -110,8 +111,8 @@ async def test_a_failing_hook_that_is_not_required_does_not_stop_the_move(tmp_pa
     runner, cloud, checks, calls = world(tmp_path, exit_code=1, required=False)
     await fail_primary(runner, checks)
     await runner.wait_idle()
-    assert runner.last_failover is not None
-    assert runner.last_failover.result == "success"
+    assert runner.state.last_failover is not None
+    assert runner.state.last_failover.result == "success"
     assert cloud.moves() == [(("e1",), B)]
     assert len(hook_calls(calls)) == 1
 
@@ -121,8 +122,8 @@ async def test_a_repair_of_a_detached_eip_is_not_fenced(tmp_path: Path) -> None:
     await runner.check_round()
     await runner.read_cloud()
     await runner.wait_idle()
-    assert runner.last_failover is not None
-    assert (runner.last_failover.reason, runner.last_failover.result) == ("repair_detached", "success")
+    assert runner.state.last_failover is not None
+    assert (runner.state.last_failover.reason, runner.state.last_failover.result) == ("repair_detached", "success")
     assert cloud.moves() == [(("e1",), A)]
     assert hook_calls(calls) == []
 
@@ -133,8 +134,8 @@ async def test_a_stop_while_the_hook_runs_kills_it_and_moves_nothing(tmp_path: P
     await eventually(lambda: len(hook_calls(calls)) == 1)
     runner.abort()
     await asyncio.wait_for(runner.wait_idle(), 10)
-    assert runner.last_failover is not None
-    assert runner.last_failover.error == ("aborted before the move (the daemon is stopping): the before_failover "
+    assert runner.state.last_failover is not None
+    assert runner.state.last_failover.error == ("aborted before the move (the daemon is stopping): the before_failover "
                                           "hook was killed")
     assert cloud.moves() == []
 
@@ -147,8 +148,8 @@ async def test_a_group_in_dry_run_reports_the_move_and_makes_none(tmp_path: Path
     await fail_primary(runner, checks)
     before = len(cloud.calls)
     await runner.wait_idle()
-    assert runner.last_failover is not None
-    assert (runner.last_failover.result, runner.last_failover.error) == (
+    assert runner.state.last_failover is not None
+    assert (runner.state.last_failover.result, runner.state.last_failover.error) == (
         "dry_run", "would move e1 from web-a to web-b; no cloud call made")
     assert [c for c in cloud.calls[before:] if c[0] != "describe"] == []
     assert hook_calls(calls) == []
@@ -238,8 +239,8 @@ async def test_a_manual_move_of_split_eips_is_fenced(tmp_path: Path) -> None:
     await runner.read_cloud()
     runner.request_failover(ManualRequest(to="web-b", id="m1"))
     await runner.wait_idle()
-    assert runner.last_failover is not None
-    assert calls.exists(), f"no fencing before taking e1 off web-a: {runner.last_failover}"
+    assert runner.state.last_failover is not None
+    assert calls.exists(), f"no fencing before taking e1 off web-a: {runner.state.last_failover}"
     assert cloud.moves() == []
 
 
@@ -249,9 +250,9 @@ async def test_an_adoption_of_split_eips_is_fenced(tmp_path: Path) -> None:
     await runner.check_round()
     await runner.read_cloud()
     await runner.wait_idle()
-    assert runner.last_failover is not None
-    assert runner.last_failover.reason == "adopt"
-    assert calls.exists(), f"no fencing before taking e2 off web-b: {runner.last_failover}"
+    assert runner.state.last_failover is not None
+    assert runner.state.last_failover.reason == "adopt"
+    assert calls.exists(), f"no fencing before taking e2 off web-b: {runner.state.last_failover}"
     assert cloud.moves() == []
 
 
@@ -261,12 +262,12 @@ async def test_a_forced_move_while_the_cloud_is_unreadable_is_fenced(tmp_path: P
     runner, cloud, _, calls = fenced(tmp_path, {"e1": A})
     await runner.check_round()
     await runner.read_cloud()
-    assert runner.active == "web-a"
+    assert runner.state.cloud.active == "web-a"
     runner.set_maintenance(True)
     cloud.faults["describe"] = [ProviderError("throttled", retryable=True)] * 5
     await runner.read_cloud()
     runner.request_failover(ManualRequest(to="web-b", force=True, id="m1"))
     await runner.wait_idle()
-    assert runner.last_failover is not None
-    assert calls.exists(), f"no fencing before a forced move off web-a: {runner.last_failover}"
+    assert runner.state.last_failover is not None
+    assert calls.exists(), f"no fencing before a forced move off web-a: {runner.state.last_failover}"
     assert cloud.moves() == []

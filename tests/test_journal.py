@@ -129,7 +129,7 @@ async def test_a_restarted_group_counts_the_moves_it_made_before(tmp_path: Path)
     second = GroupRunner(config, cloud, {"web-a": [ScriptedCheck()], "web-b": [ScriptedCheck(status=CheckStatus.FAIL)]},
                          Observers([j]), j)  # now web-b fails and web-a is healthy
     second.remember((await j.remember({"web": 3600.0}))["web"])
-    assert len(second.recent_moves) == 1
+    assert len(second.state.recent_moves) == 1
     task = asyncio.create_task(second.run())
     await eventually(lambda: second.targets["web-b"].health.state is TargetState.DOWN
                      and second.decision is not None)

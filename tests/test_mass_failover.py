@@ -60,7 +60,7 @@ async def test_a_mass_failover_moves_every_eip_once_within_the_buckets(ec2: Ec2W
             await primary.stop()  # every primary dies at once
 
             def all_on_b() -> bool:
-                return all(r.last_failover is not None and r.last_failover.result == "success"
+                return all(r.state.last_failover is not None and r.state.last_failover.result == "success"
                            for r in engine.runners.values())
             await eventually(all_on_b, timeout=60)
             took = loop.time() - died

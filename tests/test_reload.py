@@ -100,7 +100,7 @@ async def test_the_havip_check_and_guard_run_from_the_config_and_survive_reloads
         assert daemon.engine is not None
         runner = daemon.engine.runners["web"]
         await eventually(lambda: all(t.health.state == "up" for t in runner.targets.values()))
-        assert runner.active == "zone-a"
+        assert runner.state.cloud.active == "zone-a"
         guard = daemon.guards[("web", "zone-a")]
         await eventually(lambda: all(h.state == "up" for h in guard.health.values()))
 
@@ -111,7 +111,7 @@ async def test_the_havip_check_and_guard_run_from_the_config_and_survive_reloads
         await eventually(lambda: fake.havips["havip-a"].master == "i-2", timeout=5)
         taken_at = guard.last_takeover_at
         assert taken_at is not None
-        assert runner.active == "zone-a"  # the EIP follows the HaVip: no EIP move was needed
+        assert runner.state.cloud.active == "zone-a"  # the EIP follows the HaVip: no EIP move was needed
         assert "AssociateEipAddress" not in fake.actions()
 
         # a reload that does not touch the guard keeps it as it is
@@ -174,7 +174,7 @@ async def moving(daemon: Daemon, servers: list[HealthServer]) -> GroupRunner:
     web = daemon.engine.runners["web"]
     await eventually(lambda: all(t.health.state == "up" for t in web.targets.values()))
     await servers[0].stop()
-    await eventually(lambda: web.current is not None, timeout=10)
+    await eventually(lambda: web.state.current is not None, timeout=10)
     return web
 
 
@@ -194,7 +194,7 @@ async def test_a_group_added_then_removed_while_it_waits_leaves_no_series_behind
         renamed["groups"][0]["name"] = "web2"
         await reload(daemon, path, renamed)
         await reload(daemon, path, data)
-        await eventually(lambda: old.current is None and engine.runners["web"] is not old, timeout=15)
+        await eventually(lambda: old.state.current is None and engine.runners["web"] is not old, timeout=15)
         series = await scrape(daemon)
         phantom = sorted({dict(labels).get("group") or "" for _, labels in series} - {"", "web"})
         assert phantom == [], f"series of groups that are not configured: {phantom}"
@@ -233,5 +233,6 @@ async def test_an_eip_handed_to_a_group_listed_first_waits_for_its_old_groups_mo
         history = [(r.reason, r.to_target, r.result, r.error) for r in await daemon.api.history("api", 5)] \
             if daemon.api is not None else []
         assert not running_early, (f"api ran while web still moved eip-2; web's last failover: "
-                                   f"{web.last_failover and (web.last_failover.result, web.last_failover.error)}; "
-                                   f"api's failovers: {history}; api active: {api_runner and api_runner.active}")
+                                   f"{(done := web.state.last_failover) and (done.result, done.error)}; "
+                                   f"api's failovers: {history}; "
+                                   f"api active: {api_runner and api_runner.state.cloud.active}")
