@@ -6,6 +6,10 @@ it. keepalived only notices a dead host, not a dead service on a live host that 
 HaVip's master; when the master is confirmed DOWN while another member is UP, it unassociates the master from the
 HaVip with ``Force=True``, so keepalived on the healthy member takes the HaVip over, and runs ``on_takeover``.
 The decision is :func:`eipfailover.policy.havip_takeover`.
+
+In a cluster every daemon's guard checks the members and publishes its view (under :attr:`HaVipGuard.key`); the
+decision takes each member's state from the observers' quorum, as a group's does for its targets, and only the
+leader's guard takes over, each unassociate fenced.
 """
 
 from __future__ import annotations
@@ -14,10 +18,11 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 
 import structlog
 
-from eipfailover import health, policy
+from eipfailover import health, policy, quorum
 from eipfailover.checks.base import Check
 from eipfailover.cluster.base import Coordinator
 from eipfailover.config import HaVipTakeoverConfig, PolicyConfig
@@ -60,8 +65,16 @@ class HaVipGuard:
                         target=self.target)
         await asyncio.gather(*self.hooks, return_exceptions=True)
 
+    @property
+    def key(self) -> str:
+        """The name its members' views are published under in a cluster (never a group's: a group's name has no
+        ``/``)."""
+        return f"{self.group}/{self.target}/havip"
+
     def stop(self) -> None:
         self._stop.set()
+        if self.coordinator is not None:  # it no longer votes (a rebuilt guard publishes again at once)
+            self.coordinator.forget(self.key)
 
     def carry_over(self, old: HaVipGuard) -> None:
         """After a reload that changed this guard: keep the cooldown, and the health of members whose checks did
@@ -87,10 +100,11 @@ class HaVipGuard:
             if self.health[member].state is not before.state:
                 log.info("havip_member_" + self.health[member].state.value, group=self.group, target=self.target,
                          havip=self.havip_id, instance=member, detail=combined.detail)
+        verdicts = self._verdicts(blind=state is None)
         if state is None:
             return
         self.master = state
-        decision = policy.havip_takeover(self.master, tuple(self.members), self.health, now,
+        decision = policy.havip_takeover(self.master, tuple(self.members), verdicts, now,
                                          self.last_takeover_at, self.config.cooldown)
         if decision != self.decision:
             log.info("havip_decision", group=self.group, target=self.target, havip=self.havip_id,
@@ -102,6 +116,15 @@ class HaVipGuard:
                 return  # the cluster's leader takes over (its own guard decides it)
             self.last_takeover_at = now
             await self._take_over(self.master, decision.target)
+
+    def _verdicts(self, blind: bool) -> Mapping[str, Health]:
+        """The members' health to decide on: this daemon's own, or in a cluster each member's state as the observers'
+        quorum sees it (this daemon's view published first: ``unknown`` for all while it cannot read the HaVip, or
+        sees every member down)."""
+        if self.coordinator is None:
+            return self.health
+        self.coordinator.publish(self.key, quorum.vote(self.health, blind=blind))
+        return {m: replace(h, state=self.coordinator.verdict(self.key, m, h.state)) for m, h in self.health.items()}
 
     async def _read(self) -> str | None:
         """The HaVip's master, or None if the cloud cannot tell now (logged once per distinct error)."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from pathlib import Path
@@ -19,8 +18,9 @@ from eipfailover.model import Action, Health, Reason, TargetState
 from eipfailover.policy import havip_takeover
 from eipfailover.providers.alibaba import AlibabaProvider
 
-from .conftest import HealthServer
+from .conftest import HealthServer, eventually
 from .fake_aliyun import FakeAliyun, provider_for
+from .test_coordination import ScriptedCoordinator
 
 UP, DOWN, U = TargetState.UP, TargetState.DOWN, TargetState.UNKNOWN
 MEMBERS = ("i-1", "i-2", "i-3")
@@ -86,8 +86,9 @@ async def test_dead_master_is_forced_off_and_the_hook_runs(fake: FakeAliyun, ali
     for task in list(g.hooks):
         await task
     assert json.loads(out.read_text()) == ["web", "zone-a", "havip-a", "i-1", "i-2"]
-    await asyncio.sleep(0.35)  # the fake's transition: keepalived on i-2 takes over
-    assert (await ali.describe_havip("havip-a")).master_instance_id == "i-2"
+    async def i2_is_master() -> bool:  # the fake's transition: keepalived on i-2 takes over
+        return (await ali.describe_havip("havip-a")).master_instance_id == "i-2"
+    await eventually(i2_is_master)
     for _ in range(2):
         await g.tick()
     assert g.decision is not None
@@ -165,3 +166,60 @@ async def test_a_guard_in_dry_run_reports_the_takeover_and_makes_none(fake: Fake
     assert [e["event"] for e in logs if e["event"].startswith("havip_takeover")] == ["havip_takeover_dry_run"]
     assert g.decision is not None
     assert g.decision.reason is Reason.COOLDOWN
+
+
+async def test_in_a_cluster_the_observers_quorum_decides_a_takeover(fake: FakeAliyun, ali: AlibabaProvider,
+                                                                    health_servers: list[HealthServer]) -> None:
+    """A guard in a cluster publishes its view of the members and decides on the quorum's verdict: a master only
+    this daemon sees down is left alone; once the quorum confirms it, the leader takes over (fenced)."""
+    fake.add_havip("havip-a", "10.0.0.100", ["i-1", "i-2"], master="i-1")
+    g = guard(ali, health_servers)
+    coordinator = g.coordinator = ScriptedCoordinator()
+    for _ in range(2):
+        await g.tick()
+    assert coordinator.published[-1] == {"i-1": UP, "i-2": UP}
+    await health_servers[0].stop()  # this daemon alone: the others still reach i-1
+    coordinator.verdicts["i-1"] = U
+    for _ in range(3):
+        await g.tick()
+    assert coordinator.published[-1] == {"i-1": DOWN, "i-2": UP}  # its own vote
+    assert "UnassociateHaVip" not in fake.actions()
+    assert g.decision is not None
+    assert g.decision.reason is Reason.HAVIP_MASTER_HEALTHY
+    coordinator.verdicts["i-1"] = DOWN  # a majority sees it down now
+    await g.tick()
+    assert [(e.query["InstanceId"], e.query["Force"]) for e in fake.log if e.action == "UnassociateHaVip"] == [
+        ("i-1", "True")]
+    assert [op for _, op, _ in coordinator.fences] == ["UnassociateHaVip"]
+
+
+async def test_in_a_cluster_a_follower_guard_votes_but_never_takes_over(fake: FakeAliyun, ali: AlibabaProvider,
+                                                                        health_servers: list[HealthServer]) -> None:
+    fake.add_havip("havip-a", "10.0.0.100", ["i-1", "i-2"], master="i-1")
+    g = guard(ali, health_servers)
+    coordinator = g.coordinator = ScriptedCoordinator()
+    coordinator.leading = False
+    await health_servers[0].stop()
+    for _ in range(3):
+        await g.tick()
+    assert coordinator.published[-1] == {"i-1": DOWN, "i-2": UP}
+    assert g.decision is not None
+    assert g.decision.action is Action.TAKEOVER  # decided, for the leader to make
+    assert "UnassociateHaVip" not in fake.actions()
+    assert coordinator.fences == []
+
+
+async def test_a_guard_that_cannot_read_the_havip_votes_unknown_and_stops_voting_when_stopped(
+        fake: FakeAliyun, ali: AlibabaProvider, health_servers: list[HealthServer]) -> None:
+    """A daemon that cannot see the HaVip (here: it is not there) votes ``unknown`` for every member, not what its
+    own checks say; a stopped guard (its target removed by a reload) withdraws its view."""
+    g = guard(ali, health_servers)
+    coordinator = g.coordinator = ScriptedCoordinator()
+    await health_servers[0].stop()
+    for _ in range(3):
+        await g.tick()
+    assert g.health["i-1"].state is DOWN
+    assert coordinator.published[-1] == {"i-1": U, "i-2": U}
+    g.stop()
+    assert coordinator.published[-1] == {}  # the scripted coordinator's record of forget()
+    assert g.key == "web/zone-a/havip"
