@@ -44,10 +44,11 @@ class Actuator:
         self.abort = abort
 
     async def execute(self, record: FailoverRecord, states: Mapping[str, EipState] | None, fallback: list[Binding],
-                      reason: Reason, sources: Sequence[str], *, counted: bool,
-                      windowed: bool) -> tuple[FailoverRecord, failover.Outcome]:
-        """Run the move of ``record`` (``sources``: the targets it takes EIPs off); the finished record and the
-        outcome. Never raises: a bug below is recorded as the failover's error."""
+                      reason: Reason, sources: Sequence[str], *, counted: bool, windowed: bool,
+                      term: int | None = None) -> tuple[FailoverRecord, failover.Outcome]:
+        """Run the move of ``record`` (``sources``: the targets it takes EIPs off; ``term``: the cluster term it was
+        decided in, whose end stops its calls); the finished record and the outcome. Never raises: a bug below is
+        recorded as the failover's error."""
         try:
             # recorded before any cloud call (the journal: on disk, or degraded: it never blocks)
             await self.store.begin(record, counted=counted, windowed=windowed)
@@ -57,7 +58,7 @@ class Actuator:
                                                      f"{record.to_target}; no cloud call made")
             else:
                 veto = await self._gate(record, reason, sources)
-                with self.journaled(record), self._fenced(record), ratelimit.priority(_PRIORITY.get(
+                with self.journaled(record), self._fenced(record, term), ratelimit.priority(_PRIORITY.get(
                         reason, Priority.FAILOVER)):
                     outcome = failover.Outcome(False, 0, veto) if veto is not None else await failover.execute(
                         self.provider, record.eips, self.bindings[record.to_target],
@@ -74,14 +75,15 @@ class Actuator:
         """Each cloud call of the failover recorded in the store before it is sent."""
         return recorded_steps(functools.partial(self.store.step, record.id))
 
-    def _fenced(self, record: FailoverRecord) -> contextlib.AbstractContextManager[None]:
-        """Each cloud call of the failover proven, right before it is sent, to come from the cluster's leader."""
+    def _fenced(self, record: FailoverRecord, term: int | None) -> contextlib.AbstractContextManager[None]:
+        """Each cloud call of the failover proven, right before it is sent, to come from the cluster's leader in the
+        term the failover was decided in."""
         coordinator = self.coordinator
         if coordinator is None:
             return contextlib.nullcontext()
 
         async def fence(operation: str, seconds: float) -> Callable[[], bool]:
-            return await coordinator.fence(self.config.name, record.id, operation, seconds)
+            return await coordinator.fence(self.config.name, record.id, operation, seconds, term)
         return fenced(fence)
 
     async def _gate(self, record: FailoverRecord, reason: Reason, sources: Sequence[str]) -> str | None:

@@ -301,7 +301,8 @@ class Api:
         })
 
     def _leading(self) -> None:
-        """Changes go to the daemon that acts: on a follower, 409 ``not_leader`` names it (the CLI follows)."""
+        """Changes go to the daemon that acts: on a follower, 409 ``not_leader`` names it (the CLI follows); on the
+        leader while it cannot act (its lease is within the margin of lapsing, being renewed), 503 ``not_acting``."""
         coordinator = self.engine.coordinator
         if coordinator is None or coordinator.acting():
             return
@@ -309,6 +310,9 @@ class Api:
             raise ApiError(503, "coordination_lost", "the coordination store (etcd) cannot be reached: nobody can "
                                                      "act now; try again once it is back")
         status = coordinator.status()
+        if status.leader == status.node:  # not another daemon: following would come back here
+            raise ApiError(503, "not_acting", f"this daemon ({status.node}) leads the cluster but cannot act this "
+                                              "instant (its lease is being renewed); try again")
         where = f"{status.leader} at {status.leader_api}" if status.leader else "no leader is elected yet"
         raise ApiError(409, "not_leader", f"this daemon ({status.node}) does not lead the cluster: {where}",
                        leader=status.leader, leader_api=status.leader_api)

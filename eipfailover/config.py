@@ -188,8 +188,8 @@ ProviderConfig = Annotated[AwsProviderConfig | AlibabaProviderConfig, Field(disc
 
 
 def call_deadline(config: AwsProviderConfig | AlibabaProviderConfig) -> float:
-    """The longest one mutating cloud call can take before the driver gives up on it (in a cluster, AWS sends
-    mutating calls with one attempt each: the failover module retries them, each fenced anew)."""
+    """The longest one attempt of a mutating cloud call can take before the driver gives up on it (in a cluster each
+    attempt is fenced on its own: the AWS driver's retries and the failover module's alike)."""
     extra = 1.0 if config.type == "alibaba" else 0.0
     return config.connect_timeout + config.read_timeout + extra
 

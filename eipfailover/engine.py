@@ -416,6 +416,7 @@ class GroupRunner:
         record = self._record(decision.target, decision.trigger, request, eips, decision.reason.value)
         self.state = groupstate.move_started(self.state, record, now, counted=counted, windowed=windowed,
                                              window=self.config.policy.max_failovers.window)
+        term = self.coordinator.term() if self.coordinator is not None else None  # its calls go out in this one
         if counted and self.coordinator is not None:  # stored with the first fencing proof, before any cloud call
             self.coordinator.share_memory(self.name, self.memory())
         self._epoch += 1
@@ -423,7 +424,7 @@ class GroupRunner:
         cloud = self.state.cloud
         states = cloud.states if cloud.fresh and cloud.error is None else None
         self._task = asyncio.create_task(self._failover(record, states, self._fallback(record),
-                                                        decision.reason, counted, windowed),
+                                                        decision.reason, counted, windowed, term),
                                          name=f"failover-{self.name}-{record.id}")
 
     def _fallback(self, record: FailoverRecord) -> list[Binding]:
@@ -437,19 +438,21 @@ class GroupRunner:
         return [self.bindings[n] for n in (*order, record.to_target)]
 
     async def _failover(self, record: FailoverRecord, states: Mapping[str, EipState] | None,
-                        fallback: list[Binding], reason: Reason, counted: bool, windowed: bool) -> None:
+                        fallback: list[Binding], reason: Reason, counted: bool, windowed: bool,
+                        term: int | None) -> None:
         done, outcome = await self.actuator.execute(record, states, fallback, reason, self._sources(record.to_target),
-                                                    counted=counted, windowed=windowed)
+                                                    counted=counted, windowed=windowed, term=term)
         done = replace(done, finished_at=time.time())
         repair = reason is Reason.REPAIR
         self.state = groupstate.move_finished(self.state, done, time.monotonic(), ok=outcome.ok, repair=repair,
                                               detached=outcome.detached, fenced_out=outcome.code == "NotLeader",
-                                              interval=self.config.policy.interval)
+                                              sent=outcome.sent, interval=self.config.policy.interval)
         if not repair and self.coordinator is not None:  # the next leader holds the same cooldown and window
             self.coordinator.share_memory(self.name, self.memory())
         self._epoch += 1
         self.observers.on_failover_finished(done)
-        if outcome.ok and outcome.states is not None:  # the verification's describe: the freshest view there is
+        same_term = self.coordinator is None or self.coordinator.term() == term
+        if outcome.ok and outcome.states is not None and same_term:  # the verification's: the freshest view there is
             self._see({**self.state.cloud.states, **outcome.states})  # (of the EIPs it moved: the others as seen)
             self._decide(time.monotonic())
             if not set(self.config.eips) <= set(outcome.states):

@@ -14,7 +14,7 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from eipfailover import ratelimit
 from eipfailover.checks.base import describe_exception
@@ -47,6 +47,8 @@ class Outcome:
     """The cloud's error code of the last failed call, if it sent one."""
     detached: tuple[str, ...] = ()
     """After a failure: the EIPs that may be left detached (found so, or not known to be attached)."""
+    sent: bool = False
+    """A mutating call went out (False: the move changed nothing, e.g. the fence refused its first call)."""
 
 
 class _Aborted(Exception):
@@ -84,9 +86,10 @@ async def execute(
     first (unless ``resume_on_abort`` is false: an operator's interrupt undoes), then to the fallback bindings.
     That takes at most another ``deadline``, which ``abort`` does not cut: the detached window is a critical
     section. Never raises, whatever the driver raises: failures come back in the outcome."""
-    with own_calls():  # securing waits for this move's calls, not for other groups'
-        return await _execute(provider, eips, to, deadline, states, fallback, abort, resume_on_abort, backoff,
-                              verify_interval)
+    with own_calls() as calls:  # securing waits for this move's calls, not for other groups'
+        outcome = await _execute(provider, eips, to, deadline, states, fallback, abort, resume_on_abort, backoff,
+                                 verify_interval)
+        return replace(outcome, sent=calls.sent)
 
 
 async def _execute(provider: Provider, eips: Sequence[str], to: Binding, deadline: float,

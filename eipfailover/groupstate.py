@@ -63,6 +63,9 @@ class GroupState:
     """When the automatic moves within the ``max_failovers`` window started."""
     current: FailoverRecord | None = None
     """The move under way."""
+    armed: tuple[float, float | None] | None = None
+    """For a move under way that armed the cooldown: its start, and the cooldown's start before it (both restored
+    if the move changes nothing: the fence refused it)."""
     last_failover: FailoverRecord | None = None
     left_detached: tuple[str, ...] = ()
     """The EIPs the last failover may have left detached (it could not re-attach them, or not tell), until a cloud
@@ -115,21 +118,27 @@ def move_started(state: GroupState, record: FailoverRecord, now: float, *, count
                  window: float) -> GroupState:
     """A move starts: a ``counted`` one (not a repair) starts the cooldown, a ``windowed`` one (automatic) takes a
     place in the ``max_failovers`` window (dropping the starts older than ``window``)."""
-    after = replace(state, current=record)
+    after = replace(state, current=record, armed=None)
     if counted:
-        after = replace(after, last_move_at=now)
+        after = replace(after, last_move_at=now, armed=(now, state.last_move_at))
     if windowed:
         after = replace(after, recent_moves=(*(t for t in state.recent_moves if now - t < window), now))
     return after
 
 
 def move_finished(state: GroupState, done: FailoverRecord, now: float, *, ok: bool, repair: bool,
-                  detached: tuple[str, ...], fenced_out: bool, interval: float) -> GroupState:
-    """A move ended. A move's cooldown runs from its end. A failed repair holds the next one back, from one
-    ``interval`` doubling up to :data:`REPAIR_BACKOFF_CAP`; a repair the fence refused (``fenced_out``: no leader,
-    nothing sent) does not, since the next leader should repair at once. The view is left as it is: the caller
+                  detached: tuple[str, ...], fenced_out: bool, sent: bool, interval: float) -> GroupState:
+    """A move ended. A move's cooldown runs from its end, unless the fence refused it (``fenced_out``: this daemon
+    could not prove it leads) before it ``sent`` anything: it changed nothing, so it takes back its place in the
+    cooldown and the ``max_failovers`` window (when leadership is proven again, the failover is decided at once). A
+    failed repair holds the next one back, from one ``interval`` doubling up to :data:`REPAIR_BACKOFF_CAP`; a repair
+    the fence refused does not, since the next leader should repair at once. The view is left as it is: the caller
     takes the verification's, or marks it :func:`stale`."""
-    after = replace(state, current=None, last_failover=done, left_detached=detached)
+    after = replace(state, current=None, armed=None, last_failover=done, left_detached=detached)
+    if not repair and fenced_out and not sent and state.armed is not None:
+        start, before = state.armed
+        return replace(after, recent_moves=tuple(t for t in state.recent_moves if t != start),
+                       last_move_at=before if state.last_move_at == start else state.last_move_at)
     if not repair:
         return replace(after, last_move_at=now)
     if fenced_out:

@@ -27,7 +27,7 @@ from eipfailover.checks.base import Check
 from eipfailover.cluster.base import Coordinator
 from eipfailover.config import HaVipTakeoverConfig, PolicyConfig
 from eipfailover.engine import run_every
-from eipfailover.errors import ProviderError
+from eipfailover.errors import NotLeader, ProviderError
 from eipfailover.hooks import hook_environment, run_hook, substitute
 from eipfailover.model import Action, CheckResult, Decision, Health
 from eipfailover.providers.alibaba import AlibabaProvider
@@ -91,6 +91,8 @@ class HaVipGuard:
 
         results, state = await asyncio.gather(
             asyncio.gather(*(run_member(c) for c in self.members.values())), self._read())
+        if self._stop.is_set():  # stopped meanwhile (a reload removed it): no vote, no takeover
+            return
         now = time.monotonic()
         for member, member_results in zip(self.members, results, strict=True):
             before = self.health[member]
@@ -112,10 +114,14 @@ class HaVipGuard:
                      standby=decision.target)
             self.decision = decision
         if decision.action is Action.TAKEOVER and decision.target is not None:
-            if self.coordinator is not None and not self.coordinator.acting():
-                return  # the cluster's leader takes over (its own guard decides it)
-            self.last_takeover_at = now
-            await self._take_over(self.master, decision.target)
+            term = None
+            if self.coordinator is not None:
+                if not self.coordinator.acting():
+                    return  # the cluster's leader takes over (its own guard decides it)
+                term = self.coordinator.term()
+            previous, self.last_takeover_at = self.last_takeover_at, now
+            if not await self._take_over(self.master, decision.target, term):
+                self.last_takeover_at = previous  # the fence refused it, nothing was sent: no cooldown
 
     def _verdicts(self, blind: bool) -> Mapping[str, Health]:
         """The members' health to decide on: this daemon's own, or in a cluster each member's state as the observers'
@@ -138,29 +144,31 @@ class HaVipGuard:
         self.cloud_error = None
         return state.master_instance_id if state.status == "InUse" else ""
 
-    def _fenced(self) -> contextlib.AbstractContextManager[None]:
-        """In a cluster, the unassociate is proven to come from the leader right before it is sent."""
+    def _fenced(self, term: int | None) -> contextlib.AbstractContextManager[None]:
+        """In a cluster, the unassociate is proven to come from the leader, in the term it was decided in, right
+        before it is sent."""
         coordinator = self.coordinator
         if coordinator is None:
             return contextlib.nullcontext()
 
         async def fence(operation: str, seconds: float) -> Callable[[], bool]:
-            return await coordinator.fence(self.group, f"havip-{self.havip_id}", operation, seconds)
+            return await coordinator.fence(self.group, f"havip-{self.havip_id}", operation, seconds, term)
         return fenced(fence)
 
-    async def _take_over(self, master: str, standby: str) -> None:
+    async def _take_over(self, master: str, standby: str, term: int | None) -> bool:
+        """Force ``master`` off the HaVip (and run ``on_takeover``); False if the fence refused it (nothing sent)."""
         fields = {"group": self.group, "target": self.target, "havip": self.havip_id, "from_instance": master,
                   "to_instance": standby}
         if self.dry_run:  # decided and reported, not made
             log.warning("havip_takeover_dry_run", detail="would unassociate the master (Force=True)", **fields)
-            return
+            return True
         log.warning("havip_takeover_started", **fields)
         try:
-            with self._fenced():
+            with self._fenced(term):
                 await self.provider.unassociate_havip(self.havip_id, master, force=True)
         except ProviderError as exc:
             log.error("havip_takeover_failed", error=str(exc), **fields)
-            return
+            return not isinstance(exc, NotLeader)  # refused by the fence: nothing was sent
         log.warning("havip_takeover_done", **fields)
         if self.config.on_takeover:
             values = {"group": self.group, "target": self.target, "havip": self.havip_id, "from": master,
@@ -170,3 +178,4 @@ class HaVipGuard:
                                                 target=self.target))
             self.hooks.add(task)
             task.add_done_callback(self.hooks.discard)
+        return True

@@ -23,6 +23,7 @@ from aiohttp import web
 from schemathesis.engine import Status, events, from_schema
 
 from eipfailover import api, serve
+from eipfailover.cluster.base import ClusterStatus
 from eipfailover.daemon import Daemon
 from eipfailover.providers.aws import AwsProvider
 
@@ -471,3 +472,23 @@ async def test_a_detached_eip_whose_repair_target_refuses_it_goes_to_the_other_h
         (record, *_) = (await r.get("/v1/history"))[1]["failovers"]
     assert record["result"] == "failure"
     assert record["error"].endswith(f"re-attached {ec2.eip} to {ec2.instance_b}")
+
+
+async def test_the_leader_that_cannot_act_this_instant_answers_503_not_a_409_naming_itself(running: Running) -> None:
+    """In a cluster, a change sent to the leader while it cannot act (its lease within the margin of lapsing, being
+    renewed) is a 503 ``not_acting`` to retry; a 409 ``not_leader`` naming this very daemon would send the CLI back
+    here. Another daemon leading: 409 naming it."""
+    from .test_coordination import ScriptedCoordinator
+
+    engine = running.daemon.engine
+    assert engine is not None
+    coordinator = engine.coordinator = ScriptedCoordinator()
+    coordinator.leading = False  # it leads (status says so) but acting() is false
+    for path, body in (("/v1/groups/web/failover", {}), ("/v1/groups/web/maintenance", {"enabled": True})):
+        status, answer = await running.post(path, body)
+        assert (status, answer["error"]) == (503, "not_acting"), (path, answer)
+    assert running.runner.state.maintenance is False
+    other = ClusterStatus("n1", "n2", "http://n2.example:9797", 7, (), "ok", False)
+    coordinator.status = lambda: other  # type: ignore[method-assign]  # another daemon leads
+    status, answer = await running.post("/v1/groups/web/failover", {})
+    assert (status, answer["error"], answer["leader"]) == (409, "not_leader", "n2")

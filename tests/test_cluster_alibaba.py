@@ -28,7 +28,8 @@ class EtcdBlip(ScriptedCoordinator):
         self.allowed = allowed
         self.blip = True
 
-    async def fence(self, group: str, failover_id: str, operation: str, seconds: float) -> Callable[[], bool]:
+    async def fence(self, group: str, failover_id: str, operation: str, seconds: float,
+                    term: int | None = None) -> Callable[[], bool]:
         self.fences.append((group, operation, seconds))
         if len(self.fences) > self.allowed and self.blip:
             raise NotLeader(f"{operation} not sent: leadership cannot be proven: etcd unavailable")

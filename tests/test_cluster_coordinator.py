@@ -1,7 +1,8 @@
 """The etcd coordinator in process, against a real etcd (one member); some daemons reach it through a small HTTP
 proxy that can slow etcd's answers down or cut them off from etcd: fencing under a slow etcd, member keys deleted,
 duplicated or left without a lease, the shared memory of moves across a change of leader; garbage under the prefix,
-a group removed or added by a reload, a stale read against the maintenance switch."""
+a group removed or added by a reload, a stale read against the maintenance switch; a leader key on no lease; moves
+bound to their term, and moves the fence refused (the real AWS driver against moto)."""
 
 from __future__ import annotations
 
@@ -20,15 +21,19 @@ import structlog
 import structlog.testing
 from aiohttp import web
 
+from eipfailover.cluster.base import Coordinator
 from eipfailover.cluster.etcd import EtcdCoordinator, client_for
 from eipfailover.cluster.etcd_client import EtcdClient, TxnResult
-from eipfailover.config import ClusterConfig
+from eipfailover.config import AwsProviderConfig, ClusterConfig, parse_config
+from eipfailover.engine import Engine, GroupRunner
 from eipfailover.errors import NotLeader
-from eipfailover.events import GroupMemory
-from eipfailover.model import Binding, TargetState
+from eipfailover.events import GroupMemory, Observers
+from eipfailover.model import Binding, CheckStatus, TargetState
+from eipfailover.providers.aws import AwsProvider
 
-from .conftest import eventually
+from .conftest import REGION, Ec2World, eventually
 from .etcd_server import EtcdCluster
+from .fakes import ScriptedCheck
 from .test_engine import World
 
 UP, DOWN = TargetState.UP, TargetState.DOWN
@@ -457,3 +462,127 @@ async def test_a_full_read_older_than_the_maintenance_switch_does_not_undo_it() 
     client.release.set()
     await read
     assert coordinator.maintenance("g") is True, "a read older than the switch turned maintenance off again"
+
+
+def aws_runner(ec2: Ec2World, coordinator: Coordinator, **policy: Any) -> tuple[GroupRunner, dict[str, ScriptedCheck],
+                                                                                 AwsProvider]:
+    """Group ``web`` (a, b) on the real AWS driver against moto, one mutating call in flight at a time."""
+    data: dict[str, Any] = {
+        "providers": {"aws": {"type": "aws", "region": REGION}},
+        "groups": [{
+            "name": "web", "provider": "aws", "eips": [ec2.eip],
+            "policy": {"interval": 1, "timeout": 0.5, "rise": 1, "fall": 1, "cooldown": 0, **policy},
+            "targets": [{"name": name, "binding": {"instance_id": iid},
+                         "checks": [{"type": "tcp", "host": "h", "port": 1}]}
+                        for name, iid in (("a", ec2.instance_a), ("b", ec2.instance_b))],
+        }],
+    }
+    provider = AwsProvider("aws", AwsProviderConfig(type="aws", region=REGION, endpoint_url=ec2.endpoint,
+                                                    connect_timeout=0.5, read_timeout=1, max_concurrency=1))
+    checks = {"a": ScriptedCheck(), "b": ScriptedCheck()}
+    runner = GroupRunner(parse_config(data).groups[0], provider, {n: [c] for n, c in checks.items()},
+                         Observers([]), coordinator=coordinator)
+    return runner, checks, provider
+
+
+async def test_a_move_decided_in_one_term_is_not_sent_in_a_later_term(
+        etcd: EtcdCluster, prefix: str, raw: EtcdClient, daemons: Daemons, ec2: Ec2World) -> None:
+    """A move is bound to the term it was decided in. Here its call waits in the rate limit's queue (the one
+    mutation slot is busy) while the lease expires in etcd and the same daemon wins a new term; meanwhile the operator
+    parks the EIP on an instance outside the group. The queued call is refused when its turn comes (the term is
+    over); the new term re-reads the cloud and leaves the foreign EIP alone.
+
+    Before the fix: the fence proved only that the daemon leads *now*, so the stale move was sent in the new term on
+    the old term's view of the cloud, and dragged the parked EIP to target b."""
+    a = daemons.make(etcd.client_urls, prefix, "a", ttl=4.0)
+    runner, checks, provider = aws_runner(ec2, a)
+    engine = Engine([runner], coordinator=a)
+    a.on_change, a.on_leading = engine.cluster_changed, engine.leading
+    mutations = provider.limits.mutations
+    try:
+        daemons.start(a)
+        await eventually(a.acting, timeout=30)
+        first_term, lease = a.term(), a._lease
+        assert lease is not None
+        await mutations.acquire(token=False)  # the one mutation slot is busy (another group's move)
+        await runner.read_cloud()
+        await runner.check_round()
+        checks["a"].status = CheckStatus.FAIL
+        await runner.check_round()
+        assert runner.in_progress, runner.decision
+        await eventually(lambda: bool(mutations._waiters), timeout=10)  # AssociateAddress queued
+        await raw.revoke(lease)  # the lease expires in etcd (an etcd blip longer than the TTL)
+        await eventually(lambda: a.acting() and a.term() not in (None, first_term), timeout=30)
+        reply = ec2.client.run_instances(ImageId="ami-12345678", MinCount=1, MaxCount=1, InstanceType="t3.micro")
+        parked = reply["Instances"][0]["InstanceId"]
+        ec2.client.associate_address(AllocationId=ec2.eip, InstanceId=parked, AllowReassociation=True)
+        mutations.release()  # the queue moves on
+        await asyncio.wait_for(runner.wait_idle(), 30)
+        done = runner.state.last_failover
+        assert done is not None
+        assert f"decided in term {first_term}, which is over" in done.error, done
+        assert ec2.holder().get("InstanceId") == parked
+        await runner.read_cloud()  # the new term's own read: the EIP is foreign, left alone
+        await runner.check_round()
+        assert runner.state.current is None, runner.decision  # no move
+        assert ec2.holder().get("InstanceId") == parked
+    finally:
+        engine.request_stop()
+        await provider.close()
+
+
+async def test_a_leader_key_on_no_lease_is_removed_and_a_leader_elected(
+        etcd: EtcdCluster, prefix: str, raw: EtcdClient, daemons: Daemons) -> None:
+    """A leader key that no lease holds (written by hand, or restored without its lease) would never expire: it is
+    nobody alive, as a member key on no lease is. It is reported (``leader_key_without_lease``), removed, and a
+    daemon is elected with a term of its own.
+
+    Before the fix: the key counted as the leader forever; nobody ever led, and only an info ``leader_seen`` said
+    anything."""
+    await raw.put(f"{prefix}/leader", json.dumps({"node": "old", "api": None}).encode())  # no lease
+    a = daemons.make(etcd.client_urls, prefix, "a", ttl=3.0)
+    with structlog.testing.capture_logs() as logs:
+        daemons.start(a)
+        await eventually(a.acting, timeout=30)
+    assert a.status().leader == "a"
+    assert any(e["event"] == "leader_key_without_lease" and e["log_level"] == "error" for e in logs)
+    kvs, _ = await raw.get_prefix(f"{prefix}/leader")
+    assert [(kv.lease, kv.create_revision) for kv in kvs] == [(a._lease, a.term())]
+
+
+async def test_a_failover_the_fence_refused_does_not_start_the_cooldown(
+        etcd: EtcdCluster, prefix: str, daemons: Daemons, ec2: Ec2World) -> None:
+    """A move the fence refused before any cloud call (etcd did not answer the proof) changed nothing: it neither
+    starts the cooldown (60 s here) nor takes a place in the ``max_failovers`` window. When etcd answers again
+    within the TTL (the same leader, the same term) and the primary is still DOWN, the failover happens at once.
+
+    Before the fix: the refused move held the group for the whole cooldown, and its memory went to etcd for the
+    next leader too."""
+    async with proxied(etcd) as proxy:
+        a = daemons.make([proxy.url], prefix, "a", ttl=6.0)
+        runner, checks, provider = aws_runner(ec2, a, cooldown=60)
+        try:
+            daemons.start(a)
+            await eventually(a.acting, timeout=30)
+            term = a.term()
+            await runner.read_cloud()
+            await runner.check_round()
+            proxy.cut = True  # etcd does not answer for a moment (the lease has seconds left)
+            checks["a"].status = CheckStatus.FAIL
+            await runner.check_round()
+            assert runner.in_progress, runner.decision
+            await asyncio.wait_for(runner.wait_idle(), 30)
+            refused = runner.state.last_failover
+            assert refused is not None
+            assert "not sent" in refused.error, refused
+            assert (runner.state.last_move_at, runner.state.recent_moves) == (None, ())
+            proxy.cut = False  # etcd answers again: still the same leader and term
+            await eventually(lambda: a.acting() and a.term() == term and not a._unshared, timeout=30)
+            memory = a.memory("web")
+            assert memory is None or memory.window_starts == (), memory
+            await runner.read_cloud()
+            await runner.check_round()
+            await asyncio.wait_for(runner.wait_idle(), 30)
+            assert ec2.holder().get("InstanceId") == ec2.instance_b, runner.decision
+        finally:
+            await provider.close()

@@ -36,6 +36,9 @@ class ScriptedCoordinator(Coordinator):
         self.lapsed = False
         """The re-check at send time says the lease lapsed since the proof."""
         self.fences: list[tuple[str, str, float]] = []
+        self.terms: list[int | None] = []
+        """The term each fenced call was decided in."""
+        self.current_term = 1
         self.published: list[dict[str, TargetState]] = []
         self.shared: dict[str, GroupMemory] = {}
 
@@ -69,8 +72,13 @@ class ScriptedCoordinator(Coordinator):
     def share_memory(self, group: str, memory: GroupMemory) -> None:
         self.shared[group] = memory
 
-    async def fence(self, group: str, failover_id: str, operation: str, seconds: float) -> Callable[[], bool]:
+    def term(self) -> int | None:
+        return self.current_term if self.acting() else None
+
+    async def fence(self, group: str, failover_id: str, operation: str, seconds: float,
+                    term: int | None = None) -> Callable[[], bool]:
         self.fences.append((group, operation, seconds))
+        self.terms.append(term)
         if self.refuse is not None:
             raise NotLeader(self.refuse)
         return lambda: not self.lapsed

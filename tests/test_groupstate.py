@@ -98,14 +98,14 @@ def test_the_cooldown_runs_from_the_end_of_a_move() -> None:
     moving = groupstate.move_started(GroupState(), RECORD, 50.0, counted=True, windowed=True, window=60.0)
     done = replace(RECORD, result="failure")
     after = groupstate.move_finished(moving, done, 58.0, ok=False, repair=False, detached=("e2",), fenced_out=False,
-                                     interval=1.0)
+                                     sent=True, interval=1.0)
     assert (after.current, after.last_failover, after.left_detached) == (None, done, ("e2",))
     assert (after.last_move_at, after.recent_moves, after.repair_failures) == (58.0, (50.0,), 0)
 
 
 def finish_repair(state: GroupState, ok: bool, now: float = 100.0, fenced_out: bool = False) -> GroupState:
     return groupstate.move_finished(state, RECORD, now, ok=ok, repair=True, detached=(), fenced_out=fenced_out,
-                                    interval=2.0)
+                                    sent=not fenced_out, interval=2.0)
 
 
 def test_failed_repairs_hold_the_next_one_back_doubling_from_an_interval_up_to_the_cap() -> None:
@@ -123,6 +123,29 @@ def test_failed_repairs_hold_the_next_one_back_doubling_from_an_interval_up_to_t
 def test_a_repair_the_fence_refused_does_not_hold_the_next_one_back() -> None:
     state = finish_repair(GroupState(), ok=False, fenced_out=True)
     assert (state.repair_failures, state.repair_hold_until, state.last_failover) == (0, None, RECORD)
+
+
+@pytest.mark.parametrize(("fenced_out", "sent", "last", "window"), [
+    (True, False, 20.0, (30.0,)),  # refused by the fence before any call: as if it never started
+    (True, True, 58.0, (30.0, 50.0)),  # a call went out first: it counts
+    (False, False, 58.0, (30.0, 50.0)),  # vetoed by the before_failover hook: it counts (the hook is not hammered)
+])
+def test_a_move_the_fence_refused_before_sending_anything_takes_back_its_cooldown_and_window(
+        fenced_out: bool, sent: bool, last: float, window: tuple[float, ...]) -> None:
+    state = GroupState(last_move_at=20.0, recent_moves=(30.0,))
+    moving = groupstate.move_started(state, RECORD, 50.0, counted=True, windowed=True, window=600.0)
+    after = groupstate.move_finished(moving, RECORD, 58.0, ok=False, repair=False, detached=(), fenced_out=fenced_out,
+                                     sent=sent, interval=1.0)
+    assert (after.last_move_at, after.recent_moves, after.armed) == (last, window, None)
+
+
+def test_a_refused_move_keeps_what_the_cluster_added_while_it_ran() -> None:
+    moving = groupstate.move_started(GroupState(last_move_at=20.0), RECORD, 50.0, counted=True, windowed=True,
+                                     window=600.0)
+    adopted = groupstate.adopted(moving, [40.0], last=55.0)  # a previous leader's move, learnt meanwhile
+    after = groupstate.move_finished(adopted, RECORD, 58.0, ok=False, repair=False, detached=(), fenced_out=True,
+                                     sent=False, interval=1.0)
+    assert (after.last_move_at, after.recent_moves) == (55.0, (40.0,))
 
 
 def test_memory_from_the_store_replaces_the_groups_own() -> None:

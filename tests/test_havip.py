@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from pathlib import Path
@@ -19,7 +20,7 @@ from eipfailover.policy import havip_takeover
 from eipfailover.providers.alibaba import AlibabaProvider
 
 from .conftest import HealthServer, eventually
-from .fake_aliyun import FakeAliyun, provider_for
+from .fake_aliyun import FakeAliyun, Fault, provider_for
 from .test_coordination import ScriptedCoordinator
 
 UP, DOWN, U = TargetState.UP, TargetState.DOWN, TargetState.UNKNOWN
@@ -223,3 +224,47 @@ async def test_a_guard_that_cannot_read_the_havip_votes_unknown_and_stops_voting
     g.stop()
     assert coordinator.published[-1] == {}  # the scripted coordinator's record of forget()
     assert g.key == "web/zone-a/havip"
+
+
+async def test_a_guard_stopped_during_its_tick_neither_votes_nor_takes_over(
+        fake: FakeAliyun, ali: AlibabaProvider, health_servers: list[HealthServer]) -> None:
+    """A guard stopped while a tick is under way (a reload removes ``havip_takeover``, or the daemon stops): the tick
+    ends without publishing its view again (after ``forget``) and without taking the HaVip over."""
+    fake.add_havip("havip-a", "10.0.0.100", ["i-1", "i-2"], master="i-1")
+    g = guard(ali, health_servers)
+    coordinator = g.coordinator = ScriptedCoordinator()  # this daemon leads
+    for _ in range(2):
+        await g.tick()
+    await health_servers[0].stop()  # the master's service dies
+    await g.tick()  # one failure (fall is 2)
+    reads = len([e for e in fake.log if e.action == "DescribeHaVips"])
+    fake.faults.setdefault("DescribeHaVips", []).append(Fault(code=None, delay=0.5))  # a slow read: the tick lasts
+    tick = asyncio.create_task(g.tick())
+    await eventually(lambda: len([e for e in fake.log if e.action == "DescribeHaVips"]) > reads, timeout=10)
+    g.stop()
+    assert coordinator.published[-1] == {}  # withdrawn
+    await asyncio.wait_for(tick, 10)
+    assert "UnassociateHaVip" not in fake.actions(), "a stopped guard took the HaVip over"
+    assert coordinator.published[-1] == {}, f"a stopped guard votes again: {coordinator.published[-1]}"
+
+
+async def test_a_takeover_the_fence_refused_does_not_start_the_cooldown(
+        fake: FakeAliyun, ali: AlibabaProvider, health_servers: list[HealthServer]) -> None:
+    """The fence refused the takeover (etcd did not answer the proof): nothing was sent, so the cooldown does not
+    start; once leadership is proven again, the dead master is forced off at the next tick. The unassociate is fenced
+    in the term it was decided in."""
+    fake.add_havip("havip-a", "10.0.0.100", ["i-1", "i-2"], master="i-1")
+    g = guard(ali, health_servers)
+    coordinator = g.coordinator = ScriptedCoordinator()  # this daemon leads
+    for _ in range(2):
+        await g.tick()
+    await health_servers[0].stop()
+    coordinator.refuse = "UnassociateHaVip not sent: leadership cannot be proven: etcd timed out"
+    for _ in range(2):
+        await g.tick()
+    assert [op for _, op, _ in coordinator.fences] == ["UnassociateHaVip"]
+    assert "UnassociateHaVip" not in fake.actions()
+    coordinator.refuse = None  # etcd answers again
+    await g.tick()
+    assert "UnassociateHaVip" in fake.actions(), f"the dead master keeps the HaVip: {g.decision}"
+    assert coordinator.terms == [1, 1]

@@ -92,10 +92,16 @@ class Coordinator(ABC):
         """Store this leader's memory of ``group``'s moves for the next leader (sent in the background)."""
 
     @abstractmethod
-    async def fence(self, group: str, failover_id: str, operation: str, seconds: float) -> Callable[[], bool]:
-        """Prove, right before a mutating cloud call that may take ``seconds``, that this daemon still leads and that
-        its lease outlives the call; the intent is written in the same step. Raises :class:`NotLeader` otherwise.
-        Returns a cheap re-check for the instant before the call is sent (False: the lease may have lapsed since)."""
+    def term(self) -> int | None:
+        """The term this daemon leads in (None: it does not lead, or a daemon alone: there are no terms)."""
+
+    @abstractmethod
+    async def fence(self, group: str, failover_id: str, operation: str, seconds: float,
+                    term: int | None = None) -> Callable[[], bool]:
+        """Prove, right before a mutating cloud call that may take ``seconds``, that this daemon still leads, in
+        ``term`` if given (the term the action was decided in: a later term decides anew), and that its lease
+        outlives the call; the intent is written in the same step. Raises :class:`NotLeader` otherwise. Returns a
+        cheap re-check for the instant before the call is sent (False: the lease may have lapsed since)."""
 
     @abstractmethod
     def status(self) -> ClusterStatus: ...

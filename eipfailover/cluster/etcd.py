@@ -97,6 +97,8 @@ class EtcdCoordinator(Coordinator):
         """The leader key's create revision while this daemon leads."""
         self._leader: tuple[str, str | None, int] | None = None
         """(node, api, term) of the leader as last read."""
+        self._orphan: int | None = None
+        """The mod revision of a leader key seen on no lease (it would never expire): removed before the campaign."""
         self._peers: dict[str, _Peer] = {}
         self._maintenance: dict[str, bool] | None = None
         self._memory: dict[str, GroupMemory] = {}
@@ -198,10 +200,18 @@ class EtcdCoordinator(Coordinator):
         if self._maintenance is not None:
             self._maintenance[group] = enabled
 
-    async def fence(self, group: str, failover_id: str, operation: str, seconds: float) -> Callable[[], bool]:
-        term = self._term
-        if term is None or not self.acting():
+    def term(self) -> int | None:
+        return self._term
+
+    async def fence(self, group: str, failover_id: str, operation: str, seconds: float,
+                    term: int | None = None) -> Callable[[], bool]:
+        current = self._term
+        if current is None or not self.acting():
             raise NotLeader(f"{operation} not sent: this daemon is not the cluster's leader (or its lease may lapse)")
+        if term is not None and term != current:
+            raise NotLeader(f"{operation} not sent: decided in term {term}, which is over (this daemon leads in term "
+                            f"{current} now, and decides anew from a fresh read of the cloud)")
+        term = current
         intent = json.dumps({"failover_id": failover_id, "operation": operation, "node": self.node, "term": term,
                              "at": time.time()}).encode()
         for _ in range(2):  # a slow proof may use up the time the call needs: renew, prove once more
@@ -335,6 +345,10 @@ class EtcdCoordinator(Coordinator):
                 self._published = None
 
     async def _campaign(self) -> None:
+        orphan, self._orphan = self._orphan, None
+        if orphan is not None:  # only that very key: a leader elected meanwhile stays
+            await self.client.txn([Compare.lease(self.leader_key, "=", 0),
+                                   Compare.mod_revision(self.leader_key, "=", orphan)], [Op.delete(self.leader_key)])
         answer = await self.client.txn([Compare.create_revision(self.leader_key, "=", 0)],
                                        [Op.put(self.leader_key, self._me, lease=self._lease or 0)],
                                        [Op.get(self.leader_key)])
@@ -446,6 +460,14 @@ class EtcdCoordinator(Coordinator):
 
     # --- leadership ---
     def _see_leader(self, kv: KeyValue) -> None:
+        if not kv.lease:  # written by hand, or restored without its lease: it never expires, so nobody holds it
+            if self._orphan != kv.mod_revision:
+                log.error("leader_key_without_lease", node=self.node, key=self.leader_key,
+                          detail="a leader key on no lease is nobody alive: it is removed and a leader elected")
+            self._orphan = kv.mod_revision
+            self._no_leader()
+            self._wake.set()  # campaign now
+            return
         try:
             holder = json.loads(kv.value)
             node, api = str(holder["node"]), holder.get("api")

@@ -48,7 +48,11 @@ class Solo(Coordinator):
     def share_memory(self, group: str, memory: GroupMemory) -> None:
         pass
 
-    async def fence(self, group: str, failover_id: str, operation: str, seconds: float) -> Callable[[], bool]:
+    def term(self) -> int | None:
+        return None
+
+    async def fence(self, group: str, failover_id: str, operation: str, seconds: float,
+                    term: int | None = None) -> Callable[[], bool]:
         return _always
 
     def status(self) -> ClusterStatus:

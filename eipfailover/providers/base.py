@@ -27,10 +27,12 @@ V = TypeVar("V")
 class _Calls:
     """The calls of one :func:`own_calls` block."""
 
-    __slots__ = ("last_error",)
+    __slots__ = ("last_error", "sent")
 
     def __init__(self) -> None:
         self.last_error: ProviderError | None = None
+        self.sent = False
+        """A mutating call went out (one a fence refused did not)."""
 
 
 _CALLER: contextvars.ContextVar[_Calls | None] = contextvars.ContextVar("eipfailover_caller", default=None)
@@ -44,12 +46,13 @@ def last_error() -> ProviderError | None:
 
 
 @contextlib.contextmanager
-def own_calls() -> Iterator[None]:
+def own_calls() -> Iterator[_Calls]:
     """The mutating calls made inside (in this task and the tasks it starts) are its own, for
-    :meth:`Provider.settle`."""
-    token = _CALLER.set(_Calls())
+    :meth:`Provider.settle`; what it yields tells whether any went out."""
+    calls = _Calls()
+    token = _CALLER.set(calls)
     try:
-        yield
+        yield calls
     finally:
         _CALLER.reset(token)
 
@@ -225,6 +228,8 @@ class Provider(ABC):
         fence = _FENCE.get()
         if fence is not None:  # proven in the sent task itself, right before the call
             call = _fenced_call(call, fence, operation, self.call_deadline)
+        elif (calls := _CALLER.get()) is not None:
+            calls.sent = True
         recorder = _STEPS.get()
         try:
             answered = await recorder(operation) if recorder is not None else None
@@ -338,6 +343,8 @@ def _fenced_call(call: Callable[[], Awaitable[T]], fence: Fence, operation: str,
         try:
             if not still_leading():  # a freeze since the proof: nothing is sent
                 raise NotLeader(f"{operation} not sent: the lease may have lapsed since leadership was proven")
+            if (calls := _CALLER.get()) is not None:
+                calls.sent = True
             return await call()
         finally:
             _SEND_CHECK.reset(token)
