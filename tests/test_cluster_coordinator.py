@@ -33,8 +33,9 @@ from eipfailover.providers.aws import AwsProvider
 
 from .conftest import REGION, Ec2World, eventually
 from .etcd_server import EtcdCluster
-from .fakes import ScriptedCheck
-from .test_engine import World
+from .fakes import FakeProvider, ScriptedCheck
+from .test_coordination import ScriptedCoordinator
+from .test_engine import World, group_config
 
 UP, DOWN = TargetState.UP, TargetState.DOWN
 
@@ -364,11 +365,6 @@ async def test_a_group_removed_by_a_reload_stops_voting(
     still have the group, count that frozen vote (a target seen DOWN at the time keeps voting DOWN after it recovers, a
     standby seen UP keeps voting UP after it dies). docs/multi-node.md: "A daemon that lacks a group counts as unknown
     for it."""
-    from eipfailover.engine import Engine, GroupRunner
-    from eipfailover.events import Observers
-
-    from .fakes import FakeProvider, ScriptedCheck
-    from .test_engine import group_config
 
     a, b = daemons.make(etcd.client_urls, prefix, "a"), daemons.make(etcd.client_urls, prefix, "b")
     daemons.start(a)
@@ -398,12 +394,6 @@ async def test_a_group_added_by_a_reload_on_the_leader_takes_the_clusters_memory
     config change: the previous leader had the group and moved it, this one gets it by SIGHUP) starts with the journal's
     memory only, so the cooldown and ``max_failovers`` of the moves made by the previous leaders do not hold:
     docs/multi-node.md promises they hold "whoever leads"."""
-    from eipfailover.engine import Engine, GroupRunner
-    from eipfailover.events import GroupMemory, Observers
-
-    from .fakes import FakeProvider, ScriptedCheck
-    from .test_coordination import ScriptedCoordinator
-    from .test_engine import group_config
 
     coordinator = ScriptedCoordinator()  # this daemon leads
     now = time.time()
@@ -433,8 +423,6 @@ async def test_a_full_read_older_than_the_maintenance_switch_does_not_undo_it() 
     brought the put yet) and replaces ``_maintenance`` wholesale: the switch the operator just set on the leader is off
     again, ``Engine.cluster_changed`` takes the group out of maintenance (and decides: a failover that maintenance was
     meant to hold can start) until the watch event or the next read puts it back."""
-    from eipfailover.cluster.etcd import EtcdCoordinator
-    from eipfailover.config import ClusterConfig
 
     class SlowRead:
         """etcd as seen through a read taken at revision 10, answered after a put at revision 11."""
