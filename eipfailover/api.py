@@ -311,8 +311,9 @@ class Api:
                                                      "act now; try again once it is back")
         status = coordinator.status()
         if status.leader == status.node:  # not another daemon: following would come back here
-            raise ApiError(503, "not_acting", f"this daemon ({status.node}) leads the cluster but cannot act this "
-                                              "instant (its lease is being renewed); try again")
+            raise ApiError(503, "not_acting", f"the leader key names this daemon ({status.node}) but it cannot act "
+                                              "now (its lease is being renewed, or a previous run's lease has yet "
+                                              "to expire); try again")
         where = f"{status.leader} at {status.leader_api}" if status.leader else "no leader is elected yet"
         raise ApiError(409, "not_leader", f"this daemon ({status.node}) does not lead the cluster: {where}",
                        leader=status.leader, leader_api=status.leader_api)

@@ -369,6 +369,9 @@ class GroupRunner:
         eips = self.movable(snapshot.manual is not None and snapshot.manual.force)
         if decision.action is not Action.NONE and self._stop.is_set():
             decision = Decision(Action.NONE, Reason.STOPPING, decision.target)
+        hold = self.state.fence_hold_until
+        if decision.action is not Action.NONE and hold is not None and now < hold:  # the fence refused a move
+            decision = Decision(Action.NONE, Reason.COORDINATION_LOST, decision.target)  # just now: wait an interval
         if self.coordinator is not None and not self.coordinator.available():
             decision = Decision(Action.NONE, Reason.COORDINATION_LOST, decision.target)  # nobody acts without it
         elif decision.action is not Action.NONE and self.coordinator is not None and not self.coordinator.acting():
@@ -418,7 +421,7 @@ class GroupRunner:
                                              window=self.config.policy.max_failovers.window)
         term = self.coordinator.term() if self.coordinator is not None else None  # its calls go out in this one
         if counted and self.coordinator is not None:  # stored with the first fencing proof, before any cloud call
-            self.coordinator.share_memory(self.name, self.memory())
+            self.coordinator.share_memory(self.name, self.memory(), with_proof=True)
         self._epoch += 1
         self.observers.on_failover_started(record)
         cloud = self.state.cloud
@@ -447,6 +450,8 @@ class GroupRunner:
         self.state = groupstate.move_finished(self.state, done, time.monotonic(), ok=outcome.ok, repair=repair,
                                               detached=outcome.detached, fenced_out=outcome.code == "NotLeader",
                                               sent=outcome.sent, interval=self.config.policy.interval)
+        if not repair and outcome.code == "NotLeader" and not outcome.sent:
+            self.store.uncount(record.id)  # it changed nothing: not after a restart either
         if not repair and self.coordinator is not None:  # the next leader holds the same cooldown and window
             self.coordinator.share_memory(self.name, self.memory())
         self._epoch += 1

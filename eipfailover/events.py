@@ -101,6 +101,10 @@ class StateStore(Observer, Protocol):
     async def step(self, failover_id: str, operation: str) -> Callable[[str, float], None]:
         """Record a call about to be sent; returns what records its ``(result, seconds)``."""
 
+    def uncount(self, failover_id: str) -> None:
+        """The failover changed nothing (the fence refused it before any call went out): it neither arms the
+        cooldown nor counts against max_failovers."""
+
     async def remember(self, windows: Mapping[str, float]) -> dict[str, GroupMemory]:
         """Each group's memory (its ``max_failovers`` window in ``windows``): maintenance, moves within the window,
         the end of the last move."""

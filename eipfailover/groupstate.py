@@ -73,6 +73,9 @@ class GroupState:
     repair_failures: int = 0
     repair_hold_until: float | None = None
     """No repair before this time (after failed ones)."""
+    fence_hold_until: float | None = None
+    """No move before this time: the fence refused the last one (etcd did not answer the proof, or the term ended).
+    One interval: a leader cut off from etcd tries again on the group's schedule, not in a loop."""
 
     @property
     def moving(self) -> bool:
@@ -130,15 +133,18 @@ def move_finished(state: GroupState, done: FailoverRecord, now: float, *, ok: bo
                   detached: tuple[str, ...], fenced_out: bool, sent: bool, interval: float) -> GroupState:
     """A move ended. A move's cooldown runs from its end, unless the fence refused it (``fenced_out``: this daemon
     could not prove it leads) before it ``sent`` anything: it changed nothing, so it takes back its place in the
-    cooldown and the ``max_failovers`` window (when leadership is proven again, the failover is decided at once). A
-    failed repair holds the next one back, from one ``interval`` doubling up to :data:`REPAIR_BACKOFF_CAP`; a repair
-    the fence refused does not, since the next leader should repair at once. The view is left as it is: the caller
-    takes the verification's, or marks it :func:`stale`."""
-    after = replace(state, current=None, armed=None, last_failover=done, left_detached=detached)
+    cooldown and the ``max_failovers`` window (its own start, echoed back by the cluster within :data:`SAME_MOVE`,
+    included). Any move the fence refused holds the next one for one ``interval``. A failed repair holds the next one
+    back, from one ``interval`` doubling up to :data:`REPAIR_BACKOFF_CAP`; a repair the fence refused does not, since
+    the next leader should repair at once. The view is left as it is: the caller takes the verification's, or marks
+    it :func:`stale`."""
+    after = replace(state, current=None, armed=None, last_failover=done, left_detached=detached,
+                    fence_hold_until=now + interval if fenced_out else None)
     if not repair and fenced_out and not sent and state.armed is not None:
         start, before = state.armed
-        return replace(after, recent_moves=tuple(t for t in state.recent_moves if t != start),
-                       last_move_at=before if state.last_move_at == start else state.last_move_at)
+        last = state.last_move_at
+        return replace(after, recent_moves=tuple(t for t in state.recent_moves if abs(t - start) > SAME_MOVE),
+                       last_move_at=before if last is not None and abs(last - start) <= SAME_MOVE else last)
     if not repair:
         return replace(after, last_move_at=now)
     if fenced_out:

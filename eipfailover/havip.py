@@ -119,9 +119,8 @@ class HaVipGuard:
                 if not self.coordinator.acting():
                     return  # the cluster's leader takes over (its own guard decides it)
                 term = self.coordinator.term()
-            previous, self.last_takeover_at = self.last_takeover_at, now
-            if not await self._take_over(self.master, decision.target, term):
-                self.last_takeover_at = previous  # the fence refused it, nothing was sent: no cooldown
+            if await self._take_over(self.master, decision.target, term):  # (the fence refused it: no cooldown)
+                self.last_takeover_at = now
 
     def _verdicts(self, blind: bool) -> Mapping[str, Health]:
         """The members' health to decide on: this daemon's own, or in a cluster each member's state as the observers'
@@ -152,7 +151,10 @@ class HaVipGuard:
             return contextlib.nullcontext()
 
         async def fence(operation: str, seconds: float) -> Callable[[], bool]:
-            return await coordinator.fence(self.group, f"havip-{self.havip_id}", operation, seconds, term)
+            still_leading = await coordinator.fence(self.group, f"havip-{self.havip_id}", operation, seconds, term)
+            if self._stop.is_set():  # stopped while proving (a reload removed it): not sent
+                raise NotLeader(f"{operation} not sent: the HaVip guard was stopped")
+            return still_leading
         return fenced(fence)
 
     async def _take_over(self, master: str, standby: str, term: int | None) -> bool:

@@ -46,6 +46,10 @@ class MemoryStore(NullObserver):
     async def step(self, failover_id: str, operation: str) -> Callable[[str, float], None]:
         return _unrecorded
 
+    def uncount(self, failover_id: str) -> None:
+        if failover_id in self._holds:
+            self._holds[failover_id] = (False, False)
+
     async def remember(self, windows: Mapping[str, float]) -> dict[str, GroupMemory]:
         memory = {}
         for group, window in windows.items():

@@ -192,6 +192,9 @@ class Journal(NullObserver):
             self._queue(_step_answered, (step_id, result, seconds))
         return answered
 
+    def uncount(self, failover_id: str) -> None:
+        self._queue(_uncount, (failover_id,))
+
     def on_failover_started(self, record: FailoverRecord) -> None:
         """Recorded by :meth:`begin` (awaited by the engine), not here."""
 
@@ -402,6 +405,11 @@ def _insert(db: sqlite3.Connection, r: FailoverRecord, counted: bool, windowed: 
                (r.id, r.group, r.trigger.value, r.reason, r.from_target, r.to_target, json.dumps(list(r.eips)),
                 r.started_at, r.requested_by, r.result, r.error, r.finished_at, r.attempts, int(counted),
                 int(windowed), pid))
+
+
+def _uncount(db: sqlite3.Connection, failover_id: str) -> None:
+    with _transaction(db):
+        db.execute("UPDATE failovers SET counted=0, windowed=0 WHERE id=?", (failover_id,))
 
 
 def _finish(db: sqlite3.Connection, r: FailoverRecord, pid: int) -> None:

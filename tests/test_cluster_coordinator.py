@@ -11,8 +11,9 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -27,8 +28,10 @@ from eipfailover.cluster.etcd_client import EtcdClient, TxnResult
 from eipfailover.config import AwsProviderConfig, ClusterConfig, parse_config
 from eipfailover.engine import Engine, GroupRunner
 from eipfailover.errors import NotLeader
-from eipfailover.events import GroupMemory, Observers
-from eipfailover.model import Binding, CheckStatus, TargetState
+from eipfailover.events import FailoverRecord, GroupMemory, NullObserver, Observers
+from eipfailover.history import MemoryStore
+from eipfailover.journal import Journal
+from eipfailover.model import Binding, CheckStatus, Reason, TargetState
 from eipfailover.providers.aws import AwsProvider
 
 from .conftest import REGION, Ec2World, eventually
@@ -452,6 +455,16 @@ async def test_a_full_read_older_than_the_maintenance_switch_does_not_undo_it() 
     assert coordinator.maintenance("g") is True, "a read older than the switch turned maintenance off again"
 
 
+async def moved_once_held(runner: GroupRunner) -> None:
+    """Decide again (a fresh read and a check round) once the one interval a refused move holds the next is over,
+    and wait for the move."""
+    hold = runner.state.fence_hold_until
+    await eventually(lambda: hold is None or time.monotonic() >= hold, timeout=30)
+    await runner.read_cloud()
+    await runner.check_round()
+    await asyncio.wait_for(runner.wait_idle(), 30)
+
+
 def aws_runner(ec2: Ec2World, coordinator: Coordinator, **policy: Any) -> tuple[GroupRunner, dict[str, ScriptedCheck],
                                                                                  AwsProvider]:
     """Group ``web`` (a, b) on the real AWS driver against moto, one mutating call in flight at a time."""
@@ -568,9 +581,226 @@ async def test_a_failover_the_fence_refused_does_not_start_the_cooldown(
             await eventually(lambda: a.acting() and a.term() == term and not a._unshared, timeout=30)
             memory = a.memory("web")
             assert memory is None or memory.window_starts == (), memory
-            await runner.read_cloud()
-            await runner.check_round()
-            await asyncio.wait_for(runner.wait_idle(), 30)
+            await moved_once_held(runner)
+            assert runner.decision is not None
+            assert runner.decision.reason is not Reason.COOLDOWN
             assert ec2.holder().get("InstanceId") == ec2.instance_b, runner.decision
         finally:
+            await provider.close()
+class LapsesInTheThread(ScriptedCoordinator):
+    """The proof succeeds and the re-check in the event loop says "send"; the re-check made again in the AWS driver's
+    thread (after the wait for a free thread) says the lease lapsed meanwhile: nothing goes out."""
+
+    async def fence(self, group: str, failover_id: str, operation: str, seconds: float,
+                    term: int | None = None) -> Callable[[], bool]:
+        await super().fence(group, failover_id, operation, seconds, term)
+        answers = iter([True])  # the loop's re-check: True; the thread's: False
+        return lambda: next(answers, False)
+
+
+async def test_a_move_refused_in_the_aws_thread_takes_back_its_cooldown(ec2: Ec2World) -> None:
+    """A failover whose only call the AWS driver's thread refused (the lease lapsed while the call waited
+    for a free thread: ``NotLeader``, nothing sent) changed nothing: it takes back its cooldown (60 s) and its
+    ``max_failovers`` place.
+
+    Before the fix: the move was marked ``sent`` before the thread's own check, so it kept both."""
+    coordinator = LapsesInTheThread()
+    runner, checks, provider = aws_runner(ec2, coordinator, cooldown=60)
+    try:
+        await runner.read_cloud()
+        await runner.check_round()
+        checks["a"].status = CheckStatus.FAIL
+        await runner.check_round()
+        assert runner.in_progress, runner.decision
+        await asyncio.wait_for(runner.wait_idle(), 30)
+        refused = runner.state.last_failover
+        assert refused is not None
+        assert "waited for a thread" in refused.error, refused
+        assert ec2.holder().get("InstanceId") == ec2.instance_a  # nothing went out
+        assert (runner.state.last_move_at, runner.state.recent_moves) == (None, ()), (
+            "a move refused before anything was sent keeps its cooldown and window place")
+    finally:
+        await runner.wait_idle()
+        await provider.close()
+
+
+@pytest.mark.parametrize("kind", ["memory", "journal"])
+async def test_a_refused_move_is_not_remembered_as_a_move_by_the_store(ec2: Ec2World, tmp_path: Path,
+                                                                         kind: str) -> None:
+    """A failover the fence refused before sending anything is not remembered as a move by the state
+    store either (read back at a restart, or when a reload adds the group again).
+
+    Before the fix: the store was told at ``begin`` that the move counts, and never told otherwise: ``remember``
+    brought the refused move back as the start of a 60 s cooldown and a place in the window."""
+    coordinator = ScriptedCoordinator()
+    coordinator.refuse = "AssociateAddress not sent: leadership cannot be proven: etcd timed out"
+    store: Any = MemoryStore() if kind == "memory" else Journal.open(tmp_path / "state", max_age=3600,
+                                                                         max_records=100)
+    runner, checks, provider = aws_runner(ec2, coordinator, cooldown=60)
+    runner.store = runner.actuator.store = store
+    runner.observers = Observers([store])  # as in the daemon: the store records every failover
+    try:
+        await runner.read_cloud()
+        await runner.check_round()
+        checks["a"].status = CheckStatus.FAIL
+        await runner.check_round()
+        await asyncio.wait_for(runner.wait_idle(), 30)
+        assert (runner.state.last_move_at, runner.state.recent_moves) == (None, ())  # taken back in the runner
+        memory = (await store.remember({"web": runner.config.policy.max_failovers.window}))["web"]
+        assert (memory.last_move_at, memory.window_starts) == (None, ()), (
+            f"the store remembers the refused move: {memory}")
+    finally:
+        await runner.wait_idle()
+        await provider.close()
+        if kind == "journal":
+            await store.close()
+
+
+async def test_a_refused_move_does_not_hand_its_cooldown_to_the_next_leader(
+        etcd: EtcdCluster, prefix: str, raw: Any, daemons: Daemons, ec2: Ec2World) -> None:
+    """Daemon a leads and decides a failover; its call waits in the rate limit (the one mutation slot is
+    busy). a is then cut off from etcd: the fence refuses the call, nothing is sent. a's lease expires, b is elected,
+    the primary is still DOWN: b fails over at once.
+
+    Before the fix: the memory of the move's start (the cooldown armed, a window place) was stored in etcd as soon as
+    the move started, not with its first proof, and the corrected memory could never be stored (a no longer led): b
+    adopted it and held the dead primary for the whole cooldown."""
+    async with proxied(etcd) as proxy:
+        a = daemons.make([proxy.url], prefix, "a", ttl=4.0)
+        runner_a, checks_a, provider_a = aws_runner(ec2, a, cooldown=60)
+        engine_a = Engine([runner_a], coordinator=a)
+        a.on_change, a.on_leading = engine_a.cluster_changed, engine_a.leading
+        mutations = provider_a.limits.mutations
+        b = daemons.make(etcd.client_urls, prefix, "b", ttl=4.0)
+        runner_b, checks_b, provider_b = aws_runner(ec2, b, cooldown=60)
+        engine_b = Engine([runner_b], coordinator=b)
+        b.on_change, b.on_leading = engine_b.cluster_changed, engine_b.leading
+        try:
+            daemons.start(a)
+            await eventually(a.acting, timeout=30)
+            await mutations.acquire(token=False)  # the one mutation slot is busy (another group's move)
+            await runner_a.read_cloud()
+            await runner_a.check_round()
+            checks_a["a"].status = CheckStatus.FAIL
+            await runner_a.check_round()
+            assert runner_a.in_progress, runner_a.decision
+            await eventually(lambda: bool(mutations._waiters), timeout=10)  # AssociateAddress queued
+            kvs, _ = await raw.get_prefix(f"{prefix}/memory/web")
+            assert kvs == [], "the start of a move is stored only with its first proof"
+            proxy.cut = True  # a is cut off from etcd: its proof fails, nothing is sent
+            mutations.release()
+            await asyncio.wait_for(runner_a.wait_idle(), 30)
+            refused = runner_a.state.last_failover
+            assert refused is not None
+            assert "not sent" in refused.error, refused
+            assert ec2.holder().get("InstanceId") == ec2.instance_a
+            assert runner_a.state.last_move_at is None  # taken back, on a
+
+            daemons.start(b)
+            await eventually(b.acting, timeout=30)  # once a's lease expired
+            checks_b["a"].status = CheckStatus.FAIL
+            await runner_b.read_cloud()
+            await runner_b.check_round()
+            assert runner_b.decision is not None
+            assert runner_b.decision.reason is not Reason.COOLDOWN, (
+                f"the next leader holds the cooldown of a move that sent nothing: {b.memory('web')}")
+            await asyncio.wait_for(runner_b.wait_idle(), 30)
+            assert ec2.holder().get("InstanceId") == ec2.instance_b, runner_b.decision
+        finally:
+            if mutations._waiters:
+                mutations.release()
+            await runner_a.wait_idle()
+            await runner_b.wait_idle()
+            await provider_a.close()
+            await provider_b.close()
+
+
+
+async def test_a_move_refused_in_a_new_term_of_the_same_leader_takes_back_its_cooldown(
+        etcd: EtcdCluster, prefix: str, raw: Any, daemons: Daemons, ec2: Ec2World,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The term scenario with a 60 s cooldown: a's move waits in the rate limit; its lease expires in etcd and
+    a wins a new term, adopting the cluster's memory (its own move's start, back through wall-clock time); the queued
+    call is refused (the term is over). The wall clock was stepped back 1 ms meanwhile (an NTP correction; the
+    sampling jitter of ``time.time() - time.monotonic()`` does the same about half the time). The refused move takes
+    back its cooldown, and the new term fails over at once from its fresh read.
+
+    Before the fix: the echo of the move's own start, 1 ms off, was kept as the start of the cooldown."""
+    a = daemons.make(etcd.client_urls, prefix, "a", ttl=4.0)
+    runner, checks, provider = aws_runner(ec2, a, cooldown=60)
+    engine = Engine([runner], coordinator=a)
+    a.on_change, a.on_leading = engine.cluster_changed, engine.leading
+    mutations = provider.limits.mutations
+    try:
+        daemons.start(a)
+        await eventually(a.acting, timeout=30)
+        first_term, lease = a.term(), a._lease
+        assert lease is not None
+        await mutations.acquire(token=False)  # the one mutation slot is busy (another group's move)
+        await runner.read_cloud()
+        await runner.check_round()
+        checks["a"].status = CheckStatus.FAIL
+        await runner.check_round()
+        assert runner.in_progress, runner.decision
+        await eventually(lambda: bool(mutations._waiters) and not a._unshared, timeout=10)
+        real = time.time
+        monkeypatch.setattr(time, "time", lambda: real() - 0.001)  # the wall clock is stepped back 1 ms
+        await raw.revoke(lease)
+        await eventually(lambda: a.acting() and a.term() not in (None, first_term), timeout=30)
+        mutations.release()
+        await asyncio.wait_for(runner.wait_idle(), 30)
+        refused = runner.state.last_failover
+        assert refused is not None
+        assert f"decided in term {first_term}, which is over" in refused.error, refused
+        assert ec2.holder().get("InstanceId") == ec2.instance_a
+        await moved_once_held(runner)  # the new term's own read
+        assert runner.decision is not None
+        assert runner.decision.reason is not Reason.COOLDOWN, (
+            f"a move the fence refused before sending anything holds the group: {runner.decision}")
+        assert ec2.holder().get("InstanceId") == ec2.instance_b
+    finally:
+        engine.request_stop()
+        await runner.wait_idle()
+        await provider.close()
+
+
+async def test_a_leader_cut_off_from_etcd_does_not_retry_a_refused_failover_in_a_tight_loop(
+        etcd: EtcdCluster, prefix: str, daemons: Daemons, ec2: Ec2World) -> None:
+    """The leader is cut off from etcd (each proof fails at once) while its lease is still valid by its own
+    clock, and the primary goes DOWN: every move is refused by the fence before anything is sent. A refused move is
+    tried again at most once per interval (1 s): each attempt is a failover record, a ``before_failover`` hook run, an
+    etcd proof and a cloud read.
+
+    Before the fix: the refused move took back its cooldown and woke a cloud read at once, whose decision started the
+    same move again: dozens of refused failovers a second."""
+    class Starts(NullObserver):
+        def __init__(self) -> None:
+            self.count = 0
+
+        def on_failover_started(self, record: FailoverRecord) -> None:
+            self.count += 1
+
+    async with proxied(etcd) as proxy:
+        a = daemons.make([proxy.url], prefix, "a", ttl=6.0)
+        runner, checks, provider = aws_runner(ec2, a, cooldown=60)
+        starts = Starts()
+        runner.observers = Observers([starts])
+        daemons.start(a)
+        await eventually(a.acting, timeout=30)
+        task = asyncio.create_task(runner.run())
+        try:
+            await eventually(lambda: runner.reconciled.is_set(), timeout=10)
+            proxy.cut = True
+            checks["a"].status = CheckStatus.FAIL
+            began = time.monotonic()
+            await eventually(lambda: not a.acting(), timeout=30)
+            seconds = time.monotonic() - began
+            assert ec2.holder().get("InstanceId") == ec2.instance_a
+            allowed = int(seconds / runner.config.policy.interval) + 2
+            assert starts.count <= allowed, (
+                f"{starts.count} refused failovers in {seconds:.1f}s (at most {allowed} expected)")
+        finally:
+            runner.request_stop()
+            await task
+            await runner.wait_idle()
             await provider.close()

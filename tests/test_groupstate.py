@@ -193,3 +193,28 @@ def test_a_carried_stale_view_stays_stale() -> None:
     assert (new.cloud.location.active, new.cloud.placement) == ("a", Placement.UNKNOWN)
     never_read = groupstate.carried(GroupState(), same_cloud=True, bindings=TARGETS, adopt_foreign=False)
     assert never_read.cloud == groupstate.CloudView()
+
+
+def test_a_refused_move_takes_back_its_cooldown_after_its_own_start_came_back_from_the_cluster() -> None:
+    """A move starts at 50.0 and its memory goes to the cluster; the same daemon, elected in a new term,
+    adopts it back (its own start, a microsecond off); the fence then refuses the move. It takes back its cooldown:
+    ``last_move_at`` is what it was before (20.0).
+
+    Before the fix: only an exact ``last_move_at == start`` was restored."""
+    moving = groupstate.move_started(GroupState(last_move_at=20.0), RECORD, 50.0, counted=True, windowed=True,
+                                     window=600.0)
+    echoed = groupstate.adopted(moving, [50.000001], last=50.000001)  # its own memory, back from etcd
+    assert echoed.recent_moves == (50.0,)  # the same move (within SAME_MOVE)
+    after = groupstate.move_finished(echoed, replace(RECORD, result="failure"), 58.0, ok=False, repair=False,
+                                     detached=(), fenced_out=True, sent=False, interval=1.0)
+    assert (after.last_move_at, after.recent_moves) == (20.0, ()), after
+
+
+@pytest.mark.parametrize(("repair", "fenced_out", "hold"), [
+    (False, True, 59.0), (True, True, 59.0), (False, False, None), (True, False, None)])
+def test_a_move_the_fence_refused_holds_the_next_one_for_an_interval(repair: bool, fenced_out: bool,
+                                                                    hold: float | None) -> None:
+    moving = groupstate.move_started(GroupState(), RECORD, 50.0, counted=not repair, windowed=not repair, window=60.0)
+    after = groupstate.move_finished(moving, RECORD, 58.0, ok=False, repair=repair, detached=(),
+                                     fenced_out=fenced_out, sent=False, interval=1.0)
+    assert after.fence_hold_until == hold

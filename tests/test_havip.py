@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -268,3 +269,72 @@ async def test_a_takeover_the_fence_refused_does_not_start_the_cooldown(
     await g.tick()
     assert "UnassociateHaVip" in fake.actions(), f"the dead master keeps the HaVip: {g.decision}"
     assert coordinator.terms == [1, 1]
+class HeldFence(ScriptedCoordinator):
+    """The proof waits for ``release``; then refuses if ``refuse`` is set (etcd's answer: not the leader)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def fence(self, group: str, failover_id: str, operation: str, seconds: float,
+                    term: int | None = None) -> Callable[[], bool]:
+        self.entered.set()
+        await self.release.wait()
+        return await super().fence(group, failover_id, operation, seconds, term)
+
+
+async def dying_master_tick(fake: FakeAliyun, ali: AlibabaProvider, servers: list[HealthServer],
+                            coordinator: ScriptedCoordinator) -> tuple[Any, asyncio.Task[None]]:
+    """A guard (leading) whose master has just died; its tick deciding the takeover is under way, in the fence."""
+    fake.add_havip("havip-a", "10.0.0.100", ["i-1", "i-2"], master="i-1")
+    g = guard(ali, servers)
+    g.coordinator = coordinator
+    for _ in range(2):
+        await g.tick()
+    await servers[0].stop()
+    await g.tick()  # one failure (fall is 2)
+    tick = asyncio.create_task(g.tick())
+    return g, tick
+
+
+async def test_a_reload_during_a_refused_havip_takeover_does_not_keep_its_cooldown(
+        fake: FakeAliyun, ali: AlibabaProvider, health_servers: list[HealthServer]) -> None:
+    """A reload rebuilds the guard while its takeover waits for the fence's proof; the proof then fails
+    (etcd did not answer): nothing was sent, and the new guard, leading again, forces the dead master off at its next
+    tick.
+
+    Before the fix: the cooldown was armed before the proof; the rebuilt guard copied it and held the dead master for
+    the whole cooldown."""
+    coordinator = HeldFence()
+    old, tick = await dying_master_tick(fake, ali, health_servers, coordinator)
+    await asyncio.wait_for(coordinator.entered.wait(), 10)  # the takeover is decided, its proof under way
+    new = guard(ali, health_servers)  # the reload's rebuilt guard (the daemon: stop the old one, carry over)
+    new.coordinator = coordinator
+    old.stop()
+    new.carry_over(old)
+    coordinator.refuse = "UnassociateHaVip not sent: leadership cannot be proven: etcd timed out"
+    coordinator.release.set()
+    await asyncio.wait_for(tick, 10)
+    assert "UnassociateHaVip" not in fake.actions()
+    assert old.last_takeover_at is None  # taken back on the old guard
+    coordinator.refuse = None  # etcd answers again
+    await new.tick()
+    assert "UnassociateHaVip" in fake.actions(), f"the dead master keeps the HaVip: {new.decision}"
+
+
+async def test_a_havip_guard_stopped_while_its_takeover_awaits_the_proof_does_not_take_over(
+        fake: FakeAliyun, ali: AlibabaProvider, health_servers: list[HealthServer]) -> None:
+    """A guard stopped (a reload removes ``havip_takeover``) while its takeover waits for the fence's proof
+    does not send the unassociate.
+
+    Before the fix: the stop was checked only after the read, not after the proof: ``UnassociateHaVip`` went out."""
+    coordinator = HeldFence()
+    g, tick = await dying_master_tick(fake, ali, health_servers, coordinator)
+    await asyncio.wait_for(coordinator.entered.wait(), 10)
+    g.stop()  # removed by a reload
+    coordinator.release.set()  # the proof succeeds
+    await asyncio.wait_for(tick, 10)
+    assert "UnassociateHaVip" not in fake.actions(), "a stopped guard forced the master off"
+
+

@@ -99,11 +99,14 @@ class EtcdCoordinator(Coordinator):
         """(node, api, term) of the leader as last read."""
         self._orphan: int | None = None
         """The mod revision of a leader key seen on no lease (it would never expire): removed before the campaign."""
+        self._orphan_logged: int | None = None
         self._peers: dict[str, _Peer] = {}
         self._maintenance: dict[str, bool] | None = None
         self._memory: dict[str, GroupMemory] = {}
         self._unshared: dict[str, GroupMemory] = {}
         """Memories to store, sent by the publishing task."""
+        self._with_proof: dict[str, GroupMemory] = {}
+        """Memories of moves' starts, stored only with the move's first fencing proof."""
         self._views: dict[str, dict[str, str]] = {}
         self._published: bytes | None = None
         self._revision = 0
@@ -169,9 +172,13 @@ class EtcdCoordinator(Coordinator):
     def memory(self, group: str) -> GroupMemory | None:
         return self._memory.get(group)
 
-    def share_memory(self, group: str, memory: GroupMemory) -> None:
-        self._memory[group] = self._unshared[group] = memory
-        self._dirty.set()
+    def share_memory(self, group: str, memory: GroupMemory, *, with_proof: bool = False) -> None:
+        self._memory[group] = memory
+        pending, other = (self._with_proof, self._unshared) if with_proof else (self._unshared, self._with_proof)
+        pending[group] = memory
+        other.pop(group, None)  # this one is newer
+        if not with_proof:
+            self._dirty.set()
 
     def status(self) -> ClusterStatus:
         leader = self._leader
@@ -225,7 +232,7 @@ class EtcdCoordinator(Coordinator):
                 if not self._covers(seconds):
                     raise NotLeader(f"{operation} not sent: the lease ({self.ttl:g}s) cannot outlive a call of "
                                     f"{seconds:g}s with a {self.margin:g}s margin")
-            memory = self._unshared.get(group)  # the move's memory goes with its proof: the next leader has it
+            memory = self._with_proof.get(group) or self._unshared.get(group)  # with the proof: the next leader has it
             writes = [Op.put(self.prefix + "intents/" + group, intent)]
             if memory is not None:
                 writes.append(Op.put(self.memory_prefix + group, _memory_json(memory)))
@@ -239,8 +246,9 @@ class EtcdCoordinator(Coordinator):
             if not proof.succeeded:
                 self._step_down("the leader key changed (another daemon leads, or the lease expired)")
                 raise NotLeader(f"{operation} not sent: this daemon no longer leads (term {term} is over)")
-            if memory is not None and self._unshared.get(group) is memory:
-                del self._unshared[group]
+            for pending in (self._with_proof, self._unshared):
+                if memory is not None and pending.get(group) is memory:
+                    del pending[group]
             if self._term == term and self._covers(seconds):
                 return lambda: self._term == term and self._covers(seconds)
         raise NotLeader(f"{operation} not sent: etcd answers too slowly for the lease to outlive a call of "
@@ -387,7 +395,7 @@ class EtcdCoordinator(Coordinator):
                 if remembered is not None:
                     memory[kv.key[len(self.memory_prefix):]] = remembered
         self._peers, self._maintenance = peers, maintenance
-        self._memory = {**memory, **self._unshared}
+        self._memory = {**memory, **self._unshared, **self._with_proof}
         self._see_own(own)
         if leader is None:
             self._no_leader()
@@ -461,7 +469,8 @@ class EtcdCoordinator(Coordinator):
     # --- leadership ---
     def _see_leader(self, kv: KeyValue) -> None:
         if not kv.lease:  # written by hand, or restored without its lease: it never expires, so nobody holds it
-            if self._orphan != kv.mod_revision:
+            if self._orphan_logged != kv.mod_revision:  # once per such key, however often it cannot be removed
+                self._orphan_logged = kv.mod_revision
                 log.error("leader_key_without_lease", node=self.node, key=self.leader_key,
                           detail="a leader key on no lease is nobody alive: it is removed and a leader elected")
             self._orphan = kv.mod_revision

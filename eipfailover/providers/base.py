@@ -343,9 +343,15 @@ def _fenced_call(call: Callable[[], Awaitable[T]], fence: Fence, operation: str,
         try:
             if not still_leading():  # a freeze since the proof: nothing is sent
                 raise NotLeader(f"{operation} not sent: the lease may have lapsed since leadership was proven")
-            if (calls := _CALLER.get()) is not None:
-                calls.sent = True
-            return await call()
+            refused = False
+            try:
+                return await call()
+            except NotLeader:  # the driver's own check at the instant of sending (AWS: in its thread)
+                refused = True
+                raise
+            finally:
+                if not refused and (calls := _CALLER.get()) is not None:
+                    calls.sent = True
         finally:
             _SEND_CHECK.reset(token)
     return fenced_call
