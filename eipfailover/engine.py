@@ -421,7 +421,7 @@ class GroupRunner:
                                              window=self.config.policy.max_failovers.window)
         term = self.coordinator.term() if self.coordinator is not None else None  # its calls go out in this one
         if counted and self.coordinator is not None:  # stored with the first fencing proof, before any cloud call
-            self.coordinator.share_memory(self.name, self.memory(), with_proof=True)
+            self.coordinator.share_memory(self.name, self.memory(), proof_of=record.id)
         self._epoch += 1
         self.observers.on_failover_started(record)
         cloud = self.state.cloud

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import structlog
 
@@ -34,6 +34,14 @@ from eipfailover.providers.alibaba import AlibabaProvider
 from eipfailover.providers.base import fenced
 
 log = structlog.get_logger("eipfailover.havip")
+
+
+@dataclass(slots=True)
+class Cooldown:
+    """When the guard last took the HaVip over (monotonic). A cell shared with the guard a reload rebuilds this one
+    as, so that a takeover still in flight holds the cooldown of both, or gives it back to both."""
+
+    since: float | None = None
 
 
 class HaVipGuard:
@@ -54,7 +62,7 @@ class HaVipGuard:
         self.health = {m: Health() for m in self.members}
         self.master = ""
         self.decision: Decision | None = None
-        self.last_takeover_at: float | None = None
+        self.cooldown = Cooldown()
         self.cloud_error: str | None = None
         self.hooks: set[asyncio.Task[bool]] = set()
         self._stop = asyncio.Event()
@@ -79,7 +87,7 @@ class HaVipGuard:
     def carry_over(self, old: HaVipGuard) -> None:
         """After a reload that changed this guard: keep the cooldown, and the health of members whose checks did
         not change."""
-        self.last_takeover_at = old.last_takeover_at
+        self.cooldown = old.cooldown  # the same cell: a takeover still in flight holds, or gives back, both
         old_members = {m.instance_id: m for m in old.config.members}
         for member in self.config.members:
             if old_members.get(member.instance_id) == member and member.instance_id in old.health:
@@ -107,7 +115,7 @@ class HaVipGuard:
             return
         self.master = state
         decision = policy.havip_takeover(self.master, tuple(self.members), verdicts, now,
-                                         self.last_takeover_at, self.config.cooldown)
+                                         self.cooldown.since, self.config.cooldown)
         if decision != self.decision:
             log.info("havip_decision", group=self.group, target=self.target, havip=self.havip_id,
                      master=self.master, action=decision.action.value, reason=decision.reason.value,
@@ -119,8 +127,9 @@ class HaVipGuard:
                 if not self.coordinator.acting():
                     return  # the cluster's leader takes over (its own guard decides it)
                 term = self.coordinator.term()
-            if await self._take_over(self.master, decision.target, term):  # (the fence refused it: no cooldown)
-                self.last_takeover_at = now
+            previous, self.cooldown.since = self.cooldown.since, now  # armed before the call goes out...
+            if not await self._take_over(self.master, decision.target, term) and self.cooldown.since == now:
+                self.cooldown.since = previous  # ...and given back if the fence refused it: nothing was sent
 
     def _verdicts(self, blind: bool) -> Mapping[str, Health]:
         """The members' health to decide on: this daemon's own, or in a cluster each member's state as the observers'

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -34,11 +35,13 @@ from eipfailover.journal import Journal
 from eipfailover.model import Binding, CheckStatus, Reason, TargetState
 from eipfailover.providers.aws import AwsProvider
 
-from .conftest import REGION, Ec2World, eventually
+from .conftest import REGION, Ec2World, HealthServer, eventually
 from .etcd_server import EtcdCluster
+from .fake_aliyun import FakeAliyun, provider_for
 from .fakes import FakeProvider, ScriptedCheck
 from .test_coordination import ScriptedCoordinator
 from .test_engine import World, group_config
+from .test_havip import dying_master_tick
 
 UP, DOWN = TargetState.UP, TargetState.DOWN
 
@@ -804,3 +807,134 @@ async def test_a_leader_cut_off_from_etcd_does_not_retry_a_refused_failover_in_a
             await task
             await runner.wait_idle()
             await provider.close()
+
+
+class FirstProofOnly(ScriptedCoordinator):
+    """The first proof succeeds; every later one is refused (the term ended between two of a move's calls)."""
+
+    async def fence(self, group: str, failover_id: str, operation: str, seconds: float,
+                    term: int | None = None) -> Callable[[], bool]:
+        proven = await super().fence(group, failover_id, operation, seconds, term)
+        if len(self.fences) > 1:
+            raise NotLeader(f"{operation} not sent: this daemon no longer leads (term {term} is over)")
+        return proven
+
+
+async def test_a_move_whose_call_is_in_flight_at_the_deadline_is_not_taken_back(ec2: Ec2World) -> None:
+    """Two EIPs on the real AWS driver, cooldown 60 s, failover_deadline 1 s. The move's first
+    AssociateAddress is proven and sent (EC2 answers after 2.5 s); the second one's proof is refused (the term ended
+    between them). At the deadline the first call is still in flight; it then lands and moves an EIP. The move sent
+    a call: it keeps its cooldown.
+
+    Before the fix: a call counted as sent only once answered, so this move was taken for one refused before
+    anything went out: its cooldown and window place were given back and the store uncounted it."""
+    second = ec2.new_eip(on_instance=ec2.instance_a)
+    coordinator = FirstProofOnly()
+    data: dict[str, Any] = {
+        "providers": {"aws": {"type": "aws", "region": REGION}},
+        "groups": [{
+            "name": "web", "provider": "aws", "eips": [ec2.eip, second],
+            "policy": {"interval": 1, "timeout": 0.5, "rise": 1, "fall": 1, "cooldown": 60,
+                       "failover_deadline": 1},
+            "targets": [{"name": name, "binding": {"instance_id": iid},
+                         "checks": [{"type": "tcp", "host": "h", "port": 1}]}
+                        for name, iid in (("a", ec2.instance_a), ("b", ec2.instance_b))],
+        }],
+    }
+    provider = AwsProvider("aws", AwsProviderConfig(type="aws", region=REGION, endpoint_url=ec2.endpoint,
+                                                    connect_timeout=1, read_timeout=5))
+    real = provider.client.associate_address
+    answered = threading.Event()
+
+    def slow_associate(**params: Any) -> Any:  # runs in the driver's thread: EC2 answers after 2.5 s
+        try:
+            time.sleep(2.5)
+            return real(**params)
+        finally:
+            answered.set()
+
+    provider.client.associate_address = slow_associate
+    checks = {"a": ScriptedCheck(), "b": ScriptedCheck()}
+    runner = GroupRunner(parse_config(data).groups[0], provider, {n: [c] for n, c in checks.items()},
+                         Observers([]), coordinator=coordinator)
+    try:
+        await runner.read_cloud()
+        await runner.check_round()
+        checks["a"].status = CheckStatus.FAIL
+        await runner.check_round()
+        assert runner.in_progress, runner.decision
+        await asyncio.wait_for(runner.wait_idle(), 30)
+        done = runner.state.last_failover
+        assert done is not None
+        # the proven call lands: the move changed the cloud
+        await eventually(lambda: {ec2.holder(e).get("InstanceId") for e in (ec2.eip, second)}
+                         == {ec2.instance_a, ec2.instance_b}, timeout=10)
+        assert runner.state.last_move_at is not None, (
+            f"a move whose AssociateAddress went out (and moved an EIP) gave back its cooldown: {done.error}")
+    finally:
+        await runner.wait_idle()
+        await asyncio.to_thread(answered.wait, 10)  # the slow thread's call ends before the driver closes
+        await provider.close()
+
+
+async def test_a_havip_proof_does_not_store_the_start_of_a_move_the_fence_then_refuses(
+        etcd: EtcdCluster, prefix: str, raw: Any, daemons: Daemons, ec2: Ec2World,
+        fake: FakeAliyun, health_servers: list[HealthServer], tmp_path: Path) -> None:
+    """Daemon a leads; group ``web`` decides a failover (cooldown 60 s) whose AssociateAddress waits in the
+    rate limit. Meanwhile the HaVip guard of a target of the same group forces its dead master off, proven with
+    ``fence("web", "havip-...", ...)``. a is then cut off from etcd: the failover's call is refused, nothing is sent;
+    a's lease expires, b is elected, the primary is still DOWN: b fails over at once.
+
+    Before the fix: the memory of the failover's start went to etcd with *any* proof of its group, here the HaVip's,
+    and the corrected memory could never be stored: b held the dead primary for the cooldown."""
+    async with proxied(etcd) as proxy:
+        a = daemons.make([proxy.url], prefix, "a", ttl=4.0)
+        runner_a, checks_a, provider_a = aws_runner(ec2, a, cooldown=60)
+        engine_a = Engine([runner_a], coordinator=a)
+        a.on_change, a.on_leading = engine_a.cluster_changed, engine_a.leading
+        mutations = provider_a.limits.mutations
+        b = daemons.make(etcd.client_urls, prefix, "b", ttl=4.0)
+        runner_b, checks_b, provider_b = aws_runner(ec2, b, cooldown=60)
+        engine_b = Engine([runner_b], coordinator=b)
+        b.on_change, b.on_leading = engine_b.cluster_changed, engine_b.leading
+        held = False
+        try:
+            daemons.start(a)
+            await eventually(a.acting, timeout=30)
+            await mutations.acquire(token=False)  # the one mutation slot is busy (another group's move)
+            held = True
+            await runner_a.read_cloud()
+            await runner_a.check_round()
+            checks_a["a"].status = CheckStatus.FAIL
+            await runner_a.check_round()
+            assert runner_a.in_progress, runner_a.decision
+            await eventually(lambda: bool(mutations._waiters), timeout=10)  # AssociateAddress queued
+            # the group's HaVip guard (group "web") takes over meanwhile: its UnassociateHaVip is proven
+            g, tick = await dying_master_tick(fake, provider_for(fake, tmp_path), health_servers, a)
+            await asyncio.wait_for(tick, 10)
+            assert "UnassociateHaVip" in fake.actions(), g.decision
+            proxy.cut = True  # a is cut off from etcd: the failover's proof fails, nothing is sent
+            mutations.release()
+            held = False
+            await asyncio.wait_for(runner_a.wait_idle(), 30)
+            refused = runner_a.state.last_failover
+            assert refused is not None
+            assert "not sent" in refused.error, refused
+            assert ec2.holder().get("InstanceId") == ec2.instance_a
+            assert runner_a.state.last_move_at is None  # taken back, on a
+
+            daemons.start(b)
+            await eventually(b.acting, timeout=30)  # once a's lease expired
+            checks_b["a"].status = CheckStatus.FAIL
+            await runner_b.read_cloud()
+            await runner_b.check_round()
+            assert runner_b.decision is not None
+            assert runner_b.decision.reason is not Reason.COOLDOWN, (
+                f"the next leader holds the cooldown of a failover that sent nothing: {b.memory('web')}")
+        finally:
+            if held:
+                mutations.release()
+            await runner_a.wait_idle()
+            await runner_b.wait_idle()
+            await provider_a.close()
+            await provider_b.close()

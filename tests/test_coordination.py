@@ -69,7 +69,7 @@ class ScriptedCoordinator(Coordinator):
     def memory(self, group: str) -> GroupMemory | None:
         return self.shared.get(group)
 
-    def share_memory(self, group: str, memory: GroupMemory, *, with_proof: bool = False) -> None:
+    def share_memory(self, group: str, memory: GroupMemory, *, proof_of: str | None = None) -> None:
         self.shared[group] = memory
 
     def term(self) -> int | None:

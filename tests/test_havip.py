@@ -13,6 +13,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from eipfailover.checks.tcp import TcpCheck
+from eipfailover.cluster.base import Coordinator
 from eipfailover.config import HaVipTakeoverConfig, PolicyConfig, parse_config
 from eipfailover.errors import ConfigError, ProviderError
 from eipfailover.havip import HaVipGuard
@@ -285,7 +286,7 @@ class HeldFence(ScriptedCoordinator):
 
 
 async def dying_master_tick(fake: FakeAliyun, ali: AlibabaProvider, servers: list[HealthServer],
-                            coordinator: ScriptedCoordinator) -> tuple[Any, asyncio.Task[None]]:
+                            coordinator: Coordinator) -> tuple[Any, asyncio.Task[None]]:
     """A guard (leading) whose master has just died; its tick deciding the takeover is under way, in the fence."""
     fake.add_havip("havip-a", "10.0.0.100", ["i-1", "i-2"], master="i-1")
     g = guard(ali, servers)
@@ -317,7 +318,7 @@ async def test_a_reload_during_a_refused_havip_takeover_does_not_keep_its_cooldo
     coordinator.release.set()
     await asyncio.wait_for(tick, 10)
     assert "UnassociateHaVip" not in fake.actions()
-    assert old.last_takeover_at is None  # taken back on the old guard
+    assert old.cooldown.since is None  # taken back on the old guard
     coordinator.refuse = None  # etcd answers again
     await new.tick()
     assert "UnassociateHaVip" in fake.actions(), f"the dead master keeps the HaVip: {new.decision}"
@@ -338,3 +339,35 @@ async def test_a_havip_guard_stopped_while_its_takeover_awaits_the_proof_does_no
     assert "UnassociateHaVip" not in fake.actions(), "a stopped guard forced the master off"
 
 
+
+
+async def test_a_reload_during_a_havip_takeover_in_flight_keeps_its_cooldown(
+        fake: FakeAliyun, health_servers: list[HealthServer], tmp_path: Path) -> None:
+    """The guard's UnassociateHaVip (Force) is sent and VPC takes 2 s to answer; a reload rebuilds the guard
+    meanwhile (``old.stop(); new.carry_over(old)``, the new guard ticking at once). The rebuilt guard shares the
+    takeover's cooldown and does not force the master off a second time.
+
+    Before the fix: the cooldown was armed only once the call returned, so the rebuilt guard carried none and sent a
+    second UnassociateHaVip."""
+    ali: AlibabaProvider = provider_for(fake, tmp_path, read_timeout=5)
+    fake.add_havip("havip-a", "10.0.0.100", ["i-1", "i-2"], master="i-1")
+    fake.faults["UnassociateHaVip"] = [Fault(code=None, delay=2.0)]  # answered (and carried out) after 2 s
+    old = guard(ali, health_servers)
+    for _ in range(2):
+        await old.tick()
+    await health_servers[0].stop()
+    await old.tick()  # one failure (fall is 2)
+    tick = asyncio.create_task(old.tick())  # the second: the takeover
+    try:
+        await eventually(lambda: "UnassociateHaVip" in fake.actions(), timeout=10)
+        new = guard(ali, health_servers)  # the reload
+        old.stop()
+        new.carry_over(old)
+        await new.tick()
+        await asyncio.wait_for(tick, 10)
+        sent = [e for e in fake.log if e.action == "UnassociateHaVip"]
+        assert len(sent) == 1, (
+            f"{len(sent)} UnassociateHaVip sent: the rebuilt guard forced the master off again ({new.decision})")
+    finally:
+        if not tick.done():
+            await asyncio.wait({tick}, timeout=10)

@@ -109,7 +109,7 @@ async def test_the_havip_check_and_guard_run_from_the_config_and_survive_reloads
         await eventually(lambda: hook_out.exists(), timeout=10)
         assert json.loads(hook_out.read_text()) == ["web", "zone-a", "havip-a", "i-1", "i-2"]
         await eventually(lambda: fake.havips["havip-a"].master == "i-2", timeout=5)
-        taken_at = guard.last_takeover_at
+        taken_at = guard.cooldown.since
         assert taken_at is not None
         assert runner.state.cloud.active == "zone-a"  # the EIP follows the HaVip: no EIP move was needed
         assert "AssociateEipAddress" not in fake.actions()
@@ -124,7 +124,7 @@ async def test_the_havip_check_and_guard_run_from_the_config_and_survive_reloads
         await reload(daemon, path, data)
         rebuilt = daemon.guards[("web", "zone-a")]
         assert rebuilt is not guard
-        assert rebuilt.last_takeover_at == taken_at
+        assert rebuilt.cooldown.since == taken_at
         assert rebuilt.health["i-2"].state == "up"
 
 

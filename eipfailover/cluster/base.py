@@ -88,9 +88,10 @@ class Coordinator(ABC):
         """The cluster's memory of ``group``'s moves (the window and cooldown of the leaders before), if any."""
 
     @abstractmethod
-    def share_memory(self, group: str, memory: GroupMemory, *, with_proof: bool = False) -> None:
-        """Store this leader's memory of ``group``'s moves for the next leader: in the background, or, ``with_proof``
-        (a move's start), only with the move's first fencing proof (a move the fence refuses is not remembered)."""
+    def share_memory(self, group: str, memory: GroupMemory, *, proof_of: str | None = None) -> None:
+        """Store this leader's memory of ``group``'s moves for the next leader: in the background, or, ``proof_of`` a
+        failover id (its start), only with that failover's first fencing proof (a move the fence refuses before
+        sending anything is not remembered)."""
 
     @abstractmethod
     def term(self) -> int | None:

@@ -105,8 +105,9 @@ class EtcdCoordinator(Coordinator):
         self._memory: dict[str, GroupMemory] = {}
         self._unshared: dict[str, GroupMemory] = {}
         """Memories to store, sent by the publishing task."""
-        self._with_proof: dict[str, GroupMemory] = {}
-        """Memories of moves' starts, stored only with the move's first fencing proof."""
+        self._with_proof: dict[str, tuple[str, GroupMemory]] = {}
+        """Memories of moves' starts (with the failover's id), stored only with that failover's first fencing
+        proof."""
         self._views: dict[str, dict[str, str]] = {}
         self._published: bytes | None = None
         self._revision = 0
@@ -172,12 +173,14 @@ class EtcdCoordinator(Coordinator):
     def memory(self, group: str) -> GroupMemory | None:
         return self._memory.get(group)
 
-    def share_memory(self, group: str, memory: GroupMemory, *, with_proof: bool = False) -> None:
+    def share_memory(self, group: str, memory: GroupMemory, *, proof_of: str | None = None) -> None:
         self._memory[group] = memory
-        pending, other = (self._with_proof, self._unshared) if with_proof else (self._unshared, self._with_proof)
-        pending[group] = memory
-        other.pop(group, None)  # this one is newer
-        if not with_proof:
+        if proof_of is not None:
+            self._with_proof[group] = (proof_of, memory)
+            self._unshared.pop(group, None)  # this one is newer
+        else:
+            self._unshared[group] = memory
+            self._with_proof.pop(group, None)
             self._dirty.set()
 
     def status(self) -> ClusterStatus:
@@ -232,7 +235,8 @@ class EtcdCoordinator(Coordinator):
                 if not self._covers(seconds):
                     raise NotLeader(f"{operation} not sent: the lease ({self.ttl:g}s) cannot outlive a call of "
                                     f"{seconds:g}s with a {self.margin:g}s margin")
-            memory = self._with_proof.get(group) or self._unshared.get(group)  # with the proof: the next leader has it
+            start = self._with_proof.get(group)  # a move's start goes with its own first proof: the next leader has it
+            memory = start[1] if start is not None and start[0] == failover_id else self._unshared.get(group)
             writes = [Op.put(self.prefix + "intents/" + group, intent)]
             if memory is not None:
                 writes.append(Op.put(self.memory_prefix + group, _memory_json(memory)))
@@ -246,9 +250,10 @@ class EtcdCoordinator(Coordinator):
             if not proof.succeeded:
                 self._step_down("the leader key changed (another daemon leads, or the lease expired)")
                 raise NotLeader(f"{operation} not sent: this daemon no longer leads (term {term} is over)")
-            for pending in (self._with_proof, self._unshared):
-                if memory is not None and pending.get(group) is memory:
-                    del pending[group]
+            if start is not None and start[1] is memory:
+                del self._with_proof[group]
+            if memory is not None and self._unshared.get(group) is memory:
+                del self._unshared[group]
             if self._term == term and self._covers(seconds):
                 return lambda: self._term == term and self._covers(seconds)
         raise NotLeader(f"{operation} not sent: etcd answers too slowly for the lease to outlive a call of "
@@ -395,7 +400,7 @@ class EtcdCoordinator(Coordinator):
                 if remembered is not None:
                     memory[kv.key[len(self.memory_prefix):]] = remembered
         self._peers, self._maintenance = peers, maintenance
-        self._memory = {**memory, **self._unshared, **self._with_proof}
+        self._memory = {**memory, **self._unshared, **{g: m for g, (_, m) in self._with_proof.items()}}
         self._see_own(own)
         if leader is None:
             self._no_leader()
@@ -507,6 +512,7 @@ class EtcdCoordinator(Coordinator):
         self._changed()
 
     def _step_down(self, why: str) -> None:
+        self._with_proof.clear()  # moves decided while leading: their calls are refused now, never proven
         if self._term is not None:
             log.warning("leadership_lost", node=self.node, term=self._term, reason=why)
             self._term = None

@@ -45,7 +45,7 @@ class Solo(Coordinator):
     def memory(self, group: str) -> GroupMemory | None:
         return None
 
-    def share_memory(self, group: str, memory: GroupMemory, *, with_proof: bool = False) -> None:
+    def share_memory(self, group: str, memory: GroupMemory, *, proof_of: str | None = None) -> None:
         pass
 
     def term(self) -> int | None:

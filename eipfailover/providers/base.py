@@ -27,12 +27,16 @@ V = TypeVar("V")
 class _Calls:
     """The calls of one :func:`own_calls` block."""
 
-    __slots__ = ("last_error", "sent")
+    __slots__ = ("last_error", "sends")
 
     def __init__(self) -> None:
         self.last_error: ProviderError | None = None
-        self.sent = False
-        """A mutating call went out (one a fence refused did not)."""
+        self.sends = 0
+        """Mutating calls that went out, counted at the instant of sending (one a fence refused did not)."""
+
+    @property
+    def sent(self) -> bool:
+        return self.sends > 0
 
 
 _CALLER: contextvars.ContextVar[_Calls | None] = contextvars.ContextVar("eipfailover_caller", default=None)
@@ -229,7 +233,7 @@ class Provider(ABC):
         if fence is not None:  # proven in the sent task itself, right before the call
             call = _fenced_call(call, fence, operation, self.call_deadline)
         elif (calls := _CALLER.get()) is not None:
-            calls.sent = True
+            calls.sends += 1
         recorder = _STEPS.get()
         try:
             answered = await recorder(operation) if recorder is not None else None
@@ -343,15 +347,15 @@ def _fenced_call(call: Callable[[], Awaitable[T]], fence: Fence, operation: str,
         try:
             if not still_leading():  # a freeze since the proof: nothing is sent
                 raise NotLeader(f"{operation} not sent: the lease may have lapsed since leadership was proven")
-            refused = False
+            calls = _CALLER.get()
+            if calls is not None:
+                calls.sends += 1  # it goes out now (an answer may come after the move's deadline)...
             try:
                 return await call()
-            except NotLeader:  # the driver's own check at the instant of sending (AWS: in its thread)
-                refused = True
+            except NotLeader:  # ...unless the driver's own check at the instant of sending refused it (AWS: in its
+                if calls is not None:  # thread, after any wait for a free one)
+                    calls.sends -= 1
                 raise
-            finally:
-                if not refused and (calls := _CALLER.get()) is not None:
-                    calls.sent = True
         finally:
             _SEND_CHECK.reset(token)
     return fenced_call
