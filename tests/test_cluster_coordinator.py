@@ -34,6 +34,7 @@ from eipfailover.history import MemoryStore
 from eipfailover.journal import Journal
 from eipfailover.model import Binding, CheckStatus, Reason, TargetState
 from eipfailover.providers.aws import AwsProvider
+from eipfailover.ratelimit import Limiter
 
 from .conftest import REGION, Ec2World, HealthServer, eventually
 from .etcd_server import EtcdCluster
@@ -489,6 +490,48 @@ def aws_runner(ec2: Ec2World, coordinator: Coordinator, **policy: Any) -> tuple[
     return runner, checks, provider
 
 
+async def primary_fails(runner: GroupRunner, checks: dict[str, ScriptedCheck]) -> None:
+    """The group reads the cloud and checks its targets; then target a fails, and a failover starts."""
+    await runner.read_cloud()
+    await runner.check_round()
+    checks["a"].status = CheckStatus.FAIL
+    await runner.check_round()
+    assert runner.in_progress, runner.decision
+
+
+async def queue_a_failover(runner: GroupRunner, checks: dict[str, ScriptedCheck], mutations: Limiter) -> None:
+    """Target a fails, and the failover's AssociateAddress waits in the rate limit: the one mutation slot is held
+    (another group's move) until the test releases it."""
+    await mutations.acquire(token=False)
+    await primary_fails(runner, checks)
+    await eventually(lambda: bool(mutations._waiters), timeout=10)
+
+
+def engine_for(ec2: Ec2World, coordinator: EtcdCoordinator, **policy: Any) -> tuple[GroupRunner,
+                                                                                   dict[str, ScriptedCheck],
+                                                                                   AwsProvider]:
+    """:func:`aws_runner` in an engine that the coordinator tells of changes and of a new term."""
+    runner, checks, provider = aws_runner(ec2, coordinator, **policy)
+    engine = Engine([runner], coordinator=coordinator)
+    coordinator.on_change, coordinator.on_leading = engine.cluster_changed, engine.leading
+    return runner, checks, provider
+
+
+async def next_leader_fails_over_at_once(daemons: Daemons, b: EtcdCoordinator, runner: GroupRunner,
+                                         checks: dict[str, ScriptedCheck], ec2: Ec2World) -> None:
+    """Daemon b, started once a's lease has expired, leads and fails over at once: no cooldown of a's."""
+    daemons.start(b)
+    await eventually(b.acting, timeout=30)
+    checks["a"].status = CheckStatus.FAIL
+    await runner.read_cloud()
+    await runner.check_round()
+    assert runner.decision is not None
+    assert runner.decision.reason is not Reason.COOLDOWN, (
+        f"the next leader holds the cooldown of a move that sent nothing: {b.memory('web')}")
+    await asyncio.wait_for(runner.wait_idle(), 30)
+    assert ec2.holder().get("InstanceId") == ec2.instance_b, runner.decision
+
+
 async def test_a_move_decided_in_one_term_is_not_sent_in_a_later_term(
         etcd: EtcdCluster, prefix: str, raw: EtcdClient, daemons: Daemons, ec2: Ec2World) -> None:
     """A move is bound to the term it was decided in. Here its call waits in the rate limit's queue (the one
@@ -499,22 +542,14 @@ async def test_a_move_decided_in_one_term_is_not_sent_in_a_later_term(
     Before the fix: the fence proved only that the daemon leads *now*, so the stale move was sent in the new term on
     the old term's view of the cloud, and dragged the parked EIP to target b."""
     a = daemons.make(etcd.client_urls, prefix, "a", ttl=4.0)
-    runner, checks, provider = aws_runner(ec2, a)
-    engine = Engine([runner], coordinator=a)
-    a.on_change, a.on_leading = engine.cluster_changed, engine.leading
+    runner, checks, provider = engine_for(ec2, a)
     mutations = provider.limits.mutations
     try:
         daemons.start(a)
         await eventually(a.acting, timeout=30)
         first_term, lease = a.term(), a._lease
         assert lease is not None
-        await mutations.acquire(token=False)  # the one mutation slot is busy (another group's move)
-        await runner.read_cloud()
-        await runner.check_round()
-        checks["a"].status = CheckStatus.FAIL
-        await runner.check_round()
-        assert runner.in_progress, runner.decision
-        await eventually(lambda: bool(mutations._waiters), timeout=10)  # AssociateAddress queued
+        await queue_a_failover(runner, checks, mutations)
         await raw.revoke(lease)  # the lease expires in etcd (an etcd blip longer than the TTL)
         await eventually(lambda: a.acting() and a.term() not in (None, first_term), timeout=30)
         reply = ec2.client.run_instances(ImageId="ami-12345678", MinCount=1, MaxCount=1, InstanceType="t3.micro")
@@ -531,7 +566,7 @@ async def test_a_move_decided_in_one_term_is_not_sent_in_a_later_term(
         assert runner.state.current is None, runner.decision  # no move
         assert ec2.holder().get("InstanceId") == parked
     finally:
-        engine.request_stop()
+        runner.request_stop()
         await provider.close()
 
 
@@ -610,11 +645,7 @@ async def test_a_move_refused_in_the_aws_thread_takes_back_its_cooldown(ec2: Ec2
     coordinator = LapsesInTheThread()
     runner, checks, provider = aws_runner(ec2, coordinator, cooldown=60)
     try:
-        await runner.read_cloud()
-        await runner.check_round()
-        checks["a"].status = CheckStatus.FAIL
-        await runner.check_round()
-        assert runner.in_progress, runner.decision
+        await primary_fails(runner, checks)
         await asyncio.wait_for(runner.wait_idle(), 30)
         refused = runner.state.last_failover
         assert refused is not None
@@ -659,37 +690,34 @@ async def test_a_refused_move_is_not_remembered_as_a_move_by_the_store(ec2: Ec2W
             await store.close()
 
 
+@pytest.mark.parametrize("havip_proof", [False, True], ids=["alone", "after-a-havip-proof"])
 async def test_a_refused_move_does_not_hand_its_cooldown_to_the_next_leader(
-        etcd: EtcdCluster, prefix: str, raw: Any, daemons: Daemons, ec2: Ec2World) -> None:
+        etcd: EtcdCluster, prefix: str, raw: Any, daemons: Daemons, ec2: Ec2World, fake: FakeAliyun,
+        health_servers: list[HealthServer], tmp_path: Path, havip_proof: bool) -> None:
     """Daemon a leads and decides a failover; its call waits in the rate limit (the one mutation slot is
-    busy). a is then cut off from etcd: the fence refuses the call, nothing is sent. a's lease expires, b is elected,
-    the primary is still DOWN: b fails over at once.
+    busy). Meanwhile, in one case, the HaVip guard of a target of the same group forces its dead master off, proven
+    with ``fence("web", "havip-...", ...)``. a is then cut off from etcd: the fence refuses the failover's call,
+    nothing is sent. a's lease expires, b is elected, the primary is still DOWN: b fails over at once.
 
-    Before the fix: the memory of the move's start (the cooldown armed, a window place) was stored in etcd as soon as
-    the move started, not with its first proof, and the corrected memory could never be stored (a no longer led): b
-    adopted it and held the dead primary for the whole cooldown."""
+    Before the fixes: the memory of the move's start (the cooldown armed, a window place) was stored in etcd as soon
+    as the move started; then with *any* proof of its group (here the HaVip's), not only its own; and the corrected
+    memory could never be stored (a no longer led): b adopted it and held the dead primary for the whole cooldown."""
     async with proxied(etcd) as proxy:
         a = daemons.make([proxy.url], prefix, "a", ttl=4.0)
-        runner_a, checks_a, provider_a = aws_runner(ec2, a, cooldown=60)
-        engine_a = Engine([runner_a], coordinator=a)
-        a.on_change, a.on_leading = engine_a.cluster_changed, engine_a.leading
+        runner_a, checks_a, provider_a = engine_for(ec2, a, cooldown=60)
         mutations = provider_a.limits.mutations
         b = daemons.make(etcd.client_urls, prefix, "b", ttl=4.0)
-        runner_b, checks_b, provider_b = aws_runner(ec2, b, cooldown=60)
-        engine_b = Engine([runner_b], coordinator=b)
-        b.on_change, b.on_leading = engine_b.cluster_changed, engine_b.leading
+        runner_b, checks_b, provider_b = engine_for(ec2, b, cooldown=60)
         try:
             daemons.start(a)
             await eventually(a.acting, timeout=30)
-            await mutations.acquire(token=False)  # the one mutation slot is busy (another group's move)
-            await runner_a.read_cloud()
-            await runner_a.check_round()
-            checks_a["a"].status = CheckStatus.FAIL
-            await runner_a.check_round()
-            assert runner_a.in_progress, runner_a.decision
-            await eventually(lambda: bool(mutations._waiters), timeout=10)  # AssociateAddress queued
+            await queue_a_failover(runner_a, checks_a, mutations)
+            if havip_proof:  # the group's HaVip guard takes over meanwhile: its UnassociateHaVip is proven
+                g, tick = await dying_master_tick(fake, provider_for(fake, tmp_path), health_servers, a)
+                await asyncio.wait_for(tick, 10)
+                assert "UnassociateHaVip" in fake.actions(), g.decision
             kvs, _ = await raw.get_prefix(f"{prefix}/memory/web")
-            assert kvs == [], "the start of a move is stored only with its first proof"
+            assert kvs == [], "the start of a move is stored only with its own first proof"
             proxy.cut = True  # a is cut off from etcd: its proof fails, nothing is sent
             mutations.release()
             await asyncio.wait_for(runner_a.wait_idle(), 30)
@@ -699,16 +727,7 @@ async def test_a_refused_move_does_not_hand_its_cooldown_to_the_next_leader(
             assert ec2.holder().get("InstanceId") == ec2.instance_a
             assert runner_a.state.last_move_at is None  # taken back, on a
 
-            daemons.start(b)
-            await eventually(b.acting, timeout=30)  # once a's lease expired
-            checks_b["a"].status = CheckStatus.FAIL
-            await runner_b.read_cloud()
-            await runner_b.check_round()
-            assert runner_b.decision is not None
-            assert runner_b.decision.reason is not Reason.COOLDOWN, (
-                f"the next leader holds the cooldown of a move that sent nothing: {b.memory('web')}")
-            await asyncio.wait_for(runner_b.wait_idle(), 30)
-            assert ec2.holder().get("InstanceId") == ec2.instance_b, runner_b.decision
+            await next_leader_fails_over_at_once(daemons, b, runner_b, checks_b, ec2)
         finally:
             if mutations._waiters:
                 mutations.release()
@@ -716,7 +735,6 @@ async def test_a_refused_move_does_not_hand_its_cooldown_to_the_next_leader(
             await runner_b.wait_idle()
             await provider_a.close()
             await provider_b.close()
-
 
 
 async def test_a_move_refused_in_a_new_term_of_the_same_leader_takes_back_its_cooldown(
@@ -730,22 +748,15 @@ async def test_a_move_refused_in_a_new_term_of_the_same_leader_takes_back_its_co
 
     Before the fix: the echo of the move's own start, 1 ms off, was kept as the start of the cooldown."""
     a = daemons.make(etcd.client_urls, prefix, "a", ttl=4.0)
-    runner, checks, provider = aws_runner(ec2, a, cooldown=60)
-    engine = Engine([runner], coordinator=a)
-    a.on_change, a.on_leading = engine.cluster_changed, engine.leading
+    runner, checks, provider = engine_for(ec2, a, cooldown=60)
     mutations = provider.limits.mutations
     try:
         daemons.start(a)
         await eventually(a.acting, timeout=30)
         first_term, lease = a.term(), a._lease
         assert lease is not None
-        await mutations.acquire(token=False)  # the one mutation slot is busy (another group's move)
-        await runner.read_cloud()
-        await runner.check_round()
-        checks["a"].status = CheckStatus.FAIL
-        await runner.check_round()
-        assert runner.in_progress, runner.decision
-        await eventually(lambda: bool(mutations._waiters) and not a._unshared, timeout=10)
+        await queue_a_failover(runner, checks, mutations)
+        await eventually(lambda: not a._unshared, timeout=10)
         real = time.time
         monkeypatch.setattr(time, "time", lambda: real() - 0.001)  # the wall clock is stepped back 1 ms
         await raw.revoke(lease)
@@ -762,7 +773,7 @@ async def test_a_move_refused_in_a_new_term_of_the_same_leader_takes_back_its_co
             f"a move the fence refused before sending anything holds the group: {runner.decision}")
         assert ec2.holder().get("InstanceId") == ec2.instance_b
     finally:
-        engine.request_stop()
+        runner.request_stop()
         await runner.wait_idle()
         await provider.close()
 
@@ -858,11 +869,7 @@ async def test_a_move_whose_call_is_in_flight_at_the_deadline_is_not_taken_back(
     runner = GroupRunner(parse_config(data).groups[0], provider, {n: [c] for n, c in checks.items()},
                          Observers([]), coordinator=coordinator)
     try:
-        await runner.read_cloud()
-        await runner.check_round()
-        checks["a"].status = CheckStatus.FAIL
-        await runner.check_round()
-        assert runner.in_progress, runner.decision
+        await primary_fails(runner, checks)
         await asyncio.wait_for(runner.wait_idle(), 30)
         done = runner.state.last_failover
         assert done is not None
@@ -875,66 +882,3 @@ async def test_a_move_whose_call_is_in_flight_at_the_deadline_is_not_taken_back(
         await runner.wait_idle()
         await asyncio.to_thread(answered.wait, 10)  # the slow thread's call ends before the driver closes
         await provider.close()
-
-
-async def test_a_havip_proof_does_not_store_the_start_of_a_move_the_fence_then_refuses(
-        etcd: EtcdCluster, prefix: str, raw: Any, daemons: Daemons, ec2: Ec2World,
-        fake: FakeAliyun, health_servers: list[HealthServer], tmp_path: Path) -> None:
-    """Daemon a leads; group ``web`` decides a failover (cooldown 60 s) whose AssociateAddress waits in the
-    rate limit. Meanwhile the HaVip guard of a target of the same group forces its dead master off, proven with
-    ``fence("web", "havip-...", ...)``. a is then cut off from etcd: the failover's call is refused, nothing is sent;
-    a's lease expires, b is elected, the primary is still DOWN: b fails over at once.
-
-    Before the fix: the memory of the failover's start went to etcd with *any* proof of its group, here the HaVip's,
-    and the corrected memory could never be stored: b held the dead primary for the cooldown."""
-    async with proxied(etcd) as proxy:
-        a = daemons.make([proxy.url], prefix, "a", ttl=4.0)
-        runner_a, checks_a, provider_a = aws_runner(ec2, a, cooldown=60)
-        engine_a = Engine([runner_a], coordinator=a)
-        a.on_change, a.on_leading = engine_a.cluster_changed, engine_a.leading
-        mutations = provider_a.limits.mutations
-        b = daemons.make(etcd.client_urls, prefix, "b", ttl=4.0)
-        runner_b, checks_b, provider_b = aws_runner(ec2, b, cooldown=60)
-        engine_b = Engine([runner_b], coordinator=b)
-        b.on_change, b.on_leading = engine_b.cluster_changed, engine_b.leading
-        held = False
-        try:
-            daemons.start(a)
-            await eventually(a.acting, timeout=30)
-            await mutations.acquire(token=False)  # the one mutation slot is busy (another group's move)
-            held = True
-            await runner_a.read_cloud()
-            await runner_a.check_round()
-            checks_a["a"].status = CheckStatus.FAIL
-            await runner_a.check_round()
-            assert runner_a.in_progress, runner_a.decision
-            await eventually(lambda: bool(mutations._waiters), timeout=10)  # AssociateAddress queued
-            # the group's HaVip guard (group "web") takes over meanwhile: its UnassociateHaVip is proven
-            g, tick = await dying_master_tick(fake, provider_for(fake, tmp_path), health_servers, a)
-            await asyncio.wait_for(tick, 10)
-            assert "UnassociateHaVip" in fake.actions(), g.decision
-            proxy.cut = True  # a is cut off from etcd: the failover's proof fails, nothing is sent
-            mutations.release()
-            held = False
-            await asyncio.wait_for(runner_a.wait_idle(), 30)
-            refused = runner_a.state.last_failover
-            assert refused is not None
-            assert "not sent" in refused.error, refused
-            assert ec2.holder().get("InstanceId") == ec2.instance_a
-            assert runner_a.state.last_move_at is None  # taken back, on a
-
-            daemons.start(b)
-            await eventually(b.acting, timeout=30)  # once a's lease expired
-            checks_b["a"].status = CheckStatus.FAIL
-            await runner_b.read_cloud()
-            await runner_b.check_round()
-            assert runner_b.decision is not None
-            assert runner_b.decision.reason is not Reason.COOLDOWN, (
-                f"the next leader holds the cooldown of a failover that sent nothing: {b.memory('web')}")
-        finally:
-            if held:
-                mutations.release()
-            await runner_a.wait_idle()
-            await runner_b.wait_idle()
-            await provider_a.close()
-            await provider_b.close()
