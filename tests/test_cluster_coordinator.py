@@ -469,21 +469,23 @@ async def moved_once_held(runner: GroupRunner) -> None:
     await asyncio.wait_for(runner.wait_idle(), 30)
 
 
-def aws_runner(ec2: Ec2World, coordinator: Coordinator, **policy: Any) -> tuple[GroupRunner, dict[str, ScriptedCheck],
-                                                                                 AwsProvider]:
-    """Group ``web`` (a, b) on the real AWS driver against moto, one mutating call in flight at a time."""
+def aws_runner(ec2: Ec2World, coordinator: Coordinator, *, second: str | None = None,
+               **policy: Any) -> tuple[GroupRunner, dict[str, ScriptedCheck], AwsProvider]:
+    """Group ``web`` (a, b) on the real AWS driver against moto: one mutating call in flight at a time, or, with a
+    ``second`` EIP, two (a read timeout of 5 s then)."""
     data: dict[str, Any] = {
         "providers": {"aws": {"type": "aws", "region": REGION}},
         "groups": [{
-            "name": "web", "provider": "aws", "eips": [ec2.eip],
+            "name": "web", "provider": "aws", "eips": [ec2.eip] if second is None else [ec2.eip, second],
             "policy": {"interval": 1, "timeout": 0.5, "rise": 1, "fall": 1, "cooldown": 0, **policy},
             "targets": [{"name": name, "binding": {"instance_id": iid},
                          "checks": [{"type": "tcp", "host": "h", "port": 1}]}
                         for name, iid in (("a", ec2.instance_a), ("b", ec2.instance_b))],
         }],
     }
-    provider = AwsProvider("aws", AwsProviderConfig(type="aws", region=REGION, endpoint_url=ec2.endpoint,
-                                                    connect_timeout=0.5, read_timeout=1, max_concurrency=1))
+    provider = AwsProvider("aws", AwsProviderConfig(
+        type="aws", region=REGION, endpoint_url=ec2.endpoint, connect_timeout=0.5,
+        read_timeout=1 if second is None else 5, max_concurrency=1 if second is None else 2))
     checks = {"a": ScriptedCheck(), "b": ScriptedCheck()}
     runner = GroupRunner(parse_config(data).groups[0], provider, {n: [c] for n, c in checks.items()},
                          Observers([]), coordinator=coordinator)
@@ -841,19 +843,7 @@ async def test_a_move_whose_call_is_in_flight_at_the_deadline_is_not_taken_back(
     anything went out: its cooldown and window place were given back and the store uncounted it."""
     second = ec2.new_eip(on_instance=ec2.instance_a)
     coordinator = FirstProofOnly()
-    data: dict[str, Any] = {
-        "providers": {"aws": {"type": "aws", "region": REGION}},
-        "groups": [{
-            "name": "web", "provider": "aws", "eips": [ec2.eip, second],
-            "policy": {"interval": 1, "timeout": 0.5, "rise": 1, "fall": 1, "cooldown": 60,
-                       "failover_deadline": 1},
-            "targets": [{"name": name, "binding": {"instance_id": iid},
-                         "checks": [{"type": "tcp", "host": "h", "port": 1}]}
-                        for name, iid in (("a", ec2.instance_a), ("b", ec2.instance_b))],
-        }],
-    }
-    provider = AwsProvider("aws", AwsProviderConfig(type="aws", region=REGION, endpoint_url=ec2.endpoint,
-                                                    connect_timeout=1, read_timeout=5))
+    runner, checks, provider = aws_runner(ec2, coordinator, second=second, cooldown=60, failover_deadline=1)
     real = provider.client.associate_address
     answered = threading.Event()
 
@@ -865,9 +855,6 @@ async def test_a_move_whose_call_is_in_flight_at_the_deadline_is_not_taken_back(
             answered.set()
 
     provider.client.associate_address = slow_associate
-    checks = {"a": ScriptedCheck(), "b": ScriptedCheck()}
-    runner = GroupRunner(parse_config(data).groups[0], provider, {n: [c] for n, c in checks.items()},
-                         Observers([]), coordinator=coordinator)
     try:
         await primary_fails(runner, checks)
         await asyncio.wait_for(runner.wait_idle(), 30)
@@ -882,3 +869,127 @@ async def test_a_move_whose_call_is_in_flight_at_the_deadline_is_not_taken_back(
         await runner.wait_idle()
         await asyncio.to_thread(answered.wait, 10)  # the slow thread's call ends before the driver closes
         await provider.close()
+
+
+class RefusesOneHoldsTheOther(ScriptedCoordinator):
+    """Two calls of one move proven at once: the first proof fails at once (etcd timed out on it); the second
+    one is slow (a renewal, a second transaction) and succeeds once ``release`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+        self.holding = asyncio.Event()
+
+    async def fence(self, group: str, failover_id: str, operation: str, seconds: float,
+                    term: int | None = None) -> Callable[[], bool]:
+        first = not self.fences
+        proven = await super().fence(group, failover_id, operation, seconds, term)
+        if first:
+            raise NotLeader(f"{operation} not sent: leadership cannot be proven: etcd timed out")
+        self.holding.set()
+        await self.release.wait()
+        return proven
+
+
+async def test_a_parallel_call_still_in_the_fence_at_the_deadline_keeps_the_moves_cooldown(ec2: Ec2World) -> None:
+    """Two EIPs on the real AWS driver, cooldown 60 s, failover_deadline 1 s. The move's two AssociateAddress
+    calls are proven at once: one proof fails (``NotLeader``), the other is slow and still under way at the
+    deadline; it then succeeds and its call goes out, moving an EIP. The move keeps its cooldown.
+
+    Before the fix: a call counted only once proven, so the move, whose last error was the first call's
+    ``NotLeader``, counted as refused before anything was sent and gave its cooldown back."""
+    second = ec2.new_eip(on_instance=ec2.instance_a)
+    coordinator = RefusesOneHoldsTheOther()
+    runner, checks, provider = aws_runner(ec2, coordinator, second=second, cooldown=60, failover_deadline=1)
+    try:
+        await primary_fails(runner, checks)
+        await asyncio.wait_for(coordinator.holding.wait(), 10)
+        await asyncio.wait_for(runner.wait_idle(), 30)  # the deadline: the second proof still under way
+        done = runner.state.last_failover
+        assert done is not None
+        coordinator.release.set()  # the slow proof succeeds: its call goes out
+        await eventually(lambda: ec2.instance_b in {ec2.holder(e).get("InstanceId") for e in (ec2.eip, second)},
+                         timeout=10)
+        assert runner.state.last_move_at is not None, (
+            f"a move whose AssociateAddress went out (and moved an EIP) gave back its cooldown: {done.error}")
+    finally:
+        coordinator.release.set()
+        await runner.wait_idle()
+        await provider.settle(10)
+        await provider.close()
+
+
+async def test_a_step_down_that_ends_in_the_same_term_keeps_the_memory_of_a_moves_start(
+        etcd: EtcdCluster, prefix: str, raw: Any, daemons: Daemons, ec2: Ec2World) -> None:
+    """Daemon a leads (term T) and decides a failover (cooldown 60 s); its call waits in the rate limit. etcd's
+    answers to a's lease renewals come after the client's timeout for a while: the renewals reach etcd (its lease and
+    leader key stay alive), but a's own clock says its lease lapsed, so it steps down, then leads again in the
+    *same* term T. The queued call is then proven in T and sent, and the EIP moves; a dies right then. b is elected;
+    target b fails: b holds the cooldown of a's move (it was stored with the move's first proof).
+
+    Before the fix: a step-down dropped the move's start, so the proof carried nothing; b moved the EIP straight
+    back, two moves within the cooldown."""
+    async with proxied(etcd) as proxy:
+        a = daemons.make([proxy.url], prefix, "a", ttl=4.0)
+        runner_a, checks_a, provider_a = engine_for(ec2, a, cooldown=60)
+        mutations = provider_a.limits.mutations
+        b = daemons.make(etcd.client_urls, prefix, "b", ttl=4.0)
+        runner_b, checks_b, provider_b = engine_for(ec2, b, cooldown=60)
+        real = provider_a.client.associate_address
+        started, go = threading.Event(), threading.Event()
+
+        def held_associate(**params: Any) -> Any:  # in the driver's thread: the call is going out
+            started.set()
+            go.wait(30)
+            return real(**params)
+
+        provider_a.client.associate_address = held_associate
+        try:
+            daemons.start(a)
+            await eventually(a.acting, timeout=30)
+            term = a.term()
+            await queue_a_failover(runner_a, checks_a, mutations)
+            proxy.delays["/v3/lease/keepalive"] = 1.5  # answers after the client's 1 s timeout: lost, but renewed
+            await eventually(lambda: a.term() is None, timeout=30)  # a's clock: the lease lapsed, it stepped down
+            proxy.delays.clear()
+            await eventually(a.acting, timeout=30)
+            assert a.term() == term, "precondition: a leads again in the same term (its lease survived in etcd)"
+            mutations.release()  # the queued call goes on: proven in term T, sent
+            await eventually(started.is_set, timeout=30)
+            await daemons.halt(a)  # a dies as its call goes out (no background publish any more)
+            go.set()
+            await asyncio.wait_for(runner_a.wait_idle(), 30)
+            assert ec2.holder().get("InstanceId") == ec2.instance_b  # a's move did move the EIP
+
+            daemons.start(b)
+            await eventually(b.acting, timeout=30)  # once a's lease expired
+            checks_b["b"].status = CheckStatus.FAIL  # the new active target fails; a is up again
+            await runner_b.read_cloud()
+            await runner_b.check_round()
+            assert runner_b.decision is not None
+            assert runner_b.decision.reason is Reason.COOLDOWN, runner_b.decision
+        finally:
+            go.set()
+            if mutations._waiters:
+                mutations.release()
+            runner_a.request_stop()
+            runner_b.request_stop()
+            await runner_a.wait_idle()
+            await runner_b.wait_idle()
+            await provider_a.close()
+            await provider_b.close()
+
+
+async def test_the_lease_is_counted_for_what_etcd_grants_not_the_configured_ttl(
+        etcd: EtcdCluster, prefix: str, daemons: Daemons) -> None:
+    """etcd grants leases in whole seconds: ``ttl: 2.5s`` is a 2 s lease. The daemon counts its lease valid for
+    what etcd granted, after the grant and after every renewal, so the margin is not used up.
+
+    Before the fix: a renewal counted the configured 2.5 s, half a second past the lease's expiry in etcd."""
+    a = daemons.make(etcd.client_urls, prefix, "a", ttl=2.5)
+    daemons.start(a)
+    await eventually(a.acting, timeout=30)
+    end = time.monotonic() + 2.5  # past a renewal or two (every ttl/3)
+    while time.monotonic() < end:
+        assert a._valid_until - time.monotonic() <= 2.0, "the lease is counted past its expiry in etcd"
+        await asyncio.sleep(0.05)  # a poll step: the renewals are what is looked at

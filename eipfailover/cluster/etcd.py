@@ -317,7 +317,7 @@ class EtcdCoordinator(Coordinator):
         if self._lease is not None:
             remaining = await self.client.keepalive(self._lease)
             if remaining > 0:
-                self._valid_until = max(self._valid_until, sent + self.ttl)
+                self._valid_until = max(self._valid_until, sent + min(self.ttl, remaining))  # (etcd's whole seconds)
                 return
             log.warning("lease_expired", node=self.node, detail="etcd forgot this daemon's lease: a new one")
             self._lease = None
@@ -512,7 +512,6 @@ class EtcdCoordinator(Coordinator):
         self._changed()
 
     def _step_down(self, why: str) -> None:
-        self._with_proof.clear()  # moves decided while leading: their calls are refused now, never proven
         if self._term is not None:
             log.warning("leadership_lost", node=self.node, term=self._term, reason=why)
             self._term = None

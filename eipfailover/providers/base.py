@@ -32,7 +32,7 @@ class _Calls:
     def __init__(self) -> None:
         self.last_error: ProviderError | None = None
         self.sends = 0
-        """Mutating calls that went out, counted at the instant of sending (one a fence refused did not)."""
+        """Mutating calls that went out or may still go out (one the fence refused did not)."""
 
     @property
     def sent(self) -> bool:
@@ -342,22 +342,22 @@ class _Batch(Generic[V]):
 def _fenced_call(call: Callable[[], Awaitable[T]], fence: Fence, operation: str,
                  seconds: float) -> Callable[[], Awaitable[T]]:
     async def fenced_call() -> T:
-        still_leading = await fence(operation, seconds)
-        token = _SEND_CHECK.set(still_leading)
+        calls = _CALLER.get()
+        if calls is not None:  # it may go out from now on (a proof, or an answer, may outlast the move's deadline)...
+            calls.sends += 1
         try:
-            if not still_leading():  # a freeze since the proof: nothing is sent
-                raise NotLeader(f"{operation} not sent: the lease may have lapsed since leadership was proven")
-            calls = _CALLER.get()
-            if calls is not None:
-                calls.sends += 1  # it goes out now (an answer may come after the move's deadline)...
+            still_leading = await fence(operation, seconds)
+            token = _SEND_CHECK.set(still_leading)
             try:
+                if not still_leading():  # a freeze since the proof: nothing is sent
+                    raise NotLeader(f"{operation} not sent: the lease may have lapsed since leadership was proven")
                 return await call()
-            except NotLeader:  # ...unless the driver's own check at the instant of sending refused it (AWS: in its
-                if calls is not None:  # thread, after any wait for a free one)
-                    calls.sends -= 1
-                raise
-        finally:
-            _SEND_CHECK.reset(token)
+            finally:
+                _SEND_CHECK.reset(token)
+        except NotLeader:  # ...unless it is refused: by the fence, at the instant of sending, or by the driver's own
+            if calls is not None:  # check then (AWS: in its thread, after any wait for a free one)
+                calls.sends -= 1
+            raise
     return fenced_call
 
 
