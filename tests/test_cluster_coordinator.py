@@ -509,6 +509,18 @@ async def queue_a_failover(runner: GroupRunner, checks: dict[str, ScriptedCheck]
     await eventually(lambda: bool(mutations._waiters), timeout=10)
 
 
+async def wind_down(mutations: Limiter, *worlds: tuple[GroupRunner, AwsProvider]) -> None:
+    """The end of a test: the mutation slot it held given back, every runner stopped and idle, every driver
+    closed."""
+    if mutations._waiters:
+        mutations.release()
+    for runner, _ in worlds:
+        runner.request_stop()
+    for runner, provider in worlds:
+        await runner.wait_idle()
+        await provider.close()
+
+
 def engine_for(ec2: Ec2World, coordinator: EtcdCoordinator, **policy: Any) -> tuple[GroupRunner,
                                                                                    dict[str, ScriptedCheck],
                                                                                    AwsProvider]:
@@ -731,12 +743,7 @@ async def test_a_refused_move_does_not_hand_its_cooldown_to_the_next_leader(
 
             await next_leader_fails_over_at_once(daemons, b, runner_b, checks_b, ec2)
         finally:
-            if mutations._waiters:
-                mutations.release()
-            await runner_a.wait_idle()
-            await runner_b.wait_idle()
-            await provider_a.close()
-            await provider_b.close()
+            await wind_down(mutations, (runner_a, provider_a), (runner_b, provider_b))
 
 
 async def test_a_move_refused_in_a_new_term_of_the_same_leader_takes_back_its_cooldown(
@@ -970,14 +977,7 @@ async def test_a_step_down_that_ends_in_the_same_term_keeps_the_memory_of_a_move
             assert runner_b.decision.reason is Reason.COOLDOWN, runner_b.decision
         finally:
             go.set()
-            if mutations._waiters:
-                mutations.release()
-            runner_a.request_stop()
-            runner_b.request_stop()
-            await runner_a.wait_idle()
-            await runner_b.wait_idle()
-            await provider_a.close()
-            await provider_b.close()
+            await wind_down(mutations, (runner_a, provider_a), (runner_b, provider_b))
 
 
 async def test_the_lease_is_counted_for_what_etcd_grants_not_the_configured_ttl(
