@@ -446,11 +446,11 @@ class GroupRunner:
         done, outcome = await self.actuator.execute(record, states, fallback, reason, self._sources(record.to_target),
                                                     counted=counted, windowed=windowed, term=term)
         done = replace(done, finished_at=time.time())
-        repair = reason is Reason.REPAIR
+        repair, fenced_out = reason is Reason.REPAIR, outcome.code == "NotLeader"
         self.state = groupstate.move_finished(self.state, done, time.monotonic(), ok=outcome.ok, repair=repair,
-                                              detached=outcome.detached, fenced_out=outcome.code == "NotLeader",
+                                              detached=outcome.detached, fenced_out=fenced_out,
                                               sent=outcome.sent, interval=self.config.policy.interval)
-        if not repair and outcome.code == "NotLeader" and not outcome.sent:
+        if groupstate.gives_back(repair=repair, fenced_out=fenced_out, sent=outcome.sent):
             self.store.uncount(record.id)  # it changed nothing: not after a restart either
         if not repair and self.coordinator is not None:  # the next leader holds the same cooldown and window
             self.coordinator.share_memory(self.name, self.memory())

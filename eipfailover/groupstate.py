@@ -94,16 +94,17 @@ def seen(state: GroupState, states: Mapping[str, EipState], bindings: Mapping[st
     if location.foreign and not adopt_foreign:
         others = {e: s for e, s in states.items() if e not in location.foreign}
         managed = locate(others, bindings) if others else location
-    cloud = replace(state.cloud, states=states, location=location, managed=managed, fresh=True)
-    if at is not None:
-        cloud = replace(cloud, error=None, read_ok_at=at)
-    after = replace(state, cloud=cloud, left_detached=tuple(
-        e for e in state.left_detached if e not in states or states[e].bound_to is None or states[e].pending))
-    if managed.active is not None:
-        after = replace(after, last_active=managed.active)
-    if managed.placement not in (Placement.DETACHED, Placement.IN_TRANSITION):
-        after = replace(after, repair_failures=0, repair_hold_until=None)
-    return after
+    cloud = state.cloud
+    attached = managed.placement not in (Placement.DETACHED, Placement.IN_TRANSITION)
+    return replace(
+        state,
+        cloud=replace(cloud, states=states, location=location, managed=managed, fresh=True,
+                      error=cloud.error if at is None else None, read_ok_at=cloud.read_ok_at if at is None else at),
+        left_detached=tuple(e for e in state.left_detached
+                            if e not in states or states[e].bound_to is None or states[e].pending),
+        last_active=managed.active or state.last_active,
+        repair_failures=0 if attached else state.repair_failures,
+        repair_hold_until=None if attached else state.repair_hold_until)
 
 
 def read_failed(state: GroupState, error: ProviderError) -> GroupState:
@@ -129,6 +130,12 @@ def move_started(state: GroupState, record: FailoverRecord, now: float, *, count
     return after
 
 
+def gives_back(*, repair: bool, fenced_out: bool, sent: bool) -> bool:
+    """Whether a finished move takes back its place in the cooldown and the ``max_failovers`` window: a counted move
+    (not a repair) that the fence refused before it sent anything changed nothing."""
+    return not repair and fenced_out and not sent
+
+
 def move_finished(state: GroupState, done: FailoverRecord, now: float, *, ok: bool, repair: bool,
                   detached: tuple[str, ...], fenced_out: bool, sent: bool, interval: float) -> GroupState:
     """A move ended. A move's cooldown runs from its end, unless the fence refused it (``fenced_out``: this daemon
@@ -140,7 +147,7 @@ def move_finished(state: GroupState, done: FailoverRecord, now: float, *, ok: bo
     it :func:`stale`."""
     after = replace(state, current=None, armed=None, last_failover=done, left_detached=detached,
                     fence_hold_until=now + interval if fenced_out else None)
-    if not repair and fenced_out and not sent and state.armed is not None:
+    if gives_back(repair=repair, fenced_out=fenced_out, sent=sent) and state.armed is not None:
         start, before = state.armed
         last = state.last_move_at
         return replace(after, recent_moves=tuple(t for t in state.recent_moves if abs(t - start) > SAME_MOVE),
